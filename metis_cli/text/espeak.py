@@ -1,0 +1,135 @@
+"""espeak-ng through phonemizer: library selection and the common phonemiser (spec §9.4).
+
+The system ``libespeak-ng`` (Debian 1.51, closest to the training data) is used when present,
+otherwise the library and data bundled in the ``espeakng-loader`` wheel (espeak-ng 1.52).
+``METIS_ESPEAK=system|bundled`` forces one of them (one library per process: phonemizer binds
+the first one it loads).
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import logging
+import os
+import re
+from functools import cache, lru_cache
+from typing import Any
+
+from metis_cli.errors import TextError
+from metis_cli.text.vocab import MARKS
+
+log = logging.getLogger(__name__)
+
+VOICES = {"en": "en-us", "fr": "fr-fr", "de": "de", "ko": "ko"}
+
+_FULLWIDTH = [
+    ("，", ","), ("。", "."), ("！", "!"), ("？", "?"), ("；", ";"), ("：", ":"), ("、", ","),
+    ("‘", "'"), ("’", "'"), ("⋯", "…"), ("···", "…"), ("・・・", "…"), ("...", "…"),
+]  # fmt: skip
+_MARK_CLASS = "[" + re.escape(MARKS) + "]"
+_NOT_KEPT = re.compile(r"[^\w\s_" + re.escape(MARKS) + "]")
+_SPACE_AROUND_MARK = re.compile(r"\s*(" + _MARK_CLASS + r")\s*")
+_SPACES = re.compile(r" +")
+_MARK = re.compile("(" + _MARK_CLASS + ")")
+_BARS = re.compile(r"\|+")
+
+
+def _system_library() -> str | None:
+    override = os.environ.get("PHONEMIZER_ESPEAK_LIBRARY")
+    if override:
+        return override
+    return ctypes.util.find_library("espeak-ng")
+
+
+def _choose_backend() -> tuple[str, str, str | None]:
+    """Return ``(backend, library_path, data_path)``; backend is ``system`` or ``bundled``."""
+    wanted = os.environ.get("METIS_ESPEAK", "auto").lower()
+    if wanted not in ("auto", "system", "bundled"):
+        raise TextError(f"METIS_ESPEAK={wanted!r}: expected auto, system or bundled")
+    system = _system_library()
+    if wanted == "system" or (wanted == "auto" and system):
+        if not system:
+            raise TextError("METIS_ESPEAK=system but no libespeak-ng is installed (apt install espeak-ng)")
+        return "system", system, None
+    try:
+        import espeakng_loader
+    except ImportError as exc:
+        raise TextError(
+            "no espeak-ng library: install the system package (espeak-ng) or `pip install espeakng-loader`"
+        ) from exc
+    return "bundled", espeakng_loader.get_library_path(), espeakng_loader.get_data_path()
+
+
+@lru_cache(maxsize=1)
+def _configure() -> tuple[str, str]:
+    """Point phonemizer at the chosen library once per process; return (backend, library)."""
+    backend, library, data = _choose_backend()
+    from phonemizer.backend.espeak.wrapper import EspeakWrapper
+
+    if data is not None:
+        # phonemizer 3.3 has no set_data_path: libespeak-ng reads this variable itself.
+        os.environ["ESPEAK_DATA_PATH"] = data
+        if hasattr(EspeakWrapper, "set_data_path"):
+            EspeakWrapper.set_data_path(data)
+    EspeakWrapper.set_library(library)
+    log.debug("espeak-ng backend %s: %s", backend, library)
+    return backend, library
+
+
+@cache
+def _backend(language: str) -> Any:
+    _configure()
+    from phonemizer.backend import EspeakBackend
+
+    try:
+        return EspeakBackend(
+            VOICES[language],
+            punctuation_marks=MARKS,
+            preserve_punctuation=True,
+            with_stress=False,
+            tie=False,
+            language_switch="remove-flags",
+            words_mismatch="ignore",
+        )
+    except RuntimeError as exc:
+        raise TextError(f"espeak-ng cannot load voice {VOICES[language]!r}: {exc}") from exc
+
+
+def espeak_info() -> dict[str, str]:
+    """Describe the espeak-ng stack in use: library path, versions and backend kind."""
+    from importlib.metadata import version
+
+    backend, library = _configure()
+    from phonemizer.backend import EspeakBackend
+
+    return {
+        "backend": backend,
+        "library": library,
+        "espeak_ng": ".".join(str(v) for v in EspeakBackend.version()),
+        "phonemizer": version("phonemizer"),
+    }
+
+
+def normalise(text: str) -> str:
+    """Steps 1-3 of the common phonemiser: full-width marks, deletions, spacing."""
+    text = text.strip()
+    for src, dst in _FULLWIDTH:
+        text = text.replace(src, dst)
+    text = _NOT_KEPT.sub("", text)
+    text = _SPACE_AROUND_MARK.sub(r"\1", text)
+    return _SPACES.sub(" ", text)
+
+
+def phonemise(text: str, language: str) -> str:
+    """Run the common phonemiser of spec §9.4 (steps 1-5) on ``text`` with an espeak voice.
+
+    Each line is phonemised separately and the results are joined with a newline (official).
+    """
+    from phonemizer.separator import Separator
+
+    text = normalise(text)
+    separator = Separator(phone="|", syllable="-", word="|_|")
+    lines = _backend(language).phonemize(text.split("\n"), separator=separator, strip=True, njobs=1)
+    phones = "\n".join(lines)
+    phones = _MARK.sub(r"|\1|", phones)
+    return _BARS.sub("|", phones).rstrip("|")
