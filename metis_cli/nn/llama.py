@@ -1,0 +1,230 @@
+"""DiffLlama backbones of MaskGCT / Metis (spec §5).
+
+A bidirectional Llama-style transformer whose RMSNorms are modulated by the diffusion time:
+
+    c = diff_step_mlp(sinusoid(t))                          # (B, H)
+    h = x + Attn(norm_in(x, c)); y = h + MLP(norm_post(h, c))   per layer
+    out = norm(y, c)
+
+Two variants share the blocks:
+
+* `DiffLlamaPrefix` (stage 1): optional phone prefix `cond_mlp(phone_emb)` prepended and
+  stripped from the output.
+* `DiffLlama` (S2A): additive per-frame condition, input `x + cond_mlp(cond)`.
+
+The fp32 eager path reproduces the official modules bit for bit; the op order below
+(rsqrt, float32 softmax, rotary halves) is part of that contract. bf16 weights work too:
+RMSNorm statistics and the softmax stay in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..constants import MLP_RATIO, RMS_NORM_EPS, ROPE_BASE, TIME_EMBED_MAX_PERIOD
+
+ATTN_IMPLS = ("eager", "sdpa")
+
+
+def mlp(dim: int, hidden: int, out: int) -> nn.Sequential:
+    """Linear -> SiLU -> Linear with biases (keys `.0` and `.2`)."""
+    return nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, out))
+
+
+def time_sinusoid(t: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding of the raw diffusion time t (B,) in [0, 1] -> (B, dim), [sin ; cos]."""
+    half = dim // 2
+    scale = math.log(TIME_EMBED_MAX_PERIOD) / (half - 1)
+    freqs = torch.exp(torch.arange(half, device=t.device) * -scale)  # (half,) float32
+    ang = t.float()[:, None] * freqs[None, :] * 1.0  # (B, half)
+    return torch.cat((ang.sin(), ang.cos()), dim=-1)
+
+
+def rotary_tables(n: int, head_dim: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """cos, sin tables (n, head_dim) in float32 for positions 0..n-1 (halves layout)."""
+    inv_freq = 1.0 / (ROPE_BASE ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
+    pos = torch.arange(n, device=device).float()
+    ang = pos[:, None] * inv_freq[None, :]  # (n, head_dim/2)
+    emb = torch.cat((ang, ang), dim=-1)  # (n, head_dim)
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def key_padding_bias(keep: Tensor) -> Tensor:
+    """(B, N) keep-mask (1 = keep) -> additive float32 bias (B, 1, 1, N): 0 or float32 min."""
+    bias = torch.zeros(keep.shape, dtype=torch.float32, device=keep.device)
+    bias = bias.masked_fill(keep == 0, torch.finfo(torch.float32).min)
+    return bias[:, None, None, :]
+
+
+class AdaptiveRMSNorm(nn.Module):
+    """x * rsqrt(mean(x^2) + eps) * to_weight(c); statistics in float32."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.to_weight = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        # x (B, N, H), c (B, H)
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + RMS_NORM_EPS)
+        w = self.to_weight(c)[:, None, :]  # (B, 1, H)
+        return (w * h).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(dim, dim, bias=False)
+        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.o_proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, bias: Tensor | None, impl: str) -> Tensor:
+        # x (B, N, H); cos/sin (N, hd) float32; bias (B, 1, 1, N) float32 or None
+        B, N, H = x.shape
+        q = self.q_proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, N, hd)
+        k = self.k_proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        if impl == "sdpa":
+            mask = None if bias is None else bias.to(q.dtype)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            w = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(self.head_dim)  # (B, nh, N, N)
+            if bias is not None:
+                w = w.float() + bias
+            w = F.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
+            y = torch.matmul(w, v)  # (B, nh, N, hd)
+        y = y.transpose(1, 2).contiguous().reshape(B, N, H)
+        return self.o_proj(y)
+
+
+class GatedMLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.self_attn = Attention(dim, num_heads)
+        self.mlp = GatedMLP(dim, MLP_RATIO * dim)
+        self.input_layernorm = AdaptiveRMSNorm(dim)
+        self.post_attention_layernorm = AdaptiveRMSNorm(dim)
+
+    def forward(
+        self, x: Tensor, c: Tensor, cos: Tensor, sin: Tensor, bias: Tensor | None, impl: str
+    ) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x, c), cos, sin, bias, impl)
+        return x + self.mlp(self.post_attention_layernorm(x, c))
+
+
+class _DiffLlamaBase(nn.Module):
+    """Shared layers; `run` processes an already assembled input sequence."""
+
+    def __init__(
+        self, hidden_size: int, num_layers: int, num_heads: int, *, cond_mlp: bool, attn_impl: str = "eager"
+    ):
+        super().__init__()
+        H = hidden_size
+        self.hidden_size = H
+        self.num_heads = num_heads
+        self.layers = nn.ModuleList(DecoderLayer(H, num_heads) for _ in range(num_layers))
+        self.norm = AdaptiveRMSNorm(H)
+        self.diff_step_mlp = mlp(H, MLP_RATIO * H, H)
+        if cond_mlp:
+            self.cond_mlp = mlp(H, MLP_RATIO * H, H)
+        self.attn_impl = attn_impl  # "eager" (reference) or "sdpa" (fast mode); may be changed later
+        self.passes = 0  # forward passes run (benchmark counter)
+        self.rows = 0  # sequences processed (batch rows summed over passes)
+
+    @property
+    def has_cond_mlp(self) -> bool:
+        return hasattr(self, "cond_mlp")
+
+    def time_embedding(self, t: Tensor, dtype: torch.dtype) -> Tensor:
+        """t (B,) -> c (B, H)."""
+        return self.diff_step_mlp(time_sinusoid(t, self.hidden_size).to(dtype))
+
+    def run(self, h: Tensor, t: Tensor, keep: Tensor | None = None) -> Tensor:
+        """Layers + final norm over h (B, N, H); t (B,); keep (B, N) or None (all kept)."""
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
+        self.passes += 1
+        self.rows += h.shape[0]
+        c = self.time_embedding(t, h.dtype)  # (B, H)
+        hd = self.hidden_size // self.num_heads
+        cos, sin = rotary_tables(h.shape[1], hd, h.device)  # positions 0..N-1
+        bias = None if keep is None else key_padding_bias(keep)
+        for layer in self.layers:
+            h = layer(h, c, cos, sin, bias, self.attn_impl)
+        return self.norm(h, c)
+
+
+class DiffLlamaPrefix(_DiffLlamaBase):
+    """Stage-1 backbone; `cond_mlp` exists iff phones are enabled."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_layers: int,
+        num_heads: int,
+        *,
+        use_phone_cond: bool,
+        attn_impl: str = "eager",
+    ):
+        super().__init__(hidden_size, num_layers, num_heads, cond_mlp=use_phone_cond, attn_impl=attn_impl)
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        keep: Tensor | None = None,
+        phone_emb: Tensor | None = None,
+        phone_keep: Tensor | None = None,
+    ) -> Tensor:
+        """x (B, L, H), t (B,), keep (B, L), phone_emb (B, P, H) -> (B, L, H) (prefix dropped)."""
+        if phone_emb is None or not self.has_cond_mlp:
+            return self.run(x, t, keep)
+        B, P = phone_emb.shape[:2]
+        h = torch.cat([self.cond_mlp(phone_emb), x], dim=1)  # (B, P + L, H)
+        if keep is not None or phone_keep is not None:
+            ones = torch.ones(B, x.shape[1], device=x.device)
+            keep = torch.cat(
+                [
+                    torch.ones(B, P, device=x.device) if phone_keep is None else phone_keep.to(x.device),
+                    ones if keep is None else keep.to(x.device),
+                ],
+                dim=1,
+            )
+        return self.run(h, t, keep)[:, P:]
+
+
+class DiffLlama(_DiffLlamaBase):
+    """S2A backbone: input x + cond_mlp(cond)."""
+
+    def __init__(self, hidden_size: int, num_layers: int, num_heads: int, *, attn_impl: str = "eager"):
+        super().__init__(hidden_size, num_layers, num_heads, cond_mlp=True, attn_impl=attn_impl)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor, keep: Tensor | None = None) -> Tensor:
+        """x, cond (B, L, H), t (B,), keep (B, L) -> (B, L, H)."""
+        return self.run(x + self.cond_mlp(cond), t, keep)
