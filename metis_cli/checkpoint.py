@@ -55,8 +55,16 @@ def read_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CheckpointError(f"{path}: not a safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (header is not a JSON object)")
     header.pop("__metadata__", None)
-    return {k: (v["dtype"], tuple(v["shape"])) for k, v in header.items()}
+    out = {}
+    for k, v in header.items():
+        try:
+            out[k] = (v["dtype"], tuple(int(d) for d in v["shape"]))
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: not a safetensors file (bad header entry for {k})") from None
+    return out
 
 
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
