@@ -1,0 +1,155 @@
+"""Model management commands: `metis models`, `metis download`, `metis doctor`."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import typer
+
+from ..errors import MetisError
+
+# Text front-end resources that `metis download` fetches besides the model cards.
+FRONTENDS = ("zh-frontend", "ja-frontend")
+
+
+def _err(msg: str) -> None:
+    typer.echo(f"metis: error: {msg}", err=True)
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("models")
+    def models(
+        checkpoint_dir: Path = typer.Option(
+            None,
+            "--checkpoint-dir",
+            envvar="METIS_CHECKPOINT_DIR",
+            help="Local weights tree <org>/<repo>/<path> (default: HF cache).",
+        ),
+        verify: bool = typer.Option(
+            False, "--verify", help="Check present files' headers against the manifests."
+        ),
+        json_out: bool = typer.Option(False, "--json", help="One JSON object per model on stdout."),
+    ) -> None:
+        """List the model cards, which of their files are present locally, and their sizes."""
+        from ..cards import DEFAULT_MODEL, ModelStore, card_names, file_status, get_card
+
+        store = ModelStore(checkpoint_dir, offline=True)
+        defaults = {v: k for k, v in DEFAULT_MODEL.items()}
+        failed = False
+        for name in card_names():
+            card = get_card(name)
+            rows = file_status(store, card)
+            problems = []
+            if verify:
+                for row in rows:
+                    if row["path"]:
+                        try:
+                            store.verify(card, row["role"], Path(row["path"]))
+                        except MetisError as exc:
+                            problems.append(str(exc))
+                            failed = True
+            present = sum(r["path"] is not None for r in rows)
+            if json_out:
+                print(
+                    json.dumps(
+                        {
+                            "name": name,
+                            "task": card.task,
+                            "repo": card.repo,
+                            "default_for": defaults.get(name),
+                            "files": rows,
+                            "problems": problems,
+                        }
+                    )
+                )
+                continue
+            tag = f" (default for {defaults[name]})" if name in defaults else ""
+            print(f"{name}{tag}: {card.description}")
+            print(f"  {present}/{len(rows)} files present, license {card.license or '-'}")
+            for r in rows:
+                size = _human(r["bytes"]) if r["path"] else r["size_listed"]
+                print(f"  {'✓' if r['path'] else '✗'} {r['file']}  {size}")
+            for p in problems:
+                print(f"  ! {p}")
+            note = card.extra.get("visual_encoder", {}).get("note")
+            if note:
+                print(f"  note: {note}")
+        if failed:
+            raise typer.Exit(1)
+
+    @app.command("download")
+    def download(
+        names: list[str] = typer.Argument(
+            None, help="Model cards (default: every task's default model) or zh-frontend / ja-frontend."
+        ),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    ) -> None:
+        """Fetch model files into the Hugging Face cache (only the files the cards name)."""
+        from ..cards import DEFAULT_MODEL, ModelStore
+
+        names = list(names or sorted(set(DEFAULT_MODEL.values())))
+        store = ModelStore(None, offline=False)
+        failed = False
+        for name in [n for n in names if n in FRONTENDS]:
+            try:
+                from .. import text
+
+                path = text.fetch_zh_frontend() if name == "zh-frontend" else text.fetch_ja_frontend()
+                print(path)
+            except MetisError as exc:
+                _err(str(exc))
+                failed = True
+        cards = [n for n in names if n not in FRONTENDS]
+        try:
+            for card, role, path in store.resolve_all(cards, progress=not quiet):
+                store.verify(card, role, path)
+                print(path)
+        except MetisError as exc:
+            _err(str(exc))
+            failed = True
+        if failed:
+            raise typer.Exit(1)
+
+    @app.command("doctor")
+    def doctor() -> None:
+        """Print versions, devices, the espeak-ng library in use and where weights are looked for."""
+        import torch
+
+        from .. import __version__
+        from ..cards import ModelStore
+
+        info: dict = {
+            "metis": __version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.is_available(),
+            "threads": torch.get_num_threads(),
+        }
+        try:
+            import transformers
+
+            info["transformers"] = transformers.__version__
+        except ImportError:
+            info["transformers"] = None
+        try:
+            from ..text import espeak_info
+
+            info["espeak"] = espeak_info()
+        except MetisError as exc:
+            info["espeak"] = f"unavailable: {exc}"
+        store = ModelStore()
+        info["checkpoint_dir"] = str(store.checkpoint_dir) if store.checkpoint_dir else "(Hugging Face cache)"
+        info["offline"] = store.offline
+        print(json.dumps(info, indent=2, default=str))

@@ -1,0 +1,463 @@
+"""The engine: owns devices, dtypes, which components are resident, batching and progress.
+
+Data flow per batch of jobs (spec §1.1): task conditions (audio → SSL features / semantic and
+acoustic prompt codes, or phones) → stage 1 (semantic tokens) → S2A 1-layer → S2A full →
+acoustic decoder → 24 kHz waveform. Every job owns a `torch.Generator` seeded with its seed;
+on CPU it first gives out the official pipeline's hidden SSL draws (spec §12), so a batch-1
+fp32 run reproduces a seeded official run token for token.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import resource
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import checkpoint
+from .cards import ModelCard, ModelStore, get_card
+from .constants import SSL_NUM_LAYERS_OFFICIAL
+from .errors import InputError, MetisError
+from .tasks import TASKS, Conditions, Job, TaskSpec
+from .tokenizer import Tokenizers
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to run (not what to compute). Defaults are the exact reference mode."""
+
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
+    dtype: str = "float32"  # "float32" (reference) | "bfloat16" (fast) | "float16" (GPU only)
+    attention: str = "eager"  # "eager" (reference) | "sdpa" (fast mode: fused attention kernels)
+    fused_cfg: bool = False  # fast mode: conditional + unconditional CFG passes in one forward
+    batch_size: int = 1  # jobs per padded batch (per-item tokens equal batch size 1)
+    low_memory: bool = False  # free each stage's models once the batch no longer needs them
+    visual_checkpoint: Path | None = None  # L2S: Auto-AVSR model.pth (model.json beside it)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Decoding settings (spec §1.5); defaults come from the model card."""
+
+    steps: int  # stage-1 decoding steps
+    cfg: float  # stage-1 classifier-free guidance scale (0 = off)
+    rescale_cfg: float = 0.75  # std rescale factor of the guided logits
+    temperature: float = 0.9  # stage-1 start temperature (annealed by t)
+    filter_thres: float = 0.98  # top-k keeps ceil((1 - thres) * V) logits
+    s2a_steps_1layer: tuple[int, ...] = (40,)  # steps of the 1-codebook S2A model
+    s2a_steps_full: tuple[int, ...] = (40, 16, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)  # per codebook
+    s2a_cfg_1layer: float = 0.0
+    s2a_cfg_full: float = 2.5
+    s2a_temperature: float = 1.5
+    s2a_filter_thres: float = 0.98
+    s2a_rescale_cfg: float = 0.75
+
+    @classmethod
+    def from_card(cls, card: ModelCard, task: str, **overrides: Any) -> Decoding:
+        d = card.decoding_for(task)
+        if not d:
+            raise InputError(f"model '{card.name}' has no decoding settings for task '{task}'")
+        s2a = d.get("s2a", {})
+        base = cls(
+            steps=d["steps"],
+            cfg=d["cfg"],
+            rescale_cfg=d.get("rescale_cfg", 0.75),
+            temperature=d.get("temperature", 0.9),
+            filter_thres=d.get("filter_thres", 0.98),
+            s2a_steps_1layer=tuple(s2a.get("steps_1layer", (40,))),
+            s2a_steps_full=tuple(s2a.get("steps_full", cls.s2a_steps_full)),
+            s2a_cfg_1layer=s2a.get("cfg_1layer", 0.0),
+            s2a_cfg_full=s2a.get("cfg_full", 2.5),
+            s2a_temperature=s2a.get("temperature", 1.5),
+            s2a_filter_thres=s2a.get("filter_thres", 0.98),
+            s2a_rescale_cfg=s2a.get("rescale_cfg", 0.75),
+        )
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass
+class JobResult:
+    job: Job
+    wav: np.ndarray | None  # (N,) float32 at 24 kHz, None on failure
+    error: str | None = None  # one-line message on failure
+    seconds: float = 0.0  # processing time attributed to this job
+    audio_seconds: float = 0.0  # duration of the main input
+    info: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class StageStats:
+    """Accumulated wall and CPU seconds per stage, model load times, transformer passes."""
+
+    wall: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+    load: dict[str, float] = field(default_factory=dict)
+    passes: dict[str, int] = field(default_factory=dict)
+
+    def add(self, stage: str, wall: float, cpu: float) -> None:
+        self.wall[stage] = self.wall.get(stage, 0.0) + wall
+        self.cpu[stage] = self.cpu.get(stage, 0.0) + cpu
+
+
+class _Timer:
+    def __init__(self, stats: StageStats, stage: str, sync: Callable[[], None]) -> None:
+        self.stats, self.stage, self.sync = stats, stage, sync
+
+    def __enter__(self) -> _Timer:
+        self.sync()
+        self.w0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sync()
+        self.stats.add(self.stage, time.perf_counter() - self.w0, time.process_time() - self.c0)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device '{name}' requested but CUDA is not available")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError("device 'mps' requested but MPS is not available")
+    return dev
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class Engine:
+    """Runs one task with one model card. Components load on first use, once."""
+
+    def __init__(
+        self,
+        task: str,
+        model: str | None = None,
+        store: ModelStore | None = None,
+        options: EngineOptions | None = None,
+    ) -> None:
+        from .cards import DEFAULT_MODEL
+
+        if task not in TASKS:
+            raise InputError(f"unknown task '{task}' (known: {', '.join(TASKS)})")
+        self.task: str = task
+        self.spec: TaskSpec = TASKS[task]
+        self.card: ModelCard = get_card(model or DEFAULT_MODEL[task])
+        if task not in self.card.tasks:
+            raise InputError(
+                f"model '{self.card.name}' does not do task '{task}' (it does: {self.card.tasks})"
+            )
+        self.store = store or ModelStore()
+        self.options = options or EngineOptions()
+        self.device = resolve_device(self.options.device)
+        if self.options.dtype not in DTYPES:
+            raise InputError(f"unknown dtype '{self.options.dtype}' (float32, bfloat16 or float16)")
+        self.dtype = DTYPES[self.options.dtype]
+        if self.dtype == torch.float16 and self.device.type == "cpu":
+            raise InputError("float16 is for GPUs; use --dtype bfloat16 on CPU")
+        self.stats = StageStats()
+        self._components: dict[str, Any] = {}
+        self.tokenizers = Tokenizers(self.component, self.device, visual=self._visual_features)
+
+    # -- components -----------------------------------------------------------------------------
+    def _card(self, name: str) -> ModelCard:
+        return get_card(name)
+
+    def component(self, name: str) -> Any:
+        """A resident component, loading it on first use."""
+        if name not in self._components:
+            t0 = time.perf_counter()
+            self._components[name] = getattr(self, f"_load_{name}")()
+            self.stats.load[name] = self.stats.load.get(name, 0.0) + time.perf_counter() - t0
+            log.debug("loaded %s in %.2fs", name, time.perf_counter() - t0)
+        return self._components[name]
+
+    def release(self, *names: str) -> None:
+        """Free components (they reload on next use)."""
+        for n in names:
+            self._components.pop(n, None)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def needed_components(self) -> list[str]:
+        names = ["ssl", "semantic_codec"] if self.task != "l2s" else ["semantic_codec", "ssl"]
+        if self.spec.needs_acoustic_encoder:
+            names.append("acoustic_encoder")
+        if self.spec.needs_visual:
+            names.append("visual")
+        return names + ["stage1", "s2a_1layer", "s2a_full", "acoustic_decoder"]
+
+    def load_all(self) -> None:
+        """Load every component this task needs (else they load lazily)."""
+        for n in self.needed_components():
+            self.component(n)
+
+    def _file(self, card_name: str, role: str) -> Path:
+        card = self._card(card_name) if card_name != self.card.name else self.card
+        path = self.store.path(card, role)
+        self.store.verify(card, role, path)
+        return path
+
+    def _load_module(
+        self, module: torch.nn.Module, path: Path, tolerated: Iterable[str] = ()
+    ) -> torch.nn.Module:
+        checkpoint.load_state(
+            module,
+            checkpoint.read_tensors(path),
+            source=str(path),
+            tolerated_extra=tolerated,
+            dtype=self.dtype,
+            device=self.device,
+        )
+        return module.eval()
+
+    def _load_ssl(self) -> Any:
+        from .ssl import SSLFeatureExtractor
+
+        card = self._card("w2v-bert-2.0")
+        model_dir = self._file("w2v-bert-2.0", "weights").parent
+        for role in ("config", "preprocessor"):
+            self._file("w2v-bert-2.0", role)
+        return SSLFeatureExtractor.from_dir(
+            model_dir,
+            layer=self.store.config(card).get("layer", 17),
+            device=self.device,
+            dtype=self.dtype,
+            attn_impl=self.options.attention,
+        )
+
+    def _load_semantic_codec(self) -> Any:
+        from .nn.semantic_codec import SemanticCodec, SemanticCodecConfig
+
+        cfg = SemanticCodecConfig.from_dict(self.store.config(self._card("maskgct-codecs"))["semantic_codec"])
+        module = checkpoint.build_on_meta(lambda: SemanticCodec(cfg))
+        return self._load_module(module, self._file("maskgct-codecs", "semantic_codec"))
+
+    def _codec_cfg(self) -> Any:
+        from .nn.acoustic_codec import AcousticCodecConfig
+
+        return AcousticCodecConfig.from_dict(
+            self.store.config(self._card("maskgct-codecs"))["acoustic_codec"]
+        )
+
+    def _load_acoustic_encoder(self) -> Any:
+        from .nn.acoustic_codec import CodecEncoder
+
+        cfg = self._codec_cfg()
+        module = checkpoint.build_on_meta(lambda: CodecEncoder(cfg))
+        return self._load_module(module, self._file("maskgct-codecs", "acoustic_encoder"))
+
+    def _load_acoustic_decoder(self) -> Any:
+        from .nn.acoustic_codec import CodecDecoder, check_istft_window
+
+        cfg = self._codec_cfg()
+        path = self._file("maskgct-codecs", "acoustic_decoder")
+        module = self._load_module(checkpoint.build_on_meta(lambda: CodecDecoder(cfg)), path)
+        check_istft_window(module, str(path))
+        return module
+
+    def _load_stage1(self) -> Any:
+        from .nn.stage1 import MetisStage1, Stage1Config
+
+        card = self.card
+        block = self.store.config(card)["t2s_model"]
+        ft_type = card.stage1.get("ft_type")
+        layout = card.stage1.get("layout", "full")
+        if layout == "lora":
+            from .lora import assemble_lora_stage1
+
+            paths = {role: self._file(card.name, role) for role in ("base", "adapter", "lora")}
+            model = assemble_lora_stage1(
+                Stage1Config.from_dict(block, ft_type),
+                checkpoint.read_tensors(paths["base"]),
+                checkpoint.read_tensors(paths["adapter"]),
+                checkpoint.read_tensors(paths["lora"]),
+                r=card.stage1["lora_r"],
+                alpha=card.stage1["lora_alpha"],
+                sources={k: str(v) for k, v in paths.items()},
+            )
+            return model.to(self.device, self.dtype).eval()
+        cfg = Stage1Config.from_dict(block, ft_type)
+        module = checkpoint.build_on_meta(lambda: MetisStage1(cfg))
+        return self._load_module(module, self._file(card.name, "stage1"))
+
+    def _load_s2a(self, role: str) -> Any:
+        from .nn.s2a import MaskGCTS2A, S2AConfig
+
+        cfg = S2AConfig.from_dict(self.store.config(self._card("maskgct-s2a"))[role])
+        module = checkpoint.build_on_meta(lambda: MaskGCTS2A(cfg))
+        return self._load_module(
+            module, self._file("maskgct-s2a", role), tolerated=["diff_estimator.embed_tokens.weight"]
+        )
+
+    def _load_s2a_1layer(self) -> Any:
+        return self._load_s2a("s2a_1layer")
+
+    def _load_s2a_full(self) -> Any:
+        return self._load_s2a("s2a_full")
+
+    def _load_visual(self) -> Any:
+        from .errors import MissingModelError
+        from .visual_loader import load_visual_encoder
+
+        path = self.options.visual_checkpoint
+        if path is None:
+            note = self.card.extra.get("visual_encoder", {}).get("note", "")
+            raise MissingModelError(
+                f"L2S needs the visual encoder checkpoint: pass --visual-checkpoint. {note}"
+            )
+        return load_visual_encoder(Path(path), device=self.device, dtype=self.dtype)
+
+    def _visual_features(self, path: Path) -> torch.Tensor:
+        from .video import mouth_rois, read_video, visual_features
+
+        encoder = self.component("visual")
+        frames, fps = read_video(path)
+        rois = mouth_rois(frames, fps)
+        return visual_features(encoder, rois)
+
+    # -- running ----------------------------------------------------------------------------------
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _timer(self, stage: str) -> _Timer:
+        return _Timer(self.stats, stage, self._sync)
+
+    def _generator(self, job: Job, conds: Conditions) -> torch.Generator:
+        """The job's own generator, advanced past the official hidden SSL draws on CPU."""
+        gen = torch.Generator(device=self.device).manual_seed(job.seed)
+        if self.device.type == "cpu":
+            from .ssl import official_hidden_draws
+
+            for _ in range(conds.ssl_forwards):
+                official_hidden_draws(gen, SSL_NUM_LAYERS_OFFICIAL)
+        return gen
+
+    def conditions(self, job: Job) -> Conditions:
+        with self._timer("conditions"):
+            return self.spec.build(job, self.tokenizers)
+
+    def run(
+        self, jobs: Iterable[Job], decoding: Decoding, on_result: Callable[[JobResult], None] | None = None
+    ) -> Iterator[JobResult]:
+        """Process jobs in batches of `options.batch_size`; yields one result per job, in order."""
+        batch: list[Job] = []
+        for job in jobs:
+            batch.append(job)
+            if len(batch) >= self.options.batch_size:
+                yield from self._run_batch(batch, decoding)
+                batch = []
+        if batch:
+            yield from self._run_batch(batch, decoding)
+
+    def _run_batch(self, jobs: list[Job], decoding: Decoding) -> Iterator[JobResult]:
+        t_start = time.perf_counter()
+        ready: list[tuple[Job, Conditions]] = []
+        failed: dict[int, JobResult] = {}
+        for i, job in enumerate(jobs):
+            try:
+                ready.append((job, self.conditions(job)))
+            except MetisError as exc:
+                failed[i] = JobResult(job, None, error=str(exc))
+        if self.options.low_memory:
+            self.release("ssl", "semantic_codec", "acoustic_encoder", "visual")
+        results: list[JobResult] = []
+        if ready:
+            try:
+                results = self._generate(ready, decoding)
+            except MetisError as exc:
+                results = [JobResult(job, None, error=str(exc)) for job, _ in ready]
+        per_job = (time.perf_counter() - t_start) / max(len(jobs), 1)
+        it = iter(results)
+        for i in range(len(jobs)):
+            res = failed.get(i) or next(it)
+            res.seconds = per_job
+            yield res
+
+    def _generate(self, ready: list[tuple[Job, Conditions]], decoding: Decoding) -> list[JobResult]:
+        from .sampling import DecodeOptions, TorchNoise, metis_semantic_to_acoustic, stage1_generate
+
+        gens = [self._generator(job, c) for job, c in ready]
+        noise = [TorchNoise(g) for g in gens]
+        stage1 = self.component("stage1")
+        opts1 = DecodeOptions(
+            steps=decoding.steps,
+            cfg=decoding.cfg,
+            rescale_cfg=decoding.rescale_cfg,
+            temperature=decoding.temperature,
+            filter_thres=decoding.filter_thres,
+            fused_cfg=self.options.fused_cfg,
+            attn_impl=self.options.attention,
+        )
+        dev = self.device
+        with self._timer("stage1"):
+            semantic = stage1_generate(
+                stage1,
+                [c.prompt_semantic.to(dev) for _, c in ready],
+                [c.target_len for _, c in ready],
+                [c.phones.to(dev) for _, c in ready] if ready[0][1].phones is not None else None,
+                [c.finetune_cond.to(dev, self.dtype) for _, c in ready]
+                if ready[0][1].finetune_cond is not None
+                else None,
+                opts1,
+                noise,
+            )
+        if self.options.low_memory:
+            self.release("stage1")
+        full_semantic = [
+            torch.cat([c.prompt_semantic.to(dev), s]) for (_, c), s in zip(ready, semantic, strict=True)
+        ]
+        s1, sf = self.component("s2a_1layer"), self.component("s2a_full")
+        with self._timer("s2a"):
+            codes = metis_semantic_to_acoustic(
+                s1,
+                sf,
+                full_semantic,
+                [c.acoustic_prompt.to(dev) for _, c in ready],
+                noise,
+                steps_1layer=list(decoding.s2a_steps_1layer),
+                steps_full=list(decoding.s2a_steps_full),
+                cfg_1layer=decoding.s2a_cfg_1layer,
+                cfg_full=decoding.s2a_cfg_full,
+                temperature=decoding.s2a_temperature,
+                filter_thres=decoding.s2a_filter_thres,
+                rescale_cfg=decoding.s2a_rescale_cfg,
+                fused_cfg=self.options.fused_cfg,
+                attn_impl=self.options.attention,
+            )
+        if self.options.low_memory:
+            self.release("s2a_1layer", "s2a_full")
+        out = []
+        with self._timer("decode"):
+            for (job, c), code, sem in zip(ready, codes, semantic, strict=True):
+                wav = self.tokenizers.decode(code)
+                info = {"semantic_frames": int(sem.shape[0]), "acoustic_frames": int(code.shape[0]), **c.info}
+                out.append(JobResult(job, wav, audio_seconds=c.audio_seconds, info=info))
+        return out
