@@ -119,7 +119,9 @@ class WNConv1d(nn.Module):
     Keys `weight_g` (out, 1, 1), `weight_v` (out, in/groups, k), `bias` (out).
     """
 
-    def __init__(self, cin: int, cout: int, kernel_size: int, stride: int = 1, padding: int = 0, dilation=1):
+    def __init__(
+        self, cin: int, cout: int, kernel_size: int, stride: int = 1, padding: int = 0, dilation: int = 1
+    ):
         super().__init__()
         self.weight_g = nn.Parameter(torch.empty(cout, 1, 1))
         self.weight_v = nn.Parameter(torch.empty(cout, cin, kernel_size))
@@ -233,11 +235,18 @@ class FactorizedVQ(nn.Module):
 class ResidualVQ(nn.Module):
     """Residual VQ over `num_quantizers` factorized stages (inference: all stages)."""
 
-    def __init__(self, cfg: CodecDecoderConfig):
+    def __init__(
+        self,
+        input_dim: int,
+        num_quantizers: int,
+        codebook_size: int,
+        codebook_dim: int,
+        use_l2_normlize: bool = True,
+    ):
         super().__init__()
         self.quantizers = nn.ModuleList(
-            FactorizedVQ(cfg.in_channels, cfg.codebook_size, cfg.codebook_dim, cfg.use_l2_normlize)
-            for _ in range(cfg.num_quantizers)
+            FactorizedVQ(input_dim, codebook_size, codebook_dim, use_l2_normlize)
+            for _ in range(num_quantizers)
         )
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -330,7 +339,9 @@ class CodecDecoder(nn.Module):
     def __init__(self, cfg: CodecDecoderConfig):
         super().__init__()
         self.cfg = cfg
-        self.quantizer = ResidualVQ(cfg)
+        self.quantizer = ResidualVQ(
+            cfg.in_channels, cfg.num_quantizers, cfg.codebook_size, cfg.codebook_dim, cfg.use_l2_normlize
+        )
         self.model = Vocos(cfg)
 
     def quantize(self, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -373,7 +384,7 @@ def check_istft_window(decoder: nn.Module | Mapping[str, Tensor], source: str) -
         )
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def wav_to_codes(encoder: CodecEncoder, decoder: CodecDecoder, wav: Tensor) -> Tensor:
     """wav: (B, N) float32 at 24 kHz -> acoustic codes (B, T, Q) int64 (Metis layout)."""
     z = encoder(wav.unsqueeze(1))  # (B, D, T)
@@ -381,7 +392,7 @@ def wav_to_codes(encoder: CodecEncoder, decoder: CodecDecoder, wav: Tensor) -> T
     return codes.permute(1, 2, 0)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def codes_to_wav(decoder: CodecDecoder, codes: Tensor) -> Tensor:
     """codes: (B, T, Q) int64 -> waveform (B, T * hop) float32 at 24 kHz."""
     emb = decoder.vq2emb(codes.permute(2, 0, 1))  # (B, D, T)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .acoustic_codec import CodecDecoderConfig, ResidualVQ, config_kwargs
+from .acoustic_codec import ResidualVQ, config_kwargs
 from .convnext import ConvNeXtBackbone
 
 
@@ -50,10 +50,7 @@ class SemanticCodec(nn.Module):
 
         self.encoder = coder()
         self.decoder = coder()
-        vq = CodecDecoderConfig(
-            in_channels=H, num_quantizers=1, codebook_size=cfg.codebook_size, codebook_dim=cfg.codebook_dim
-        )
-        self.quantizer = ResidualVQ(vq)
+        self.quantizer = ResidualVQ(H, 1, cfg.codebook_size, cfg.codebook_dim)  # one l2-normalised stage
 
     def encode(self, feat: Tensor) -> Tensor:
         """feat: (B, T, H) -> quantizer input (B, H, T)."""
