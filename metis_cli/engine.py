@@ -23,7 +23,7 @@ import torch
 
 from . import checkpoint
 from .cards import ModelCard, ModelStore, get_card
-from .constants import SSL_NUM_LAYERS_OFFICIAL
+from .constants import SSL_LAYER, SSL_NUM_LAYERS_OFFICIAL
 from .errors import InputError, MetisError
 from .tasks import TASKS, Conditions, Job, TaskSpec
 from .tokenizer import Tokenizers
@@ -246,7 +246,7 @@ class Engine:
             self._file("w2v-bert-2.0", role)
         return SSLFeatureExtractor.from_dir(
             model_dir,
-            layer=self.store.config(card).get("layer", 17),
+            num_layers=self.store.config(card).get("layer", SSL_LAYER),
             device=self.device,
             dtype=self.dtype,
             attn_impl=self.options.attention,
@@ -270,7 +270,7 @@ class Engine:
         from .nn.acoustic_codec import CodecEncoder
 
         cfg = self._codec_cfg()
-        module = checkpoint.build_on_meta(lambda: CodecEncoder(cfg))
+        module = checkpoint.build_on_meta(lambda: CodecEncoder(cfg.encoder))
         return self._load_module(module, self._file("maskgct-codecs", "acoustic_encoder"))
 
     def _load_acoustic_decoder(self) -> Any:
@@ -278,7 +278,7 @@ class Engine:
 
         cfg = self._codec_cfg()
         path = self._file("maskgct-codecs", "acoustic_decoder")
-        module = self._load_module(checkpoint.build_on_meta(lambda: CodecDecoder(cfg)), path)
+        module = self._load_module(checkpoint.build_on_meta(lambda: CodecDecoder(cfg.decoder)), path)
         check_istft_window(module, str(path))
         return module
 
@@ -298,20 +298,23 @@ class Engine:
                 checkpoint.read_tensors(paths["base"]),
                 checkpoint.read_tensors(paths["adapter"]),
                 checkpoint.read_tensors(paths["lora"]),
-                r=card.stage1["lora_r"],
-                alpha=card.stage1["lora_alpha"],
-                sources={k: str(v) for k, v in paths.items()},
+                r=block["lora_r"],
+                alpha=block["lora_alpha"],
+                sources=(str(paths["base"]), str(paths["adapter"]), str(paths["lora"])),
+                device=self.device,
+                dtype=self.dtype,
             )
-            return model.to(self.device, self.dtype).eval()
+            model.diff_estimator.attn_impl = self.options.attention
+            return model.eval()
         cfg = Stage1Config.from_dict(block, ft_type)
-        module = checkpoint.build_on_meta(lambda: MetisStage1(cfg))
+        module = checkpoint.build_on_meta(lambda: MetisStage1(cfg, attn_impl=self.options.attention))
         return self._load_module(module, self._file(card.name, "stage1"))
 
     def _load_s2a(self, role: str) -> Any:
         from .nn.s2a import MaskGCTS2A, S2AConfig
 
         cfg = S2AConfig.from_dict(self.store.config(self._card("maskgct-s2a"))[role])
-        module = checkpoint.build_on_meta(lambda: MaskGCTS2A(cfg))
+        module = checkpoint.build_on_meta(lambda: MaskGCTS2A(cfg, attn_impl=self.options.attention))
         return self._load_module(
             module, self._file("maskgct-s2a", role), tolerated=["diff_estimator.embed_tokens.weight"]
         )
@@ -414,7 +417,6 @@ class Engine:
             temperature=decoding.temperature,
             filter_thres=decoding.filter_thres,
             fused_cfg=self.options.fused_cfg,
-            attn_impl=self.options.attention,
         )
         dev = self.device
         with self._timer("stage1"):
@@ -450,7 +452,6 @@ class Engine:
                 filter_thres=decoding.s2a_filter_thres,
                 rescale_cfg=decoding.s2a_rescale_cfg,
                 fused_cfg=self.options.fused_cfg,
-                attn_impl=self.options.attention,
             )
         if self.options.low_memory:
             self.release("s2a_1layer", "s2a_full")

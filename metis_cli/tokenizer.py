@@ -49,7 +49,7 @@ class Tokenizers:
     @torch.inference_mode()
     def ssl_features(self, wav16: np.ndarray, what: str = "input") -> torch.Tensor:
         """(T, D) float32 normalised layer-17 w2v-BERT features (50 frames/s)."""
-        feat = self._get("ssl")(wav16, what=what)  # (1, T, D)
+        feat = self._get("ssl")(wav16, name=what)  # (1, T, D)
         return feat[0].to(self.device, torch.float32)
 
     @torch.inference_mode()
