@@ -1,17 +1,30 @@
 """TTS text front end: text → official phone string and phone ids (spec §9).
 
 Languages load lazily: English never imports the Chinese or Japanese stacks.
+
+Public API: :func:`g2p`, :func:`detect_language`, :func:`tts_phone_ids`, :func:`target_length`,
+:func:`espeak_info`, :func:`fetch_zh_frontend`, :func:`fetch_ja_frontend`.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
 from metis_cli.errors import TextError
 
 LANGUAGES = ("zh", "en", "ja", "fr", "ko", "de")
+FRAMES_PER_SECOND = 50
 
 
 def g2p(text: str, language: str) -> tuple[str, list[int]]:
-    """Return ``(phones, ids)`` for ``text`` in ``language`` (the official ``g2p_``)."""
+    """Return ``(phones, ids)`` for ``text`` in ``language`` (the official ``g2p_``).
+
+    ``zh`` and ``en`` both take the mixed Chinese/English path; text without letters or Chinese
+    characters raises :class:`TextError` there (the official code raises too). ``fr``, ``de``
+    and ``ko`` return an empty or punctuation-only result for such text, as the official code.
+    """
     if language in ("zh", "en"):
         from metis_cli.text.mixed import mixed_g2p
 
@@ -30,3 +43,62 @@ def g2p(text: str, language: str) -> tuple[str, list[int]]:
         raise TextError(f"unsupported language {language!r}: expected one of {', '.join(LANGUAGES)}")
     phones = convert(text)
     return phones, phones_to_ids(phones)
+
+
+@lru_cache(maxsize=1)
+def _langid() -> Any:
+    import langid
+
+    return langid
+
+
+def detect_language(text: str) -> str:
+    """``langid`` label of ``text``; labels outside the six supported languages become ``en``."""
+    label = _langid().classify(text)[0]
+    return label if label in LANGUAGES else "en"
+
+
+def tts_phone_ids(
+    prompt_text: str,
+    target_text: str,
+    prompt_language: str | None = None,
+    target_language: str | None = None,
+) -> tuple[list[int], list[int]]:
+    """Phone ids of the prompt and target texts (each language detected when not given).
+
+    Stage 1 gets ``prompt_ids + target_ids`` (no separator, no BOS/EOS).
+    """
+    prompt_language = prompt_language or detect_language(prompt_text)
+    target_language = target_language or detect_language(target_text)
+    return g2p(prompt_text, prompt_language)[1], g2p(target_text, target_language)[1]
+
+
+def target_length(prompt_frames: int, prompt_text: str, target_text: str, seconds: float | None) -> int:
+    """Target semantic frames (spec §1.4): the UTF-8 byte ratio rule, or ``int(seconds * 50)``."""
+    if seconds is not None:
+        return int(seconds * FRAMES_PER_SECOND)
+    prompt_bytes = len(prompt_text.encode("utf-8"))
+    if prompt_bytes == 0:
+        raise TextError("empty prompt text: cannot derive the target length from the byte ratio")
+    return prompt_frames * len(target_text.encode("utf-8")) // prompt_bytes
+
+
+def espeak_info() -> dict[str, str]:
+    """The espeak-ng stack in use: ``backend`` (system/bundled), ``library``, versions."""
+    from metis_cli.text.espeak import espeak_info as info
+
+    return info()
+
+
+def fetch_zh_frontend(dest: Path | None = None) -> Path:
+    """Fetch (if needed) and verify the Chinese lexicon and polyphone model; return their folder."""
+    from metis_cli.text.resources import fetch_zh_frontend as fetch
+
+    return fetch(dest)
+
+
+def fetch_ja_frontend(dest: Path | None = None) -> Path:
+    """Fetch (if needed) the OpenJTalk 1.11 dictionary; return its folder."""
+    from metis_cli.text.resources import fetch_ja_frontend as fetch
+
+    return fetch(dest)

@@ -1,0 +1,68 @@
+"""``metis g2p``: text → official phones and phone ids; a batch filter over stdin lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+
+from metis_cli.errors import MetisError, TextError
+
+
+def _convert(text: str, language: str | None) -> dict:
+    from metis_cli import text as front
+
+    if not text.strip():
+        raise TextError("empty text")
+    if not any(ch.isalpha() for ch in text):
+        raise TextError(f"text {text[:40]!r} has no letters to phonemise")
+    lang = language or front.detect_language(text)
+    phones, ids = front.g2p(text, lang)
+    return {"text": text, "lang": lang, "phones": phones, "ids": ids}
+
+
+def g2p_command(
+    text: str | None = typer.Argument(None, help="Text to convert; omitted: one text per stdin line."),
+    language: str | None = typer.Option(
+        None, "--language", "-l", help="zh, en, ja, fr, ko or de (default: detected per text)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Report the espeak-ng stack on stderr."),
+) -> None:
+    """Print the phone string and phone ids of each text."""
+    if verbose:
+        from metis_cli.text import espeak_info
+
+        try:
+            info = espeak_info()
+            typer.echo(
+                f"espeak-ng {info['espeak_ng']} ({info['backend']}: {info['library']}), "
+                f"phonemizer {info['phonemizer']}",
+                err=True,
+            )
+        except MetisError as exc:
+            typer.echo(f"espeak-ng: {exc}", err=True)
+    lines = [text] if text is not None else [line.rstrip("\r\n") for line in sys.stdin]
+    failed = 0
+    for number, line in enumerate(lines, start=1):
+        try:
+            result = _convert(line, language)
+        except MetisError as exc:
+            failed += 1
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if as_json:
+                typer.echo(json.dumps({"text": line, "lang": language, "error": message}, ensure_ascii=False))
+            typer.echo(f"line {number}: {message}", err=True)
+            continue
+        if as_json:
+            typer.echo(json.dumps(result, ensure_ascii=False))
+        else:
+            typer.echo(f"{result['lang']}\t{result['phones']}\t{' '.join(map(str, result['ids']))}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``g2p`` command to the ``metis`` app."""
+    app.command("g2p")(g2p_command)
