@@ -246,7 +246,7 @@ class SSLFeatureExtractor:
             out = self._extractor(wav16k, sampling_rate=SSL_SAMPLE_RATE, return_tensors="pt")
         return out["input_features"], out["attention_mask"]
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the features may feed a model being trained
     def encode(self, input_features: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Truncated encoder: stacked fbanks ``(1, T, 160)`` -> layer output ``(1, T, hidden)`` float32.
 

@@ -288,3 +288,12 @@ def test_missing_weight_is_an_error(tmp_path: Path, tiny_dir: Path):
 def test_dropped_layers_are_not_loaded(ssl):
     assert len(ssl._model.encoder.layers) == SSL_LAYER
     assert ssl._model.adapter is None
+
+
+def test_features_usable_in_autograd(ssl):
+    """Features feed trainable models (finetune): they must not be inference tensors."""
+    feats = ssl(_wav(3000))
+    assert not feats.requires_grad and not feats.is_inference()
+    layer = torch.nn.Linear(HIDDEN, 2)
+    layer(feats).sum().backward()
+    assert layer.weight.grad is not None
