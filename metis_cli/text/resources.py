@@ -82,10 +82,22 @@ def zh_frontend_dir(dest: Path | None = None) -> Path:
 
 
 def _pypi_sdist_url(name: str, version: str) -> str:
-    with urllib.request.urlopen(f"https://pypi.org/pypi/{name}/{version}/json", timeout=60) as resp:
-        meta = json.load(resp)
-    for entry in meta["urls"]:
-        if entry["packagetype"] == "sdist":
+    """URL of the sdist: PyPI's JSON API, else the Simple API (PEP 691) that pip itself uses."""
+    try:
+        with urllib.request.urlopen(f"https://pypi.org/pypi/{name}/{version}/json", timeout=60) as resp:
+            meta = json.load(resp)
+        for entry in meta["urls"]:
+            if entry["packagetype"] == "sdist":
+                return entry["url"]
+    except OSError as exc:
+        log.info("PyPI JSON API unavailable (%s); trying the Simple API", exc)
+    request = urllib.request.Request(
+        f"https://pypi.org/simple/{name}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        index = json.load(resp)
+    for entry in index["files"]:
+        if entry["filename"] == f"{name}-{version}.tar.gz":
             return entry["url"]
     raise TextError(f"PyPI has no source distribution for {name}=={version}")
 
