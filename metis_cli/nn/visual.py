@@ -195,8 +195,8 @@ class RelPositionMultiHeadedAttention(nn.Module):
         self.linear_v = nn.Linear(dim, dim)
         self.linear_out = nn.Linear(dim, dim)
         self.linear_pos = nn.Linear(dim, dim, bias=False)
-        self.pos_bias_u = nn.Parameter(torch.empty(heads, self.d_k))
-        self.pos_bias_v = nn.Parameter(torch.empty(heads, self.d_k))
+        self.pos_bias_u = nn.Parameter(torch.zeros(heads, self.d_k))
+        self.pos_bias_v = nn.Parameter(torch.zeros(heads, self.d_k))
 
     def forward(self, x: Tensor, pos_emb: Tensor) -> Tensor:
         """x: (B, T, D), pos_emb: (1, 2T-1, D) -> (B, T, D)."""
