@@ -12,7 +12,7 @@ from metis_cli.errors import VideoError
 from metis_cli.nn.visual import tiny_config
 from metis_cli.video import load_mouth_rois, visual_features
 from metis_cli.visual_loader import load_visual_encoder, save_tiny_visual_checkpoint
-from tests.l2s.test_video import face_video, write_video
+from tests.l2s.synth import face_video, write_video
 
 
 def test_video_to_features_end_to_end(tmp_path: Path) -> None:
