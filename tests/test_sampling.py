@@ -1,0 +1,284 @@
+"""Sampler unit tests on tiny random models: schedule arithmetic, noise sources, per-item
+batch invariance, fast modes, pass counting and bf16 weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from metis_cli.errors import InputError
+from metis_cli.nn.s2a import MaskGCTS2A, S2AConfig
+from metis_cli.nn.stage1 import MetisStage1, Stage1Config, l2s_condition
+from metis_cli.sampling import (
+    DecodeOptions,
+    ReplayNoise,
+    TorchNoise,
+    _run_padded,
+    gumbel,
+    next_mask_count,
+    s2a_generate,
+    stage1_generate,
+    time_grid,
+    top_k_count,
+)
+
+H, V = 32, 50
+
+
+def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 2:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
+            elif name.endswith("to_weight.bias"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.5 + 0.1 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def stage1() -> MetisStage1:
+    block = {"hidden_size": H, "num_layers": 2, "num_heads": 4, "cond_codebook_size": V, "cond_dim": 12}
+    return randomize(MetisStage1(Stage1Config.from_dict(block | {"use_phone_cond": True}, "omni")), 1)
+
+
+@pytest.fixture(scope="module")
+def s2a() -> MaskGCTS2A:
+    block = {"num_quantizer": 3, "hidden_size": H, "num_layers": 2, "num_heads": 4}
+    return randomize(
+        MaskGCTS2A(S2AConfig.from_dict(block | {"codebook_size": 40, "cond_codebook_size": V})), 2
+    )
+
+
+# ----------------------------------------------------------------------------- arithmetic
+
+
+@pytest.mark.parametrize("vocab,k", [(100, 3), (128, 3), (1024, 21), (8192, 164)])
+def test_top_k_count_python_float_rule(vocab, k):
+    assert top_k_count(vocab, 0.98) == k
+
+
+def test_gumbel_formula():
+    u = torch.tensor([0.0, 0.25, 0.5, 0.999999])
+    expected = -torch.log(-torch.log(u + 1e-10) + 1e-10)
+    assert torch.equal(gumbel(u), expected)
+    assert gumbel(u).dtype == torch.float32
+
+
+def test_schedule_counts():
+    t = time_grid(10)
+    assert t[0] == 1.0 and t[-1] == 0.0 and len(t) == 11
+    assert [next_mask_count(x, 199) for x in t[1:]] == [196, 189, 177, 160, 140, 116, 90, 61, 31, 0]
+
+
+@pytest.mark.parametrize("steps,largest", [(40, 25), (25, 15), (16, 10), (10, 6)])
+def test_early_stop_lengths(steps, largest):
+    t_last = time_grid(steps)[steps - 1]
+    assert next_mask_count(t_last, largest) == 0
+    assert next_mask_count(t_last, largest + 1) >= 1
+
+
+# ----------------------------------------------------------------------------- noise sources
+
+
+def test_torch_noise_matches_global_generator():
+    torch.manual_seed(5)
+    a = torch.zeros(2, 3, 4).uniform_(0, 1)
+    b = torch.zeros(2, 3).uniform_(0, 1)
+    noise = TorchNoise(torch.Generator().manual_seed(5))
+    assert torch.equal(noise.uniform((2, 3, 4), "sample"), a)
+    assert torch.equal(noise.uniform((2, 3), "choice"), b)
+    assert noise.draws == 2
+
+
+def test_replay_noise_checks_shapes_kinds_and_consumption():
+    u = [torch.rand(1, 3, 5), torch.rand(1, 3)]
+    noise = ReplayNoise(u, ["sample", "choice"])
+    with pytest.raises(ValueError, match="mismatch"):
+        noise.uniform((1, 3), "choice")
+    assert torch.equal(noise.uniform((1, 3, 5), "sample"), u[0])
+    assert not noise.consumed and noise.remaining == 1
+    with pytest.raises(ValueError, match="mismatch"):
+        noise.uniform((1, 4), "choice")
+    noise.uniform((1, 3), "choice")
+    assert noise.consumed
+    with pytest.raises(ValueError, match="exhausted"):
+        noise.uniform((1, 3), "choice")
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def _stage1_items(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    specs = [(5, 12, 7), (0, 4, 3), (3, 9, 0)]  # (prompt, target, phones); target 4 stops early
+    prompts = [torch.randint(0, V, (lp,), generator=g) for lp, _, _ in specs]
+    lens = [n for _, n, _ in specs]
+    phones = [torch.randint(0, 1000, (p,), generator=g) for _, _, p in specs]
+    cond = [torch.randn(lp + n, 12, generator=g) for lp, n, _ in specs]
+    return prompts, lens, phones, cond
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("with_cond", [False, True])
+def test_stage1_batch_equals_single_items(stage1, fused, with_cond):
+    prompts, lens, phones, cond = _stage1_items()
+    opts = DecodeOptions(steps=10, cfg=2.5, fused_cfg=fused)
+    cond = cond if with_cond else None
+    noises = [TorchNoise(torch.Generator().manual_seed(10 + b)) for b in range(3)]
+    batched = stage1_generate(stage1, prompts, lens, phones, cond, opts, noises)
+    for b in range(3):
+        alone = TorchNoise(torch.Generator().manual_seed(10 + b))
+        (ref,) = stage1_generate(
+            stage1, [prompts[b]], [lens[b]], [phones[b]], None if cond is None else [cond[b]], opts, [alone]
+        )
+        assert torch.equal(batched[b], ref), f"item {b}"
+        assert alone.draws == noises[b].draws, f"item {b} drew a different number of tensors"
+        assert batched[b].shape == (lens[b],) and int(batched[b].max()) < V
+
+
+def test_padded_pass_matches_single_sequences(stage1):
+    g = torch.Generator().manual_seed(3)
+    seqs = [torch.randn(1, n, H, generator=g) for n in (7, 3, 11)]
+    net = stage1.diff_estimator
+    with torch.no_grad():
+        batched = _run_padded(net, seqs, 0.6)
+        for s, out in zip(seqs, batched, strict=True):
+            ref = _run_padded(net, [s], 0.6)[0]
+            assert (out - ref).abs().max() <= 1e-5
+
+
+def test_s2a_batch_equals_single_items(s2a):
+    g = torch.Generator().manual_seed(4)
+    specs = [(4, 9), (0, 5), (2, 14)]  # (prompt, target)
+    sem = [torch.randint(0, V, (lp + n,), generator=g) for lp, n in specs]
+    prompts = [torch.randint(0, 40, (lp, 12), generator=g) for lp, _ in specs]
+    opts = DecodeOptions(steps=(6, 3, 1), cfg=2.5, temperature=1.5)
+    noises = [TorchNoise(torch.Generator().manual_seed(20 + b)) for b in range(3)]
+    out = s2a_generate(s2a, sem, prompts, opts, noises)
+    for b in range(3):
+        alone = TorchNoise(torch.Generator().manual_seed(20 + b))
+        (ref,) = s2a_generate(s2a, [sem[b]], [prompts[b]], opts, [alone])
+        assert torch.equal(out[b], ref)
+        assert out[b].shape == (specs[b][1], 3)
+        assert alone.draws == noises[b].draws
+
+
+def test_pass_counter(stage1):
+    prompts, lens, phones, _ = _stage1_items()
+    net = stage1.diff_estimator
+    for fused, per_step in ((False, 2), (True, 1)):
+        before = net.passes
+        stage1_generate(
+            stage1,
+            prompts[:1],
+            lens[:1],
+            None,
+            None,
+            DecodeOptions(steps=5, cfg=1.0, fused_cfg=fused),
+            [TorchNoise()],
+        )
+        assert net.passes - before == 5 * per_step
+
+
+def test_bad_inputs_raise(stage1, s2a):
+    prompts, lens, phones, _ = _stage1_items()
+    with pytest.raises(InputError):
+        stage1_generate(stage1, prompts[:1], [0], None, None, DecodeOptions(steps=3), [TorchNoise()])
+    with pytest.raises(InputError):
+        stage1_generate(stage1, prompts[:2], lens[:1], None, None, DecodeOptions(steps=3), [TorchNoise()])
+    with pytest.raises(InputError):  # wrong number of per-layer step counts
+        s2a_generate(
+            s2a,
+            [torch.zeros(5, dtype=torch.long)],
+            [torch.zeros(2, 12, dtype=torch.long)],
+            DecodeOptions(steps=(3, 1)),
+            [TorchNoise()],
+        )
+
+
+# ----------------------------------------------------------------------------- bf16, configs, L2S
+
+
+def test_bf16_weights_run(stage1, s2a):
+    import copy
+
+    prompts, lens, phones, cond = _stage1_items()
+    m16 = copy.deepcopy(stage1).to(torch.bfloat16)
+    out = stage1_generate(
+        m16, prompts, lens, phones, cond, DecodeOptions(steps=4, cfg=2.5), [TorchNoise()] * 3
+    )
+    assert [o.shape[0] for o in out] == lens and all(int(o.max()) < V for o in out)
+    x, t = torch.randn(2, 6, H), torch.tensor([0.3, 0.9])
+    with torch.no_grad():
+        ref = stage1.diff_estimator(x, t)
+        got = m16.diff_estimator(x.bfloat16(), t).float()
+    assert (got - ref).abs().max() <= 0.1 * ref.abs().max()
+    s16 = copy.deepcopy(s2a).to(torch.bfloat16)
+    sem, pr = [torch.randint(0, V, (9,))], [torch.randint(0, 40, (3, 12))]
+    (codes,) = s2a_generate(s16, sem, pr, DecodeOptions(steps=(3, 2, 1), cfg=2.5), [TorchNoise()])
+    assert codes.shape == (6, 3)
+
+
+@pytest.mark.parametrize(
+    "ft,extra,adapter",
+    [
+        ("tts", {}, "none"),
+        (None, {}, "none"),
+        ("vc", {}, "gated"),
+        ("l2s", {}, "plain"),
+        ("se", {"use_zero_gate_adapter": False}, "plain"),
+        ("l2s", {"use_lora": True}, "gated"),
+        ("omni", {}, "gated"),
+    ],
+)
+def test_adapter_rule(ft, extra, adapter):
+    block = {"hidden_size": 8, "num_layers": 1, "num_heads": 2, "cond_codebook_size": 4, "cond_dim": 3}
+    cfg = Stage1Config.from_dict({"model": {"t2s_model": block | extra}}, ft)
+    assert cfg.adapter == adapter
+    assert cfg.use_phone_cond  # absent -> True
+    model = MetisStage1(cfg)
+    keys = {k for k in model.state_dict() if k.startswith("cond_adapter.")}
+    expected = {
+        "none": set(),
+        "gated": {
+            f"cond_adapter.{n}"
+            for n in (
+                "gate_scale",
+                "in_linear.weight",
+                "in_linear.bias",
+                "out_linear.weight",
+                "out_linear.bias",
+            )
+        },
+        "plain": {
+            "cond_adapter.0.weight",
+            "cond_adapter.0.bias",
+            "cond_adapter.2.weight",
+            "cond_adapter.2.bias",
+        },
+    }[adapter]
+    assert keys == expected
+
+
+def test_l2s_condition_formula():
+    x = torch.randn(5, 3)
+    out = l2s_condition(x, 4)
+    assert out.shape == (4 + 10, 3)
+    assert torch.equal(out[:4], torch.zeros(4, 3))
+    up = out[4:]
+    prev = torch.cat([x[:1], x[:-1]])
+    nxt = torch.cat([x[1:], x[-1:]])
+    assert torch.allclose(up[0::2], 0.75 * x + 0.25 * prev, atol=1e-6)
+    assert torch.allclose(up[1::2], 0.75 * x + 0.25 * nxt, atol=1e-6)
+
+
+def test_decode_options_frozen():
+    opts = DecodeOptions(steps=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.cfg = 1.0  # type: ignore[misc]
