@@ -64,9 +64,13 @@ def read_visual_config(json_path: str | Path) -> VisualEncoderConfig:
 
 
 def _read_pth(path: Path) -> dict[str, torch.Tensor]:
-    """torch.load with weights_only=True, unwrapped to a flat {key: tensor} dict."""
+    """torch.load with weights_only=True, unwrapped to a flat {key: tensor} dict.
+
+    Files in the zip format are memory-mapped, so unused decoder/CTC tensors are never read.
+    """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        mmap = zipfile.is_zipfile(path)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         detail = re.search(r"Unsupported (global|operand)[^\n]*", str(exc))
         why = f" ({detail.group(0).split('. ')[0].strip()})" if detail else ""

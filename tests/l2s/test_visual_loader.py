@@ -181,3 +181,13 @@ def test_config_forms(tmp_path: Path) -> None:
     (tmp_path / "num.json").write_text("[1, 2]")
     with pytest.raises(CheckpointError, match=r"num\.json"):
         read_visual_config(tmp_path / "num.json")
+
+
+def test_legacy_torch_save_format_loads(tiny, clip, tmp_path: Path) -> None:
+    state = torch.load(tiny[0], weights_only=True)
+    old = tmp_path / "old.pth"
+    torch.save(state, old, _use_new_zipfile_serialization=False)  # pre-1.6 layout, not memory-mappable
+    assert old.read_bytes()[:2] != b"PK"
+    torch.testing.assert_close(
+        _run(load_visual_encoder(old, tiny[1]), clip), _run(load_visual_encoder(tiny[0]), clip)
+    )
