@@ -18,7 +18,9 @@ from torch import nn
 
 from metis_cli.checkpoint import build_on_meta
 from metis_cli.nn.acoustic_codec import AcousticCodecConfig, CodecDecoder, CodecEncoder
+from metis_cli.nn.s2a import S2A_TOLERATED_EXTRA, MaskGCTS2A, S2AConfig
 from metis_cli.nn.semantic_codec import SemanticCodec, SemanticCodecConfig
+from metis_cli.nn.stage1 import MetisStage1, Stage1Config
 from tests.golden.cases import MANIFEST_DIR
 from tests.nn.full_size import FULL_SIZE_CONFIGS
 
@@ -50,6 +52,10 @@ def parse_manifest(path: Path) -> Manifest:
     return Manifest(entries, footer)
 
 
+def _stage1(ft_type: str | None, **override) -> MetisStage1:
+    return MetisStage1(Stage1Config.from_dict(FULL_SIZE_CONFIGS["t2s_model"] | override, ft_type))
+
+
 def _acoustic() -> AcousticCodecConfig:
     return AcousticCodecConfig.from_dict(FULL_SIZE_CONFIGS["acoustic_codec"])
 
@@ -72,6 +78,22 @@ ROWS: list[ManifestRow] = [
     ManifestRow("acoustic_codec_encoder", lambda: CodecEncoder(_acoustic().encoder)),
     # includes the persistent buffer model.head.istft.window (a real key of our module)
     ManifestRow("acoustic_codec_decoder", lambda: CodecDecoder(_acoustic().decoder)),
+    # generators (stage 1, S2A)
+    ManifestRow("t2s_tts", lambda: _stage1("tts", use_phone_cond=True)),
+    ManifestRow("metis_base", lambda: _stage1(None)),
+    ManifestRow("metis_se_full", lambda: _stage1("se")),
+    ManifestRow("metis_tse_full", lambda: _stage1("tse")),
+    ManifestRow("metis_vc_full", lambda: _stage1("vc")),
+    ManifestRow("metis_l2s_full", lambda: _stage1("l2s", cond_dim=768)),
+    ManifestRow("metis_omni_full", lambda: _stage1("omni", use_phone_cond=True)),
+    *(
+        ManifestRow(
+            name,
+            lambda name=name: MaskGCTS2A(S2AConfig.from_dict(FULL_SIZE_CONFIGS[name])),
+            frozenset(S2A_TOLERATED_EXTRA),
+        )
+        for name in ("s2a_model_1layer", "s2a_model_full")
+    ),
 ]
 
 
