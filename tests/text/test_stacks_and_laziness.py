@@ -50,11 +50,13 @@ def test_other_espeak_stack_in_subprocess() -> None:
     other = "bundled" if active == "system" else "system"
     if other == "system" and not ctypes.util.find_library("espeak-ng"):
         pytest.skip("no system libespeak-ng here; the bundled stack is the active one and is tested")
+    env = {**os.environ, "METIS_ESPEAK": other}
+    env.pop("ESPEAK_DATA_PATH", None)  # set in this process for the bundled data; not for the other
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/text/test_g2p_golden.py",
          "-k", "en- or fr- or de- or ko-"],
         cwd=ROOT,
-        env={**os.environ, "METIS_ESPEAK": other},
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,
