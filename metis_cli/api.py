@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,7 +91,7 @@ class Pipeline:
 
     def make_job(
         self,
-        inputs: Iterable[str | Path],
+        inputs: Iterable[str | Path] | Mapping[str, str | Path],
         output: str | Path,
         seed: int | None = None,
         text: str | None = None,
@@ -100,14 +100,29 @@ class Pipeline:
         prompt_language: str | None = None,
         duration: float | None = None,
     ) -> Job:
+        """A job for this task. `inputs`: files in the task's role order, or {role: file}."""
         spec = TASKS[self.task]
-        inputs = [Path(p) for p in inputs]
         roles = spec.inputs + spec.optional_inputs
-        if not (len(spec.inputs) <= len(inputs) <= len(roles)):
-            raise InputError(f"task '{self.task}' takes inputs {', '.join(roles)}; got {len(inputs)} file(s)")
+        if isinstance(inputs, Mapping):
+            by_role = {r: Path(p) for r, p in inputs.items() if p not in (None, "")}
+        else:
+            files = [Path(p) for p in inputs]
+            if len(files) > len(roles):
+                raise InputError(
+                    f"task '{self.task}' takes inputs {', '.join(roles)}; got {len(files)} file(s)"
+                )
+            by_role = dict(zip(roles, files, strict=False))  # optional roles may be absent
+        unknown = [r for r in by_role if r not in roles]
+        missing = [r for r in spec.inputs if r not in by_role]
+        if unknown or missing:
+            raise InputError(
+                f"task '{self.task}' takes inputs {', '.join(roles)}"
+                + (f"; missing {', '.join(missing)}" if missing else "")
+                + (f"; unknown {', '.join(unknown)}" if unknown else "")
+            )
         return Job(
             task=self.task,
-            inputs=dict(zip(roles, inputs, strict=False)),  # optional roles may be absent
+            inputs=by_role,
             output=Path(output),
             seed=random_seed() if seed is None else int(seed),
             text=text,
@@ -131,13 +146,15 @@ class Pipeline:
         jobs: Iterable[Job],
         existing: str = "error",
         on_report: Callable[[Report], None] | None = None,
+        on_chunk: Callable[[Any], None] | None = None,
         **decoding: Any,
     ) -> Iterator[Report]:
         """Run jobs with one model load; write each output atomically as it finishes.
 
         existing: what to do when an output file exists: "error" (default: the job fails,
         the file is kept), "overwrite", or "skip". An output that is one of the job's inputs
-        always fails. A failed job never stops the others.
+        always fails. A failed job never stops the others. Long inputs (docs/LONGFORM.md) are
+        written chunk by chunk as they finish; `on_chunk` gets a `longform.ChunkProgress` per chunk.
         """
         dec = self._decoding(**decoding)
         todo: list[Job] = []
@@ -149,12 +166,16 @@ class Pipeline:
                 early[i] = problem
             else:
                 todo.append(job)
-        results = self.engine.run(todo, dec)
-        for i in range(len(jobs)):
-            rep = early.get(i) or self._finish(next(results), dec)
-            if on_report is not None:
-                on_report(rep)
-            yield rep
+        self.engine.on_chunk = on_chunk
+        try:
+            results = self.engine.run(todo, dec, stream=True)
+            for i in range(len(jobs)):
+                rep = early.get(i) or self._finish(next(results), dec)
+                if on_report is not None:
+                    on_report(rep)
+                yield rep
+        finally:
+            self.engine.on_chunk = None
 
     def _report(self, job: Job, status: str, error: str | None = None) -> Report:
         return Report(
@@ -189,7 +210,9 @@ class Pipeline:
         rep.processing_seconds = round(res.seconds, 3)
         rep.audio_seconds = round(res.audio_seconds, 3)
         rep.info = res.info
-        if res.ok:
+        if res.ok and res.info.get("streamed"):  # long input: the engine wrote it chunk by chunk
+            rep.output_seconds = round(res.info["output_samples"] / CODEC_SAMPLE_RATE, 3)
+        elif res.ok:
             try:
                 audio.write_wav_atomic(res.job.output, res.wav, CODEC_SAMPLE_RATE)
                 rep.output_seconds = round(len(res.wav) / CODEC_SAMPLE_RATE, 3)
@@ -211,6 +234,10 @@ def load(
     batch_size: int = 1,
     low_memory: bool = False,
     visual_checkpoint: str | Path | None = None,
+    chunk_seconds: float = 20.0,
+    overlap_seconds: float = 1.0,
+    context_seconds: float = 2.0,
+    max_chars: int = 300,
     **decoding: Any,
 ) -> Pipeline:
     """Build a pipeline for `task` ("tts", "vc", "tse", "se", "l2s").
@@ -218,7 +245,10 @@ def load(
     model: a card name (`metis models` lists them) or a fine-tuned model folder; default: the
     task's official model. Defaults are the exact reference mode (fp32, eager attention,
     separate CFG passes, batch size 1). `decoding` overrides the card's defaults
-    (steps, cfg, temperature, s2a_steps_1layer, ...).
+    (steps, cfg, temperature, s2a_steps_1layer, ...). Long inputs (docs/LONGFORM.md): SE/TSE/VC
+    inputs longer than `chunk_seconds` (0 = never) run in chunks joined by `overlap_seconds`
+    crossfades (SE carries `context_seconds` of output tokens as the next prompt); TTS texts
+    longer than `max_chars` are split at sentence boundaries.
     """
     options = EngineOptions(
         device=device,
@@ -228,6 +258,10 @@ def load(
         batch_size=max(1, int(batch_size)),
         low_memory=low_memory,
         visual_checkpoint=Path(visual_checkpoint) if visual_checkpoint else None,
+        chunk_seconds=float(chunk_seconds),
+        overlap_seconds=float(overlap_seconds),
+        context_seconds=float(context_seconds),
+        max_chars=int(max_chars),
     )
     engine = Engine(task, model, ModelStore(checkpoint_dir, offline), options)
     return Pipeline(engine, Decoding.from_card(engine.card, task, **decoding))

@@ -59,6 +59,7 @@ class FileSpec:
     path: str  # path inside the repo
     size: str = ""  # approximate size as the Hub lists it (informational only)
     manifest: str | None = None  # expected safetensors header: models/manifests/<manifest>.txt
+    local: bool = False  # the file lives in the card's own folder (fine-tuned models), not in `repo`
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class ModelCard:
     decoding_per_task: dict[str, dict[str, Any]] = field(default_factory=dict)  # omni
     license: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # other card fields (e.g. visual_encoder)
+    local_dir: Path | None = None  # folder of a `card.json` (set on load): where `local` files live
 
     def decoding_for(self, task: str) -> dict[str, Any]:
         return self.decoding_per_task.get(task, self.decoding)
@@ -86,7 +88,7 @@ class ModelCard:
         return (self.task,) if self.task else ()
 
 
-def _card_from_dict(d: dict[str, Any]) -> ModelCard:
+def _card_from_dict(d: dict[str, Any], local_dir: Path | None = None) -> ModelCard:
     known = {"name", "description", "repo", "files", "config", "task", "requires", "stage1", "decoding"}
     known |= {"decoding_per_task", "license"}
     files = {role: FileSpec(role=role, **spec) for role, spec in d.get("files", {}).items()}
@@ -103,6 +105,7 @@ def _card_from_dict(d: dict[str, Any]) -> ModelCard:
         decoding_per_task=d.get("decoding_per_task", {}),
         license=d.get("license", ""),
         extra={k: v for k, v in d.items() if k not in known},
+        local_dir=local_dir,
     )
 
 
@@ -124,7 +127,7 @@ def get_card(name: str, model_dir: Path | None = None) -> ModelCard:
     path = Path(name)
     if model_dir is None and (path / "card.json").is_file():
         d = json.loads((path / "card.json").read_text())
-        return _card_from_dict(d)
+        return _card_from_dict(d, local_dir=path.resolve())
     cards = _shipped_cards()
     key = ALIASES.get(name, name)
     if key not in cards:
@@ -176,7 +179,7 @@ class ModelStore:
         f = self.checkpoint_dir / OVERRIDES_FILE
         if not f.is_file():
             return {}
-        log.warning("using config overrides from %s (not the released model sizes)", f)
+        log.info("using config overrides from %s (not the released model sizes)", f)
         return json.loads(f.read_text())
 
     def config(self, card: ModelCard) -> dict[str, Any]:
@@ -206,6 +209,9 @@ class ModelStore:
     def local_path(self, card: ModelCard, role: str) -> Path | None:
         """Where a file is on this machine, or None (never downloads)."""
         spec = card.files[role]
+        if spec.local:
+            p = card.local_dir / spec.path if card.local_dir is not None else None
+            return p if p is not None and p.is_file() else None
         if self.checkpoint_dir is not None:
             repo_dir = self._local_repo_dir(card.repo)
             p = repo_dir / spec.path if repo_dir else None
@@ -224,6 +230,8 @@ class ModelStore:
         if local is not None:
             return local
         spec = card.files[role]
+        if spec.local:
+            raise MissingModelError(f"model '{card.name}': file {card.local_dir}/{spec.path} not found")
         where = f"{card.repo}/{spec.path}"
         if self.checkpoint_dir is not None:
             raise MissingModelError(

@@ -201,6 +201,8 @@ class SSLFeatureExtractor:
         config.num_hidden_layers = self.num_layers
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the dropped layers would be reported as unexpected keys
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # stderr belongs to the CLI's own progress display
         try:
             with torch.random.fork_rng(devices=[]):  # initialisation before loading draws
                 model, info = Wav2Vec2BertModel.from_pretrained(
@@ -214,6 +216,8 @@ class SSLFeatureExtractor:
             raise CheckpointError(f"{self.model_dir}: cannot load w2v-BERT ({_first_line(exc)})") from None
         finally:
             hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
         _check_loading_info(self.model_dir, info, self.num_layers)
         # The encoder applies nothing after its last layer; the model's intermediate FFN and
         # adapter would act on last_hidden_state only (both off in w2v-BERT 2.0) and are unused.

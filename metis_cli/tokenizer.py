@@ -87,8 +87,8 @@ class Tokenizers:
         return wav[0].float().cpu().numpy()
 
     # -- video ---------------------------------------------------------------------------------------
-    def visual_features(self, path: Path) -> torch.Tensor:
-        """(T_v, D) visual features at 25 fps of a video file."""
+    def visual_features(self, path: Path, landmarks: Path | None = None) -> torch.Tensor:
+        """(T_v, D) visual features at 25 fps of a video file (optional landmarks file)."""
         if self._visual is None:
             raise MissingModelError("this pipeline has no visual encoder (L2S needs --visual-checkpoint)")
-        return self._visual(path)
+        return self._visual(path, landmarks)

@@ -157,7 +157,7 @@ class Runner:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        console = Console(stderr=True)
+        console = Console(stderr=True, soft_wrap=True)
         show = not quiet and console.is_terminal
         failures: list[Any] = []
         done = 0
@@ -392,6 +392,12 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
     def l2s(
         videos: list[str] = typer.Argument(None, help="Silent videos of a speaking face (25 fps ideal)."),
         prompt: Path = typer.Option(None, "--prompt", "-p", help="Optional speaker prompt wav."),
+        landmarks: Path = typer.Option(
+            None,
+            "--landmarks",
+            help="Face keypoints .npy (frames, 4, 2): right eye, left eye, nose tip, mouth centre in pixels, "
+            "NaN rows for frames without a face (instead of the MediaPipe detector; one video).",
+        ),
         visual_checkpoint: Path = typer.Option(
             None,
             "--visual-checkpoint",
@@ -424,9 +430,13 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         quiet: bool = _QUIET,
     ) -> None:
         """Lip-to-speech: speech for silent lip video, optionally in the voice of a prompt."""
-        kw = {k: v for k, v in locals().items() if k not in ("videos", "prompt", "output", "manifest")}
-        extra = [prompt] if prompt is not None else []
-        _run_single_input("l2s", "l2s", videos, output, manifest, kw, ("video", "prompt"), extra_inputs=extra)
+        kw = {
+            k: v
+            for k, v in locals().items()
+            if k not in ("videos", "prompt", "landmarks", "output", "manifest")
+        }
+        extra = {"prompt": prompt, "landmarks": landmarks}
+        _run_single_input("l2s", "l2s", videos, output, manifest, kw, ("video", "prompt", "landmarks"), extra)
 
 
 def _runner_kw(kw: dict[str, Any]) -> dict[str, Any]:
@@ -443,8 +453,8 @@ def _job_from_row(
     missing = [r for r in TASKS[pipe.task].inputs if not row.get(r)]
     if missing:
         raise InputError(f"manifest job {row}: missing field(s) {', '.join(missing)}")
-    inputs = [row[r] for r in roles if row.get(r)]
-    main = Path(inputs[0])
+    inputs = {r: row[r] for r in roles if row.get(r)}
+    main = Path(inputs[TASKS[pipe.task].inputs[0]])
     out = Path(row["output"]) if row.get("output") else _default_output(main, outdir, suffix, True)
     seed = row.get("seed")
     dur = row.get("duration")
@@ -480,8 +490,14 @@ def _run_single_input(
         files = _expand(inputs or [])
         many = len(files) > 1
         _outdir_check(output, many)
+        if many and (extra_inputs or {}).get("landmarks") is not None:
+            raise InputError(
+                "--landmarks describes one video; use a --manifest with a landmarks field per video"
+            )
         return [
-            pipe.make_job([f, *(extra_inputs or [])], _default_output(f, output, suffix, many), seed)
+            pipe.make_job(
+                {roles[0]: f, **(extra_inputs or {})}, _default_output(f, output, suffix, many), seed
+            )
             for f in files
         ]
 

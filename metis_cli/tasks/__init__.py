@@ -147,7 +147,7 @@ def build_l2s(job: Job, tok: Tokenizers) -> Conditions:
     """L2S: visual features at 25 fps → ×2 to 50 Hz, zero rows for the prompt (spec §10)."""
     from ..sampling import l2s_condition
 
-    feats = tok.visual_features(job.inputs["video"])  # (T_v, D) at 25 fps
+    feats = tok.visual_features(job.inputs["video"], job.inputs.get("landmarks"))  # (T_v, D) at 25 fps
     if "prompt" in job.inputs:
         prompt_sem, prompt_ac, _ = _prompt_codes(tok, job.inputs["prompt"])
         forwards = 1
@@ -170,5 +170,5 @@ TASKS: dict[str, TaskSpec] = {
     "tse": TaskSpec("tse", ("mix", "enrol"), (), False, True, False, build_tse),
     "vc": TaskSpec("vc", ("source", "reference"), (), False, True, False, build_vc),
     "tts": TaskSpec("tts", ("prompt",), (), True, True, False, build_tts),
-    "l2s": TaskSpec("l2s", ("video",), ("prompt",), False, True, True, build_l2s),
+    "l2s": TaskSpec("l2s", ("video",), ("prompt", "landmarks"), False, True, True, build_l2s),
 }
