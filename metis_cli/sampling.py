@@ -410,13 +410,18 @@ def s2a_generate(
         def embed(b: int, s: _Slot, emb=emb, higher=higher) -> Tensor:
             return cum[b] + torch.where(s.mask[..., None], mask_tok, emb(s.seq)) + higher
 
-        def passes(active: list[int], curs: list[Tensor], t: float, cond_l=cond_l):
+        # the condition MLP outputs do not change across the layer's steps: computed once
+        # (the same calls on the same inputs as per step, so the numbers are identical)
+        cond_h = [net.cond_mlp(c) for c in cond_l]  # (1, T, H)
+        uncond_h = [net.cond_mlp(c[:, n:]) for c, n in zip(cond_l, lp, strict=True)] if opts.cfg > 0 else None
+
+        def passes(active: list[int], curs: list[Tensor], t: float, cond_h=cond_h, uncond_h=uncond_h):
             cond_seqs, uncond = [], []
             for b, cur in zip(active, curs, strict=True):
                 x = torch.cat([prompt_emb[b], cur], dim=1)  # (1, T, H)
-                cond_seqs.append(x + net.cond_mlp(cond_l[b]))
-                if opts.cfg > 0:
-                    uncond.append(cur + net.cond_mlp(cond_l[b][:, lp[b] :]))
+                cond_seqs.append(x + cond_h[b])
+                if uncond_h is not None:
+                    uncond.append(cur + uncond_h[b])
             offs = [lp[b] for b in active]
             n = [lens[b] for b in active]
             return _split_passes(net, cond_seqs, offs, uncond if opts.cfg > 0 else None, n, t, opts.fused_cfg)
