@@ -50,11 +50,12 @@ def _root(
 
 
 def _register() -> None:
-    from . import g2p, models, tasks
+    from . import g2p, models, tasks, train
 
     tasks.register(app)
     models.register(app)
     g2p.register(app)
+    train.register(app)
 
 
 _register()

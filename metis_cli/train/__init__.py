@@ -1,0 +1,14 @@
+"""Fine-tuning and pre-training of the Metis stage-1 model (spec §6.3, §8).
+
+* `objective` – the training forward: random time, prompt length and mask; x_t; masked loss.
+* `data`      – training examples on disk and the content-addressed feature cache.
+* `model`     – trainable models (LoRA + gated adapter, or full) and the files they export.
+* `loop`      – the optimisation loop with bit-identical resume.
+* `run`       – `finetune(...)` and `pretrain(...)`, what the CLI calls.
+"""
+
+from __future__ import annotations
+
+from .run import FinetuneResult, finetune, pretrain
+
+__all__ = ["FinetuneResult", "finetune", "pretrain"]
