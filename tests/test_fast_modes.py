@@ -1,0 +1,172 @@
+"""Fast modes (bf16, SDPA + fused CFG, padded batches, low memory) on the tiny bundle, and the
+benchmark harness's measurements (token agreement, logit error, checkpoint writer).
+
+Correctness only: every mode must run end to end and its agreement metrics must be computed
+and sensible. Never timings.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST_DECODING = {"steps": 2, "s2a_steps_1layer": (2,), "s2a_steps_full": (2, 2) + (1,) * 10}
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bench = _module("bench")
+make_full_size = _module("make_full_size")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    from metis_cli.testing.tiny_bundle import write_tiny_bundle
+
+    return write_tiny_bundle(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("in") / "noisy.wav"
+    bench.make_input(path, 0.6, None)
+    return path
+
+
+def _run(bundle: Path, noisy: Path, tmp: Path, jobs: int = 1, **engine) -> dict:
+    tmp.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "task": "se",
+        "cache": str(bundle),
+        "options": {**engine, **FAST_DECODING},
+        "inputs": [str(noisy)],
+        "seed": 3,
+        "jobs": jobs,
+        "tmp": str(tmp),
+    }
+    return bench.worker(cfg)
+
+
+@pytest.fixture(scope="module")
+def reference(bundle, noisy, tmp_path_factory) -> dict:
+    return _run(bundle, noisy, tmp_path_factory.mktemp("ref"), jobs=2)
+
+
+def test_reference_run_is_recorded(reference):
+    assert reference["passes"] == {"stage1": 4, "s2a_1layer": 4, "s2a_full": 48}  # 2 jobs, no CFG in stage 1
+    assert reference["rows"]["s2a_full"] == reference["passes"]["s2a_full"]  # batch 1: one row per pass
+    assert set(reference["stages"]) >= {"conditions", "stage1", "s2a_1layer", "s2a_full", "decode"}
+    assert reference["rtf"] > 0 and reference["peak_rss_bytes"] >= reference["rss_ready_bytes"] > 0
+    tokens = torch.load(reference["tokens_file"])
+    assert len(tokens["semantic"]) == 2 and tokens["codes"][0].shape[1] == 12
+    assert tokens["codes"][0].shape[0] == tokens["semantic"][0].shape[0]
+
+
+def test_same_configuration_agrees_fully(reference, bundle, noisy, tmp_path):
+    again = _run(bundle, noisy, tmp_path, jobs=2)
+    assert bench.agreement(reference, again) == {"semantic": 1.0, "acoustic_all": 1.0, "acoustic_cb0": 1.0}
+
+
+@pytest.mark.parametrize(
+    "engine",
+    [
+        {"dtype": "bfloat16"},
+        {"attention": "sdpa", "fused_cfg": True},
+        {"dtype": "bfloat16", "low_memory": True},
+    ],
+    ids=["bf16", "sdpa-fused", "bf16-lowmem"],
+)
+def test_fast_mode_runs_and_is_measured(reference, bundle, noisy, tmp_path, engine):
+    fast = _run(bundle, noisy, tmp_path, jobs=2, **engine)
+    assert fast["semantic_frames"] == reference["semantic_frames"]
+    if engine.get("fused_cfg"):  # S2A full uses CFG: one fused pass per step instead of two
+        assert fast["passes"]["s2a_full"] == reference["passes"]["s2a_full"] // 2
+    agree = bench.agreement(reference, fast)
+    assert set(agree) == {"semantic", "acoustic_all", "acoustic_cb0"}
+    assert all(0.0 <= v <= 1.0 for v in agree.values())
+    assert agree["semantic"] > 0.2  # same seed and input: far above chance (1/32) on the tiny model
+    assert fast["audio_seconds"] == pytest.approx(reference["audio_seconds"])
+
+
+def test_batched_items_equal_batch_one(reference, bundle, noisy, tmp_path):
+    batched = _run(bundle, noisy, tmp_path, jobs=2, batch_size=2)
+    assert bench.agreement(reference, batched) == {"semantic": 1.0, "acoustic_all": 1.0, "acoustic_cb0": 1.0}
+    assert batched["rows"]["s2a_full"] == 2 * batched["passes"]["s2a_full"]  # two items per pass
+
+
+def test_low_memory_releases_stage_models(bundle, noisy, tmp_path):
+    from metis_cli import api
+
+    pipe = api.load("se", checkpoint_dir=bundle, offline=True, low_memory=True, **FAST_DECODING)
+    job = pipe.make_job([noisy], tmp_path / "o.wav", seed=1)
+    (res,) = list(pipe.engine.run([job], pipe.decoding))
+    assert res.ok and np.isfinite(res.wav).all()
+    resident = set(pipe.engine._components)
+    assert not resident & {"ssl", "semantic_codec", "acoustic_encoder", "stage1", "s2a_1layer", "s2a_full"}
+
+
+def test_logit_error_is_zero_for_identical_and_small_for_bf16(bundle):
+    from metis_cli.cards import ModelStore
+    from metis_cli.engine import Engine, EngineOptions
+
+    store = ModelStore(bundle, offline=True)
+    ref = Engine("se", store=store, options=EngineOptions())
+    fast = Engine("se", store=store, options=EngineOptions(dtype="bfloat16"))
+    for name in ("stage1", "s2a_1layer", "s2a_full"):
+        outs = []
+        for eng in (ref, ref, fast):
+            g = torch.Generator().manual_seed(5)
+            outs.append(bench._one_forward(name, eng.component(name), 20, g).float())
+        assert torch.equal(outs[0], outs[1])
+        assert outs[2].dtype == torch.float32 and torch.isfinite(outs[2]).all()
+        rel = float((outs[2] - outs[0]).abs().max() / outs[0].abs().max())
+        assert 0.0 < rel < 0.1, name  # bf16 differs, but only by rounding
+    res = bench.logit_error(str(bundle), "se", 0.4)
+    assert set(res) == {"stage1", "s2a_1layer", "s2a_full"}
+    assert all(0.0 < r["rel_max"] < 0.1 and 0.0 <= r["top1_agree"] <= 1.0 for r in res.values())
+
+
+def test_safetensors_writer_round_trips(tmp_path):
+    from safetensors.torch import load_file
+
+    from metis_cli.checkpoint import read_header
+
+    spec = {
+        "a.weight": ((3, 5), torch.float32),
+        "istft.window": ((8,), torch.float32),
+        "e": ((0, 4), torch.float32),
+    }
+    g = torch.Generator().manual_seed(0)
+    made = {}
+
+    def make(key):
+        made[key] = make_full_size.draw(key, spec[key][0], g)
+        return made[key]
+
+    make_full_size.write_safetensors(tmp_path / "x.safetensors", spec, make)
+    back = load_file(str(tmp_path / "x.safetensors"))
+    assert set(back) == set(spec) and all(torch.equal(back[k], made[k]) for k in spec)
+    assert torch.equal(back["istft.window"], torch.hann_window(8, periodic=True))
+    assert read_header(tmp_path / "x.safetensors")["e"] == ("F32", (0, 4))
+    assert not (tmp_path / "x.safetensors.part").exists()
+    with pytest.raises(ValueError, match="header says"):
+        make_full_size.write_safetensors(tmp_path / "y.safetensors", spec, lambda k: torch.zeros(2))
+
+
+def test_options_parse_to_typed_values():
+    opts = bench.parse_options(["dtype=bfloat16", "batch_size=4", "fused_cfg=true", "s2a_steps_1layer=[2]"])
+    assert opts == {"dtype": "bfloat16", "batch_size": 4, "fused_cfg": True, "s2a_steps_1layer": (2,)}
+    assert json.loads(json.dumps(opts))["batch_size"] == 4
