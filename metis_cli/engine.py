@@ -44,6 +44,11 @@ class EngineOptions:
     batch_size: int = 1  # jobs per padded batch (per-item tokens equal batch size 1)
     low_memory: bool = False  # free each stage's models once the batch no longer needs them
     visual_checkpoint: Path | None = None  # L2S: Auto-AVSR model.pth (model.json beside it)
+    # long inputs (docs/LONGFORM.md): SE/TSE/VC inputs longer than chunk_seconds are chunked
+    chunk_seconds: float = 20.0  # longest chunk incl. overlaps (3-30 s; 0 = never chunk)
+    overlap_seconds: float = 1.0  # equal-power crossfade at each join
+    context_seconds: float = 2.0  # SE: previous chunk's output tokens carried as prompt (0 = off)
+    max_chars: int = 300  # TTS: texts longer than this are split at sentence boundaries
 
 
 @dataclass(frozen=True)
@@ -368,11 +373,24 @@ class Engine:
             return self.spec.build(job, self.tokenizers)
 
     def run(
-        self, jobs: Iterable[Job], decoding: Decoding, on_result: Callable[[JobResult], None] | None = None
+        self,
+        jobs: Iterable[Job],
+        decoding: Decoding,
+        on_result: Callable[[JobResult], None] | None = None,
+        stream: bool = False,
     ) -> Iterator[JobResult]:
-        """Process jobs in batches of `options.batch_size`; yields one result per job, in order."""
+        """Process jobs in batches of `options.batch_size`; yields one result per job, in order.
+
+        Inputs longer than one chunk go through `run_long` (see there for `stream`).
+        """
         batch: list[Job] = []
         for job in jobs:
+            if self.is_long(job):
+                if batch:
+                    yield from self._run_batch(batch, decoding)
+                    batch = []
+                yield self.run_long(job, decoding, stream=stream)
+                continue
             batch.append(job)
             if len(batch) >= self.options.batch_size:
                 yield from self._run_batch(batch, decoding)
@@ -405,6 +423,19 @@ class Engine:
             yield res
 
     def _generate(self, ready: list[tuple[Job, Conditions]], decoding: Decoding) -> list[JobResult]:
+        semantic, codes = self._generate_codes(ready, decoding)
+        out = []
+        with self._timer("decode"):
+            for (job, c), code, sem in zip(ready, codes, semantic, strict=True):
+                wav = self.tokenizers.decode(code)
+                info = {"semantic_frames": int(sem.shape[0]), "acoustic_frames": int(code.shape[0]), **c.info}
+                out.append(JobResult(job, wav, audio_seconds=c.audio_seconds, info=info))
+        return out
+
+    def _generate_codes(
+        self, ready: list[tuple[Job, Conditions]], decoding: Decoding
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Stage 1 + S2A: per item the generated semantic codes (L,) and acoustic codes (L_ac, 12)."""
         from .sampling import DecodeOptions, TorchNoise, metis_semantic_to_acoustic, stage1_generate
 
         gens = [self._generator(job, c) for job, c in ready]
@@ -455,10 +486,188 @@ class Engine:
             )
         if self.options.low_memory:
             self.release("s2a_1layer", "s2a_full")
-        out = []
-        with self._timer("decode"):
-            for (job, c), code, sem in zip(ready, codes, semantic, strict=True):
-                wav = self.tokenizers.decode(code)
-                info = {"semantic_frames": int(sem.shape[0]), "acoustic_frames": int(code.shape[0]), **c.info}
-                out.append(JobResult(job, wav, audio_seconds=c.audio_seconds, info=info))
-        return out
+        return semantic, codes
+
+    # -- long inputs (docs/LONGFORM.md) -----------------------------------------------------------
+    def longform_options(self) -> Any:
+        from .longform import LongformOptions
+
+        o = self.options
+        return LongformOptions(
+            chunk_seconds=o.chunk_seconds,
+            overlap_seconds=o.overlap_seconds,
+            context_seconds=o.context_seconds,
+            max_chars=o.max_chars,
+        ).validate()
+
+    def is_long(self, job: Job) -> bool:
+        """Whether `job` goes through `run_long`: SE/TSE/VC inputs longer than one chunk, TTS texts
+        longer than `max_chars`. Unreadable inputs stay on the normal path (it reports them)."""
+        from .longform import BlockReader, seconds_to_frames
+
+        lf = self.longform_options()
+        if self.task == "tts":
+            return bool(lf.enabled and job.text and len(job.text.strip()) > lf.max_chars)
+        role = _MAIN_INPUT.get(self.task)
+        if not lf.enabled or role is None or role not in job.inputs:
+            return False
+        try:
+            return BlockReader(job.inputs[role]).n_frames > seconds_to_frames(lf.chunk_seconds)
+        except MetisError:
+            return False
+
+    def run_long(self, job: Job, decoding: Decoding, stream: bool = False) -> JobResult:
+        """Process one long job chunk by chunk with bounded memory.
+
+        stream=True: finished blocks go straight into `job.output` through `AtomicWavWriter`
+        (renamed into place only on success); the result has `wav=None` and
+        `info["streamed"] = True`. stream=False: the blocks are joined and returned as `wav`.
+        `self.on_chunk` (if set) gets a `longform.ChunkProgress` after every chunk.
+        """
+        from .audio import AtomicWavWriter
+        from .constants import CODEC_SAMPLE_RATE
+
+        t0 = time.perf_counter()
+        lf = self.longform_options()
+        info: dict[str, Any] = {}
+        try:
+            blocks = (
+                self._tts_pieces(job, decoding, lf, info)
+                if self.task == "tts"
+                else self._audio_chunks(job, decoding, lf, info)
+            )
+            if stream:
+                with AtomicWavWriter(job.output, CODEC_SAMPLE_RATE) as writer:
+                    for block in blocks:
+                        writer.write(block)
+                wav, n_out = None, writer.frames_written
+                info["streamed"] = True
+            else:
+                wav = np.concatenate([np.zeros(0, np.float32), *blocks])
+                n_out = wav.shape[0]
+        except MetisError as exc:
+            return JobResult(job, None, error=str(exc), seconds=time.perf_counter() - t0)
+        except OSError as exc:
+            return JobResult(job, None, error=f"{job.output}: cannot write ({exc})")
+        info["output_samples"] = int(n_out)
+        return JobResult(
+            job,
+            wav,
+            seconds=time.perf_counter() - t0,
+            audio_seconds=info.pop("audio_seconds", 0.0),
+            info=info,
+        )
+
+    def _progress(self, job: Job, index: int, total: int, done: int, expected: int) -> None:
+        from .constants import CODEC_SAMPLE_RATE
+        from .longform import ChunkProgress
+
+        log.info("%s: chunk %d/%d done", job.output, index + 1, total)
+        if self.on_chunk is not None:
+            sr = CODEC_SAMPLE_RATE
+            self.on_chunk(ChunkProgress(job.output, index, total, done / sr, expected / sr))
+
+    def _audio_chunks(self, job: Job, decoding: Decoding, lf: Any, info: dict) -> Iterator[np.ndarray]:
+        """SE / TSE / VC: yields finished 24 kHz blocks of a long input, chunk by chunk."""
+        from . import longform as L
+        from .constants import HOP_SAMPLES
+        from .tasks import _prompt_codes
+
+        reader = L.BlockReader(job.inputs[_MAIN_INPUT[self.task]])
+        info["audio_seconds"] = reader.seconds
+        prompt = None
+        budget = L.TRAIN_MAX_SECONDS  # prompt (or carried context) + chunk stay in the training range
+        if self.task in ("vc", "tse"):
+            with self._timer("conditions"):
+                prompt = _prompt_codes(self.tokenizers, job.inputs[_PROMPT_INPUT[self.task]])
+            budget -= len(prompt[2]) / self.tokenizers.ssl_rate
+            context = 0  # the fixed speaker prompt is the context (docs/LONGFORM.md)
+        else:
+            context = L.seconds_to_frames(lf.context_seconds)
+            budget -= lf.context_seconds
+        chunk_frames = L.seconds_to_frames(max(min(lf.chunk_seconds, budget), L.TRAIN_MIN_SECONDS))
+        with self._timer("plan"):
+            chunks = L.plan_chunks(
+                reader.frame_energy(),
+                chunk_frames,
+                L.seconds_to_frames(lf.overlap_seconds),
+                L.seconds_to_frames(lf.search_seconds),
+            )
+        info.update(chunks=len(chunks), max_chunk_frames=max(c.frames for c in chunks))
+        stitch = L.Stitcher(reader.n_out)
+        carry: tuple[torch.Tensor, torch.Tensor] | None = None  # (P,) semantic, (P, 12) acoustic
+        for chunk, nxt in L.iter_pairs(chunks):
+            ctx = 0 if carry is None else int(carry[0].shape[0])
+            with self._timer("conditions"):
+                wav16 = reader.read16(chunk.start - ctx, chunk.stop + _CHUNK_MARGIN_FRAMES)
+                conds = self._chunk_conditions(job, wav16, carry, prompt)
+            cjob = replace(job, seed=L.chunk_seed(job.seed, chunk.index))
+            (sem,), (codes,) = self._generate_codes([(cjob, conds)], decoding)
+            if codes.shape[0] < chunk.frames:
+                log.warning("chunk %d: %d frames for %d; padded", chunk.index, codes.shape[0], chunk.frames)
+            with self._timer("decode"):
+                full = codes if carry is None else torch.cat([carry[1].to(codes.device), codes])
+                wav = self.tokenizers.decode(full)[ctx * HOP_SAMPLES :]
+            carry = None
+            if nxt is not None and context:
+                b = nxt.start - chunk.start
+                a = max(0, b - context)
+                carry = (sem[a:b].clone(), codes[a:b].clone())
+            yield stitch.add(L.fit_length(wav, chunk.frames * HOP_SAMPLES), chunk)
+            self._progress(job, chunk.index, len(chunks), stitch.emitted, reader.n_out)
+        yield stitch.finish()
+        info["max_read_samples"] = reader.max_block
+
+    def _chunk_conditions(
+        self,
+        job: Job,
+        wav16: np.ndarray,
+        carry: tuple[torch.Tensor, torch.Tensor] | None,
+        prompt: tuple[torch.Tensor, torch.Tensor, np.ndarray] | None,
+    ) -> Conditions:
+        """Conditions of one chunk (spec §1.4 flows). SE: [carried context ; chunk] input with the
+        carried tokens as prompt; TSE/VC: [speaker prompt ; chunk] with the fixed prompt codes."""
+        tok = self.tokenizers
+        what = str(job.inputs[_MAIN_INPUT[self.task]])
+        if prompt is not None:
+            p_sem, p_ac, p16 = prompt
+            feat = tok.ssl_features(np.concatenate([p16, wav16]), what=what)
+        else:
+            p_sem = torch.zeros(0, dtype=torch.long) if carry is None else carry[0]
+            p_ac = torch.zeros(0, tok.num_codebooks, dtype=torch.long) if carry is None else carry[1]
+            feat = tok.ssl_features(wav16, what=what)
+        return Conditions(
+            prompt_semantic=p_sem,
+            target_len=int(feat.shape[0] - p_sem.shape[0]),
+            acoustic_prompt=p_ac,
+            finetune_cond=feat,
+            ssl_forwards=0,  # chunk seeds are derived, not official runs: no hidden draws
+        )
+
+    def _tts_pieces(self, job: Job, decoding: Decoding, lf: Any, info: dict) -> Iterator[np.ndarray]:
+        """TTS with long text: one generation per sentence-bounded piece, same speaker prompt."""
+        from . import longform as L
+        from .constants import CODEC_SAMPLE_RATE
+
+        pieces = L.split_text(job.text or "", lf.max_chars)
+        durations = L.split_duration(job.duration, pieces) if job.duration else [None] * len(pieces)
+        info.update(chunks=len(pieces), piece_chars=[len(p) for p in pieces])
+        fade = int(_TTS_FADE_SECONDS * CODEC_SAMPLE_RATE)
+        done = 0
+        for i, (piece, dur) in enumerate(zip(pieces, durations, strict=True)):
+            pjob = replace(job, text=piece, duration=dur, seed=L.chunk_seed(job.seed, i))
+            conds = self.conditions(pjob)
+            info["audio_seconds"] = conds.audio_seconds
+            (_,), (codes,) = self._generate_codes([(pjob, conds)], decoding)
+            with self._timer("decode"):
+                wav = self.tokenizers.decode(codes)
+            wav = L.edge_fades(wav, fade, fade_in=i > 0, fade_out=i < len(pieces) - 1)
+            done += wav.shape[0]
+            yield wav
+            self._progress(job, i, len(pieces), done, 0)
+
+
+_MAIN_INPUT = {"se": "input", "tse": "mix", "vc": "source"}  # the input that gets chunked
+_PROMPT_INPUT = {"tse": "enrol", "vc": "reference"}  # the fixed speaker prompt
+_CHUNK_MARGIN_FRAMES = 3  # audio read past a chunk's end so the model yields >= its frames
+_TTS_FADE_SECONDS = 0.005  # fade at the edges of TTS pieces (no overlap: durations add up)
