@@ -186,6 +186,7 @@ class Engine:
         if self.dtype == torch.float16 and self.device.type == "cpu":
             raise InputError("float16 is for GPUs; use --dtype bfloat16 on CPU")
         self.stats = StageStats()
+        self.on_chunk: Callable[[Any], None] | None = None  # long jobs: called per finished chunk
         self._components: dict[str, Any] = {}
         self.tokenizers = Tokenizers(self.component, self.device, visual=self._visual_features)
 
