@@ -12,7 +12,7 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -224,8 +224,11 @@ class ModelStore:
             return None
         return Path(hit) if isinstance(hit, str) else None
 
-    def path(self, card: ModelCard, role: str, progress: bool = True) -> Path:
-        """The local path of a card's file, downloading it into the HF cache if allowed."""
+    def path(self, card: ModelCard, role: str, progress: bool = True, hint: str | None = None) -> Path:
+        """The local path of a card's file, downloading it into the HF cache if allowed.
+
+        hint: the model to name in `metis download ...` advice (default: this card).
+        """
         local = self.local_path(card, role)
         if local is not None:
             return local
@@ -240,11 +243,11 @@ class ModelStore:
         if self.offline:
             raise MissingModelError(
                 f"model '{card.name}': file {where} is not in the Hugging Face cache and downloads are off"
-                f" (offline); run `metis download {card.name}` or pass --checkpoint-dir"
+                f" (offline); run `metis download {hint or card.name}` or pass --checkpoint-dir"
             )
-        return self._download(card, spec, progress)
+        return self._download(card, spec, progress, hint or card.name)
 
-    def _download(self, card: ModelCard, spec: FileSpec, progress: bool) -> Path:
+    def _download(self, card: ModelCard, spec: FileSpec, progress: bool, hint: str) -> Path:
         from huggingface_hub import hf_hub_download
 
         log.info("downloading %s/%s (%s)", card.repo, spec.path, spec.size or "size unknown")
@@ -260,7 +263,7 @@ class ModelStore:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise MissingModelError(
                 f"model '{card.name}': could not download {card.repo}/{spec.path} ({reason});"
-                f" retry `metis download {card.name}` or pass --checkpoint-dir"
+                f" retry `metis download {hint}` or pass --checkpoint-dir"
             ) from None
 
     def verify(self, card: ModelCard, role: str, path: Path) -> None:
@@ -309,5 +312,3 @@ def file_status(store: ModelStore, card: ModelCard) -> list[dict[str, Any]]:
         )
     return rows
 
-
-ProgressFn = Callable[[str], None]

@@ -24,11 +24,15 @@ import torch
 from . import checkpoint
 from .cards import ModelCard, ModelStore, get_card
 from .constants import SSL_LAYER, SSL_NUM_LAYERS_OFFICIAL
-from .errors import InputError, MetisError
+from .errors import CheckpointError, InputError, MetisError, MissingModelError
 from .tasks import TASKS, Conditions, Job, TaskSpec
 from .tokenizer import Tokenizers
 
 log = logging.getLogger(__name__)
+
+# Errors about the models themselves end the run (every job would fail the same way);
+# any other MetisError fails only the job that raised it.
+FATAL = (MissingModelError, CheckpointError)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -226,7 +230,7 @@ class Engine:
 
     def _file(self, card_name: str, role: str) -> Path:
         card = self._card(card_name) if card_name != self.card.name else self.card
-        path = self.store.path(card, role)
+        path = self.store.path(card, role, hint=self.card.name)
         self.store.verify(card, role, path)
         return path
 
@@ -343,12 +347,12 @@ class Engine:
             )
         return load_visual_encoder(Path(path), device=self.device, dtype=self.dtype)
 
-    def _visual_features(self, path: Path) -> torch.Tensor:
-        from .video import mouth_rois, read_video, visual_features
+    def _visual_features(self, path: Path, landmarks: Path | None = None) -> torch.Tensor:
+        """(T25, D) visual-encoder features of a video (mouth crops resampled to 25 fps)."""
+        from .video import load_mouth_rois, visual_features
 
         encoder = self.component("visual")
-        frames, fps = read_video(path)
-        rois = mouth_rois(frames, fps)
+        rois = load_mouth_rois(path, landmarks=landmarks)
         return visual_features(encoder, rois)
 
     # -- running ----------------------------------------------------------------------------------
@@ -406,6 +410,8 @@ class Engine:
         for i, job in enumerate(jobs):
             try:
                 ready.append((job, self.conditions(job)))
+            except FATAL:
+                raise
             except MetisError as exc:
                 failed[i] = JobResult(job, None, error=str(exc))
         if self.options.low_memory:
@@ -414,6 +420,8 @@ class Engine:
         if ready:
             try:
                 results = self._generate(ready, decoding)
+            except FATAL:
+                raise
             except MetisError as exc:
                 results = [JobResult(job, None, error=str(exc)) for job, _ in ready]
         per_job = (time.perf_counter() - t_start) / max(len(jobs), 1)
@@ -546,6 +554,8 @@ class Engine:
             else:
                 wav = np.concatenate([np.zeros(0, np.float32), *blocks])
                 n_out = wav.shape[0]
+        except FATAL:
+            raise
         except MetisError as exc:
             return JobResult(job, None, error=str(exc), seconds=time.perf_counter() - t0)
         except OSError as exc:

@@ -128,6 +128,7 @@ class Runner:
             _err("give --overwrite or --skip-existing, not both")
             raise typer.Exit(2)
         existing = "overwrite" if overwrite else ("skip" if skip else "error")
+        kw["offline"] = kw["offline"] or None  # None: honour HF_HUB_OFFLINE
         decoding = {k: kw.pop(k) for k in ("steps", "cfg", "temperature", "s2a_temperature")}
         decoding.update(_parse_s2a_steps(kw.pop("s2a_steps")))
         if decoding.get("s2a_temperature") is None:

@@ -145,7 +145,7 @@ def build_tts(job: Job, tok: Tokenizers) -> Conditions:
 
 def build_l2s(job: Job, tok: Tokenizers) -> Conditions:
     """L2S: visual features at 25 fps → ×2 to 50 Hz, zero rows for the prompt (spec §10)."""
-    from ..sampling import l2s_condition
+    from ..nn.stage1 import l2s_condition
 
     feats = tok.visual_features(job.inputs["video"], job.inputs.get("landmarks"))  # (T_v, D) at 25 fps
     if "prompt" in job.inputs:
