@@ -37,7 +37,7 @@ def read(path: Path) -> tuple[np.ndarray, int]:
     return wav, sr
 
 
-# -- enhance ---------------------------------------------------------------------------------------
+# -- enhance ------
 
 
 def test_enhance_batch_json_and_errors(tiny_bundle, wav_factory, tmp_path):
@@ -187,7 +187,7 @@ def test_batch_size_gives_batch1_results(tiny_bundle, wav_factory, tmp_path):
         assert np.max(np.abs(a - b)) <= 2 / 32768
 
 
-# -- pair tasks and manifests -------------------------------------------------------------------------
+# -- pair tasks and manifests ------
 
 
 def test_tse_and_vc_output_lengths(tiny_bundle, wav_factory, tmp_path):
@@ -253,7 +253,7 @@ def test_manifest_errors_are_usage_errors(tiny_bundle, tmp_path):
     assert res.exit_code == 2
 
 
-# -- TTS -------------------------------------------------------------------------------------------------
+# -- TTS ------
 
 
 def test_tts_duration_and_length_rule(tiny_bundle, wav_factory, tmp_path):
@@ -357,7 +357,7 @@ def test_tts_bad_text_and_language(tiny_bundle, wav_factory, tmp_path):
     assert res.exit_code == 2
 
 
-# -- L2S ------------------------------------------------------------------------------------------------------
+# -- L2S ------
 
 
 def _mouth_video(path: Path, frames: int = 20, fps: int = 25) -> Path:
@@ -408,7 +408,7 @@ def test_l2s_errors(tiny_bundle, tmp_path):
     assert res.exit_code == 1 and "clip.mp4" in res.stderr
 
 
-# -- models, offline, usage -----------------------------------------------------------------------------------
+# -- models, offline, usage ------
 
 
 def test_models_lists_cards_and_presence(tiny_bundle):
@@ -448,7 +448,7 @@ def test_help_lists_every_command():
         assert cmd in res.stdout
 
 
-# -- Python API ------------------------------------------------------------------------------------------------
+# -- Python API ------
 
 
 def test_python_api(tiny_bundle, wav_factory):
