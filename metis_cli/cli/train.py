@@ -59,7 +59,7 @@ def _report(res, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(summary))
         return
-    typer.echo(f"wrote {res.card.parent} ({summary['steps']} steps this run)")
+    typer.echo(f"wrote {res.card.parent} ({summary['steps']} steps in total)")
     if res.history.loss:
         n = min(20, len(res.history.loss))
         first = sum(res.history.loss[:n]) / n
