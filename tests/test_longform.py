@@ -215,6 +215,24 @@ def test_chunked_runs_are_deterministic_per_seed(bundle, tmp_path):
     assert not np.array_equal(a, c)
 
 
+def test_engine_joins_are_crossfades_without_steps(bundle, tmp_path):
+    """Each chunk decodes to its own constant level: the output must glide between levels (a hard
+    cut would step by 0.1; the tiny model's noise-like output cannot show that)."""
+    src = _wav(tmp_path / "mid.wav", 16.0)
+    pipe = _load(bundle)
+    levels = iter(np.arange(1, 100) * 0.1)
+    pipe.engine.tokenizers.decode = lambda codes: np.full(
+        codes.shape[0] * HOP_SAMPLES, next(levels), np.float32
+    )
+    res = pipe(src, seed=0)
+    out = res.wav
+    assert out.shape[0] == 16 * SR and res.info["chunks"] >= 3
+    fade = int(LONG["overlap_seconds"] * SR)
+    # slope of a*cos + b*sin is at most (pi/2)/fade * sqrt(a^2 + b^2); a hard cut would jump by 0.1
+    assert np.abs(np.diff(out)).max() <= np.pi / 2 / fade * np.sqrt(2) * out.max() * 1.01
+    assert out[0] == pytest.approx(0.1) and out[-1] == pytest.approx(0.1 * res.info["chunks"])
+
+
 def test_vc_chunks_keep_the_speaker_prompt(bundle, tmp_path):
     src = _wav(tmp_path / "src.wav", 14.0, seed=1)
     ref = _wav(tmp_path / "ref.wav", 2.0, seed=2)
