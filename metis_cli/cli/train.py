@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -21,22 +22,31 @@ _DEVICE = typer.Option("cpu", "--device", help="cpu (bit-exact resume), auto, cu
 _CACHE = typer.Option(
     None, "--cache-dir", help="Feature cache folder (default: $METIS_CACHE_DIR/features or ~/.cache/metis)."
 )
-_VAL = typer.Option(
-    None, "--val", help="Held-out data (same format as DATA): loss and masked-token accuracy."
+_OUT = typer.Option(..., "--out", "-o", help="Output model folder (card.json, weights, log.jsonl).")
+_EPOCHS = typer.Option(3, "--epochs", help="Passes over the data (ignored with --max-steps).")
+_MAX_STEPS = typer.Option(
+    None, "--max-steps", help="Total optimizer steps; fixes the schedule (a larger value extends a run)."
 )
-_STEPS = typer.Option(1000, "--steps", help="Total optimizer steps (a resumed run continues up to this).")
-_BATCH = typer.Option(8, "--batch-size", help="Items per step.")
+_BATCH = typer.Option(8, "--batch-size", help="Items per micro-batch.")
+_ACCUM = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step.")
 _LR = typer.Option(1e-4, "--lr", help="Peak learning rate (AdamW).")
-_WARMUP = typer.Option(100, "--warmup", help="Linear warm-up steps, then a constant rate.")
+_WARMUP = typer.Option(
+    100, "--warmup", help="Linear warm-up steps (at most a tenth of the run), then cosine."
+)
 _WD = typer.Option(0.0, "--weight-decay", help="AdamW weight decay.")
 _CLIP = typer.Option(1.0, "--grad-clip", help="Max gradient norm (0 = off).")
-_FRAMES = typer.Option(500, "--max-frames", help="Random crop of longer items, in 50 Hz frames.")
-_SEED = typer.Option(0, "--seed", help="Seeds batches, crops, masks and new LoRA/adapter weights.")
+_FRAMES = typer.Option(500, "--max-frames", help="Random crop of longer items, in 50 Hz frames (not tts).")
+_SEED = typer.Option(0, "--seed", help="Seeds data order, crops, masks and new LoRA/adapter weights.")
 _SAVE = typer.Option(500, "--save-every", help="Checkpoint and export every N steps (0 = at the end only).")
-_VALEVERY = typer.Option(0, "--val-every", help="Evaluate --val every N steps (0 = at the end only).")
+_VALEVERY = typer.Option(
+    0, "--val-every", help="Also evaluate --val every N steps (always per epoch, at the end)."
+)
 _RESUME = typer.Option(False, "--resume", help="Continue the run saved in OUT (bit-identical on CPU).")
+_BF16 = typer.Option(None, "--bf16/--fp32", help="bf16 autocast (default: on for CUDA, off on CPU).")
+_STOP = typer.Option(None, "--stop-after", hidden=True, help="Stop (resumable) after this step.")
 _NAME = typer.Option(None, "--name", help="Model name in card.json (default: the folder name).")
 _JSON = typer.Option(False, "--json", help="Print the summary as one JSON object.")
+_QUIET = typer.Option(False, "--quiet", "-q", help="No progress or reports on stderr.")
 
 
 def _options(**kw) -> object:
@@ -50,16 +60,23 @@ def _report(res, as_json: bool) -> None:
         "out": str(res.out),
         "card": str(res.card),
         "steps": len(res.history.loss),
+        "total_steps": res.total_steps,
+        "examples": res.examples,
+        "skipped": len(res.skipped),
         "first_loss": res.history.loss[0] if res.history.loss else None,
         "last_loss": res.history.loss[-1] if res.history.loss else None,
         "start_held_out": res.start_eval,
         "held_out": res.final_eval,
         "features": {"cached": res.cache_hits, "computed": res.cache_misses},
+        "log": str(res.out / "log.jsonl"),
     }
     if as_json:
         typer.echo(json.dumps(summary))
         return
-    typer.echo(f"wrote {res.card.parent} ({summary['steps']} steps in total)")
+    typer.echo(
+        f"wrote {res.card.parent} ({summary['steps']} of {res.total_steps} steps; "
+        f"{res.examples} examples, {len(res.skipped)} skipped)"
+    )
     if res.history.loss:
         n = min(20, len(res.history.loss))
         first = sum(res.history.loss[:n]) / n
@@ -75,66 +92,114 @@ def _report(res, as_json: bool) -> None:
         )
 
 
-def _fail(exc: MetisError) -> None:
-    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+def _fail(message: str, code: int = 1) -> None:
     typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
-def _progress(total: int):
-    def on_step(step: int, loss: float) -> None:
-        if step % 50 == 0 or step == total:
-            print(f"step {step}/{total}: loss {loss:.4f}", file=sys.stderr, flush=True)
+@contextmanager
+def _progress(label: str, quiet: bool):
+    """(on_step, on_skip) callbacks: a rich bar on a terminal's stderr; reports as plain lines."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return on_step
+    console = Console(stderr=True, soft_wrap=True)
+    bar = Progress(
+        TextColumn(f"metis {label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet or not console.is_terminal,
+    )
+    task_id = None
+
+    def on_step(record: dict, total: int) -> None:
+        nonlocal task_id
+        status = f"loss {record['loss']:.4f} lr {record['lr']:.2e}"
+        if "val_accuracy" in record:
+            status += f" val acc {record['val_accuracy']:.3f}"
+        if task_id is None:
+            task_id = bar.add_task(label, total=total, completed=record["step"] - 1, status="")
+        bar.update(task_id, completed=record["step"], status=status)
+
+    def on_skip(line: str) -> None:
+        if not quiet:
+            print(f"skipped {line}", file=sys.stderr, flush=True)
+
+    with bar:
+        yield on_step, on_skip
+
+
+def _call(fn, **kw):
+    from metis_cli.train.loop import Interrupted
+
+    try:
+        return fn(**kw)
+    except MetisError as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    except Interrupted as exc:
+        _fail(f"interrupted at step {exc.step} (checkpoint saved; continue with --resume)", 130)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("finetune")
     def finetune_command(
-        task: str = typer.Argument(..., help="se, tse or vc."),
-        data: Path = typer.Argument(
-            ..., help="Folder with input/ (noisy/), target/ (clean/) [, prompt/] or a JSON-lines manifest."
+        task: str = typer.Option(..., "--task", "-t", help="se, tse, vc or tts (l2s: not supported yet)."),
+        data: Path = typer.Option(
+            ..., "--data", help="Training manifest: one JSON object per line (README)."
         ),
-        out: Path = typer.Argument(..., help="Output model folder (card.json + weights)."),
-        model: str = typer.Option(
+        out: Path = _OUT,
+        val: Path = typer.Option(
+            None, "--val", help="Held-out manifest: loss and masked-token accuracy per epoch."
+        ),
+        base: str = typer.Option(
             None,
-            "--model",
+            "--base",
             "-m",
-            help="Start model: card name or folder (default: the task's official model).",
+            help="Start model: card name or folder (default: the task's released model, else metis-base).",
         ),
         full: bool = typer.Option(
-            False, "--full", help="Train every stage-1 weight; write stage1.safetensors."
+            False, "--full", help="Full-scale fine-tuning: train every stage-1 weight."
         ),
-        rank: int = typer.Option(
-            None, "--rank", help="LoRA rank of a fresh LoRA (from a base model; default 32)."
+        lora_r: int = typer.Option(
+            None, "--lora-r", help="Rank of a fresh LoRA (default: the released model's: se/tse 32, vc 16)."
         ),
-        alpha: float = typer.Option(None, "--alpha", help="LoRA alpha of a fresh LoRA (default 2 x rank)."),
-        val: Path = _VAL,
-        steps: int = _STEPS,
-        batch_size: int = _BATCH,
+        lora_alpha: float = typer.Option(
+            None, "--lora-alpha", help="Alpha of a fresh LoRA (default: se/tse 64, vc 32; else 2 x rank)."
+        ),
+        epochs: int = _EPOCHS,
+        max_steps: int = _MAX_STEPS,
         lr: float = _LR,
+        batch_size: int = _BATCH,
+        grad_accum: int = _ACCUM,
+        seed: int = _SEED,
+        resume: bool = _RESUME,
         warmup: int = _WARMUP,
         weight_decay: float = _WD,
         grad_clip: float = _CLIP,
         max_frames: int = _FRAMES,
-        seed: int = _SEED,
         save_every: int = _SAVE,
         val_every: int = _VALEVERY,
-        resume: bool = _RESUME,
+        bf16: bool = _BF16,
+        stop_after: int = _STOP,
         name: str = _NAME,
         cache_dir: Path = _CACHE,
         checkpoint_dir: Path = _CKPT,
         offline: bool = _OFFLINE,
         device: str = _DEVICE,
         as_json: bool = _JSON,
+        quiet: bool = _QUIET,
     ) -> None:
-        """Fine-tune stage 1 for SE, TSE or VC (LoRA + gated adapter, or --full)."""
+        """Fine-tune stage 1 (LoRA + gated adapter, or --full) on a JSON-lines manifest."""
         from metis_cli.train import finetune
 
         opts = _options(
-            steps=steps,
+            epochs=epochs,
+            max_steps=max_steps,
             batch_size=batch_size,
+            grad_accum=grad_accum,
             lr=lr,
             warmup=warmup,
             weight_decay=weight_decay,
@@ -143,17 +208,20 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             save_every=save_every,
             val_every=val_every,
+            bf16=bf16,
+            stop_after=stop_after,
         )
-        try:
-            res = finetune(
-                task,
-                data,
-                out,
-                model=model,
+        with _progress(f"finetune {task}", quiet) as (on_step, on_skip):
+            res = _call(
+                finetune,
+                task=task,
+                data=data,
+                out=out,
+                base=base,
                 val=val,
                 full=full,
-                rank=rank,
-                alpha=alpha,
+                lora_r=lora_r,
+                lora_alpha=lora_alpha,
                 options=opts,
                 resume=resume,
                 name=name,
@@ -161,43 +229,54 @@ def register(app: typer.Typer) -> None:
                 checkpoint_dir=checkpoint_dir,
                 offline=offline or None,
                 device=device,
-                on_step=_progress(steps),
+                on_step=on_step,
+                on_skip=on_skip,
             )
-        except MetisError as exc:
-            _fail(exc)
         _report(res, as_json)
 
     @app.command("pretrain")
     def pretrain_command(
-        data: Path = typer.Argument(..., help="Folder of audio files (recursive) or a text file of paths."),
-        out: Path = typer.Argument(..., help="Output base-model folder (card.json + model.safetensors)."),
-        model: str = typer.Option("metis-base", "--model", "-m", help="Base model to continue from."),
-        val: Path = _VAL,
-        steps: int = _STEPS,
-        batch_size: int = _BATCH,
+        data: Path = typer.Option(
+            ..., "--data", help="Text file of audio paths (one a line) or a folder of audio files."
+        ),
+        out: Path = _OUT,
+        base: str = typer.Option("metis-base", "--base", "-m", help="Base model to continue from."),
+        config: Path = typer.Option(
+            None, "--config", help="Start from random weights: JSON with a t2s_model block (--base ignored)."
+        ),
+        val: Path = typer.Option(None, "--val", help="Held-out audio list: loss and masked-token accuracy."),
+        epochs: int = _EPOCHS,
+        max_steps: int = _MAX_STEPS,
         lr: float = _LR,
+        batch_size: int = _BATCH,
+        grad_accum: int = _ACCUM,
+        seed: int = _SEED,
+        resume: bool = _RESUME,
         warmup: int = _WARMUP,
         weight_decay: float = _WD,
         grad_clip: float = _CLIP,
         max_frames: int = _FRAMES,
-        seed: int = _SEED,
         save_every: int = _SAVE,
         val_every: int = _VALEVERY,
         cfg_scale: float = typer.Option(0.15, "--cfg-scale", help="Probability of a batch without prompt."),
-        resume: bool = _RESUME,
+        bf16: bool = _BF16,
+        stop_after: int = _STOP,
         name: str = _NAME,
         cache_dir: Path = _CACHE,
         checkpoint_dir: Path = _CKPT,
         offline: bool = _OFFLINE,
         device: str = _DEVICE,
         as_json: bool = _JSON,
+        quiet: bool = _QUIET,
     ) -> None:
-        """Continue masked generative pre-training of a base stage-1 model on plain speech."""
+        """Masked generative pre-training of a base stage-1 model on unlabeled speech."""
         from metis_cli.train import pretrain
 
         opts = _options(
-            steps=steps,
+            epochs=epochs,
+            max_steps=max_steps,
             batch_size=batch_size,
+            grad_accum=grad_accum,
             lr=lr,
             warmup=warmup,
             weight_decay=weight_decay,
@@ -207,12 +286,16 @@ def register(app: typer.Typer) -> None:
             save_every=save_every,
             val_every=val_every,
             cfg_scale=cfg_scale,
+            bf16=bf16,
+            stop_after=stop_after,
         )
-        try:
-            res = pretrain(
-                data,
-                out,
-                model=model,
+        with _progress("pretrain", quiet) as (on_step, _):
+            res = _call(
+                pretrain,
+                data=data,
+                out=out,
+                base=base,
+                config=config,
                 val=val,
                 options=opts,
                 resume=resume,
@@ -221,8 +304,6 @@ def register(app: typer.Typer) -> None:
                 checkpoint_dir=checkpoint_dir,
                 offline=offline or None,
                 device=device,
-                on_step=_progress(steps),
+                on_step=on_step,
             )
-        except MetisError as exc:
-            _fail(exc)
         _report(res, as_json)

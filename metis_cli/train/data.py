@@ -1,15 +1,19 @@
-"""Training data: examples on disk, a content-addressed feature cache, and token items.
+"""Training data: manifests, a content-addressed feature cache, and token items.
 
-Fine-tuning data (`se`, `tse`, `vc`) are triples of audio files:
+A fine-tuning manifest is JSON lines, one object per example, with the task's keys (audio
+paths relative to the manifest's folder):
 
-* `input`  – what the model hears (noisy speech, a mixture, a source utterance);
-* `target` – what it should produce (clean speech): its semantic tokens are x0;
-* `prompt` – optional (tse: enrolment, vc: reference); it is prepended to both, as at
-  inference, and its frames form the never-masked prompt.
+* se  `{"input": noisy, "target": clean}`
+* tse `{"mix": mixture, "enrol": enrolment, "target": clean}`
+* vc  `{"source": utterance, "reference": speaker, "target": converted}`
+* tts `{"text": transcript, "audio": utterance}` (+ `"prompt"` / `"prompt_text"`, `"language"`)
 
-A data set is a folder with `input/` (or `noisy/`) and `target/` (or `clean/`) and optionally
-`prompt/` subfolders holding files of the same names, or a JSON-lines manifest with
-`{"input": ..., "target": ..., "prompt": ...}` per line (paths relative to the manifest).
+For se/tse/vc the model hears `input` (mix, source) with the optional prompt (enrolment,
+reference) prepended, as at inference; its frames form the never-masked prompt, and
+x0 = [codes(prompt) ; codes(target)]. For tts x0 = [codes(prompt) ; codes(audio)] with phones
+g2p(prompt_text) ++ g2p(text), and prompt lengths are drawn as in spec §6.3.
+A folder with `input/` (or `noisy/`), `target/` (or `clean/`) and optionally `prompt/`
+subfolders of same-named files is also accepted for se/tse/vc.
 Pre-training data is a folder of audio files (searched recursively) or a text file of paths.
 
 Features are computed once through the engine's tokenizers and stored under the cache
@@ -22,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +45,16 @@ FOLDER_ROLES = {"input": ("input", "noisy"), "target": ("target", "clean"), "pro
 
 @dataclass(frozen=True)
 class Example:
-    """One fine-tuning triple (prompt optional)."""
+    """One training example (the roles a task does not use are None)."""
 
-    input: Path
-    target: Path
-    prompt: Path | None = None
+    input: Path | None  # what the model hears (se input, tse mix, vc source); None for tts
+    target: Path  # what it should produce (tts: the utterance)
+    prompt: Path | None = None  # tse enrolment, vc reference, tts prompt utterance
+    text: str | None = None  # tts: transcript of `target`
+    prompt_text: str | None = None  # tts: transcript of `prompt`
+    language: str | None = None  # tts: language of `text` (detected when None)
+    prompt_language: str | None = None  # tts: language of `prompt_text` (default: `language`)
+    where: str = ""  # "manifest.jsonl:12" for reports
 
 
 @dataclass
@@ -53,11 +62,23 @@ class Item:
     """Tokens (and condition) of one example, ready for batching."""
 
     x0: torch.Tensor  # (T,) int64 semantic tokens [prompt ; target]
-    prompt_len: int  # leading frames never masked (0 without prompt)
+    prompt_len: int  # leading frames never masked (0 without prompt; drawn when not explicit)
     cond: torch.Tensor | None = None  # (T, D) float32 SSL features of [prompt ; input]
+    phones: torch.Tensor | None = None  # (P,) int64 phone ids (tts)
 
     def __len__(self) -> int:
         return int(self.x0.shape[0])
+
+
+# Manifest keys per task: (required, optional). Audio paths are relative to the manifest.
+MANIFEST_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "se": (("input", "target"), ()),
+    "tse": (("mix", "enrol", "target"), ()),
+    "vc": (("source", "reference", "target"), ()),
+    "tts": (("text", "audio"), ("prompt", "prompt_text", "language", "prompt_language")),
+    "l2s": (("video", "target"), ("prompt", "landmarks")),
+}
+_AUDIO_KEYS = {"input", "target", "mix", "enrol", "source", "reference", "audio", "prompt"}
 
 
 def _audio_files(folder: Path) -> list[Path]:
@@ -71,45 +92,107 @@ def _role_dir(root: Path, role: str) -> Path | None:
     return None
 
 
-def read_examples(path: Path) -> list[Example]:
-    """Fine-tuning examples of a data folder or JSON-lines manifest (see the module doc)."""
+def _example(task: str, d: dict, base: Path, where: str) -> Example:
+    """The example of one manifest object; raises ValueError naming the problem."""
+    if not isinstance(d, dict):
+        raise ValueError(f"not a JSON object but {type(d).__name__}")
+    required, optional = MANIFEST_KEYS[task]
+    missing = [k for k in required if d.get(k) in (None, "")]
+    if missing:
+        raise ValueError(f"missing key{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
+    for k in (*required, *optional):
+        if k in d and d[k] is not None and not isinstance(d[k], str):
+            raise ValueError(f"{k!r} must be a string")
+    paths = {k: base / d[k] for k in (*required, *optional) if k in _AUDIO_KEYS and d.get(k)}
+    for k, p in paths.items():
+        if not p.is_file():
+            raise ValueError(f"{k!r}: no such file {p}")
+    if task == "se":
+        return Example(paths["input"], paths["target"], where=where)
+    if task == "tse":
+        return Example(paths["mix"], paths["target"], paths["enrol"], where=where)
+    if task == "vc":
+        return Example(paths["source"], paths["target"], paths["reference"], where=where)
+    if task == "tts":
+        if not d["text"].strip():
+            raise ValueError("empty 'text'")
+        if "prompt" in paths and not (d.get("prompt_text") or "").strip():
+            raise ValueError("'prompt' needs its transcript 'prompt_text'")
+        return Example(
+            None,
+            paths["audio"],
+            paths.get("prompt"),
+            text=d["text"],
+            prompt_text=d.get("prompt_text") if "prompt" in paths else None,
+            language=d.get("language"),
+            prompt_language=d.get("prompt_language") or d.get("language"),
+            where=where,
+        )
+    raise InputError(f"fine-tuning task '{task}' has no data reader")
+
+
+def read_manifest(path: Path, task: str) -> tuple[list[Example], list[str]]:
+    """Examples of a JSON-lines manifest and one problem line per skipped line.
+
+    Each line is one JSON object with the task's keys (`MANIFEST_KEYS`); blank lines and lines
+    starting with `#` are ignored. A bad line (invalid JSON, a missing key, a missing audio
+    file) is reported as "<manifest>:<line>: <problem>" and skipped.
+    """
     path = Path(path)
-    if path.is_file():
-        out = []
-        for n, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-                ex = Example(
-                    input=path.parent / d["input"],
-                    target=path.parent / d["target"],
-                    prompt=path.parent / d["prompt"] if d.get("prompt") else None,
-                )
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise InputError(f"{path}: line {n} is not an input/target JSON object ({exc})") from None
-            out.append(ex)
-    elif path.is_dir():
-        inp, tgt, prm = (_role_dir(path, r) for r in ("input", "target", "prompt"))
-        if inp is None or tgt is None:
-            raise InputError(f"{path}: needs input/ (or noisy/) and target/ (or clean/) subfolders")
-        out = []
-        for f in _audio_files(inp):
-            rel = f.relative_to(inp)
-            if not (tgt / rel).is_file():
-                raise InputError(f"{f}: no target file {tgt / rel}")
-            if prm is not None and not (prm / rel).is_file():
-                raise InputError(f"{f}: no prompt file {prm / rel}")
-            out.append(Example(f, tgt / rel, prm / rel if prm is not None else None))
-    else:
-        raise InputError(f"{path}: no such data folder or manifest")
-    for ex in out:
-        for p in (ex.input, ex.target, ex.prompt):
-            if p is not None and not p.is_file():
-                raise InputError(f"{path}: audio file {p} does not exist")
-    if not out:
-        raise InputError(f"{path}: no training examples found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the manifest ({exc})") from None
+    examples, problems = [], []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{path}:{n}"
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        try:
+            examples.append(_example(task, d, path.parent, where))
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+    return examples, problems
+
+
+def read_folder(path: Path) -> list[Example]:
+    """Examples of a folder with input/ (or noisy/), target/ (or clean/) [and prompt/]."""
+    inp, tgt, prm = (_role_dir(path, r) for r in ("input", "target", "prompt"))
+    if inp is None or tgt is None:
+        raise InputError(f"{path}: needs input/ (or noisy/) and target/ (or clean/) subfolders")
+    out = []
+    for f in _audio_files(inp):
+        rel = f.relative_to(inp)
+        if not (tgt / rel).is_file():
+            raise InputError(f"{f}: no target file {tgt / rel}")
+        if prm is not None and not (prm / rel).is_file():
+            raise InputError(f"{f}: no prompt file {prm / rel}")
+        out.append(Example(f, tgt / rel, prm / rel if prm is not None else None, where=str(f)))
     return out
+
+
+def read_examples(path: Path, task: str = "se") -> tuple[list[Example], list[str]]:
+    """Examples of a manifest (see `read_manifest`) or, for se/tse/vc, a data folder."""
+    path = Path(path)
+    if task not in MANIFEST_KEYS:
+        raise InputError(f"no training data format for task '{task}'")
+    if path.is_file():
+        examples, problems = read_manifest(path, task)
+    elif path.is_dir() and task in ("se", "tse", "vc"):
+        examples, problems = read_folder(path), []
+    elif path.is_dir():
+        raise InputError(f"{path}: {task} training data must be a JSON-lines manifest, not a folder")
+    else:
+        raise InputError(f"{path}: no such manifest or data folder")
+    if not examples:
+        extra = f" ({len(problems)} bad line(s) skipped)" if problems else ""
+        raise InputError(f"{path}: no usable training examples{extra}")
+    return examples, problems
 
 
 def read_audio_list(path: Path) -> list[Path]:
@@ -193,7 +276,18 @@ class FeatureCache:
 
     def _compute_ssl(self, files: Sequence[Path]) -> torch.Tensor:
         tok = self.engine.tokenizers
-        wav = np.concatenate([tok.load16(Path(f)) for f in files])
+        wavs = []
+        for f in files:
+            try:
+                wavs.append(tok.load16(Path(f)))
+            except InputError:
+                raise
+            except Exception as exc:  # soundfile/audioread errors: name the file
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise InputError(f"{f}: cannot read audio ({first})") from None
+        wav = np.concatenate(wavs)
+        if len(wav) == 0:
+            raise InputError(f"{files[-1]}: empty audio")
         return tok.ssl_features(wav, what=str(files[-1])).float().cpu().clone()
 
     def _get(self, kind: str, files: Sequence[Path]) -> torch.Tensor:
@@ -230,6 +324,47 @@ def finetune_item(cache: FeatureCache, ex: Example) -> Item:
     if n <= len(prompt):
         raise InputError(f"{ex.input}: too short to leave a target frame after the prompt")
     return Item(x0=x0[:n], prompt_len=len(prompt), cond=cond[:n])
+
+
+def tts_item(cache: FeatureCache, ex: Example) -> Item:
+    """x0 = [codes(prompt) ; codes(audio)], phones = g2p(prompt_text) ++ g2p(text)."""
+    from ..text import tts_phone_ids
+
+    parts = [ex.prompt, ex.target] if ex.prompt is not None else [ex.target]
+    x0 = torch.cat([cache.codes([p]) for p in parts])
+    prompt_ids, text_ids = (
+        tts_phone_ids(ex.prompt_text or "", ex.text or "", ex.prompt_language, ex.language)
+        if ex.prompt is not None
+        else ([], _phones(ex.text or "", ex.language))
+    )
+    phones = torch.tensor(list(prompt_ids) + list(text_ids), dtype=torch.long)
+    if len(phones) == 0:
+        raise InputError(f"{ex.target}: the text gives no phones")
+    return Item(x0=x0, prompt_len=0, phones=phones)
+
+
+def _phones(text: str, language: str | None) -> list[int]:
+    from ..text import detect_language, g2p
+
+    return list(g2p(text, language or detect_language(text))[1])
+
+
+def build_items(
+    cache: FeatureCache,
+    examples: Sequence[Example],
+    task: str,
+    on_skip: Callable[[str], None],
+) -> list[Item]:
+    """Items of `examples`; an example whose audio/text cannot be used is reported and skipped."""
+    make = tts_item if task == "tts" else finetune_item
+    items = []
+    for ex in examples:
+        try:
+            items.append(make(cache, ex))
+        except Exception as exc:  # unreadable audio, too short, g2p failure: skip this line
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            on_skip(f"{ex.where}: {first}")
+    return items
 
 
 def pretrain_item(cache: FeatureCache, path: Path) -> Item:

@@ -1,14 +1,31 @@
-"""The optimisation loop: AdamW, linear warm-up then a constant rate, resumable bit for bit.
+"""The optimisation loop: AdamW, linear warm-up then cosine decay, resumable bit for bit.
 
-Every random choice (which items form a batch, crop offsets, t, prompt lengths, masks) comes
-from one CPU `torch.Generator` seeded with `seed`. A checkpoint (`train_state.pt`) holds the
-trained tensors, the optimizer and scheduler states, that generator's state, the step and the
-loss history, so on CPU `N/2 steps + resume + N/2 steps` gives the same weights as `N` steps.
-The schedule does not depend on the total number of steps, so a run may be extended.
+Data order: an epoch is one pass over a permutation of the items (seeded by `seed` and the
+epoch number) in micro-batches of `batch_size`; every `grad_accum` micro-batches make one
+optimizer step (the last step of an epoch may hold fewer). The total number of steps is
+`max_steps` when given, else `epochs` x steps per epoch.
+
+Learning rate at step s (0-based) of a run of `total` steps: `lr * (s + 1) / warmup` during
+the warm-up, then `lr * 0.5 * (1 + cos(pi * (s - warmup) / (total - warmup)))`. It is a pure
+function of (s, total), so no scheduler state is kept; a resumed run with the same total
+follows the same curve. Resuming with a larger `max_steps` (or `epochs`) re-plans the curve
+for the new total: from the resumed step on, the rate is the one a run planned for the new
+total would have had there (so after a finished run it rises again from near zero to that
+value, no new warm-up).
+
+Every other random choice (crop offsets, t, prompt lengths, masks) comes from one CPU
+`torch.Generator` seeded with `seed`. A checkpoint (`train_state.pt`) holds the trained
+tensors, the optimizer state, that generator's state, the step and the loss history, so on
+CPU `N/2 steps + resume + N/2 steps` gives the same weights as `N` steps.
+
+`OUT/log.jsonl` gets one JSON object per step: step, epoch, loss, lr, grad_norm, and
+val_loss / val_accuracy on the steps where the held-out set was evaluated.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import time
@@ -18,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from ..constants import PHONE_PAD_ID
 from ..errors import InputError
 from . import objective
 from .data import Item
@@ -26,27 +44,32 @@ from .model import Trainable
 log = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.pt"
+LOG_FILE = "log.jsonl"
 
 
 @dataclass(frozen=True)
 class TrainOptions:
-    steps: int = 1000  # total optimizer steps (a resumed run continues up to this)
-    batch_size: int = 8  # items per step
+    epochs: int = 3  # passes over the data (ignored when max_steps is given)
+    max_steps: int | None = None  # total optimizer steps (fixes the schedule)
+    batch_size: int = 8  # items per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 1e-4  # peak learning rate
-    warmup: int = 100  # linear warm-up steps
+    warmup: int = 100  # linear warm-up steps (capped at a tenth of a shorter run)
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max gradient norm (0 = off)
-    max_frames: int = 500  # random crop of longer items (50 frames = 1 s)
+    max_frames: int = 500  # random crop of longer items (50 frames = 1 s); not tts items
     seed: int = 0
     save_every: int = 500  # checkpoint (and export) interval in steps; 0 = only at the end
-    val_every: int = 0  # held-out evaluation interval in steps; 0 = only at the end
-    cfg_scale: float = 0.15  # pretrain: probability of an item batch without prompt
+    val_every: int = 0  # extra held-out evaluations every N steps (0 = per epoch and at the end)
+    cfg_scale: float = 0.15  # drawn prompts: probability of a batch without prompt
+    bf16: bool | None = None  # bf16 autocast; None = on for CUDA
+    stop_after: int | None = None  # stop (checkpointed, resumable) after this step
 
 
 @dataclass
 class History:
     loss: list[float] = field(default_factory=list)  # training loss per step (nats)
-    val: list[dict] = field(default_factory=list)  # {"step", "loss", "accuracy"}
+    val: list[dict] = field(default_factory=list)  # {"step", "loss", "accuracy", "tokens"}
 
 
 @dataclass
@@ -55,12 +78,42 @@ class Batch:
     keep: torch.Tensor  # (B, L) float32, 1 = real frame
     prompt_len: torch.Tensor  # (B,) int64
     cond: torch.Tensor | None  # (B, L, D) float32 or None
+    phones: torch.Tensor | None = None  # (B, P) int64 padded with PHONE_PAD_ID
+    phone_keep: torch.Tensor | None = None  # (B, P) float32
+
+
+def steps_per_epoch(n_items: int, batch_size: int, grad_accum: int) -> int:
+    micro = math.ceil(n_items / batch_size)
+    return math.ceil(micro / grad_accum)
+
+
+def total_steps(n_items: int, opts: TrainOptions) -> int:
+    if opts.max_steps is not None:
+        return int(opts.max_steps)
+    return int(opts.epochs) * steps_per_epoch(n_items, opts.batch_size, opts.grad_accum)
+
+
+def effective_warmup(warmup: int, total: int) -> int:
+    """The warm-up length used: `warmup`, but at most a tenth of the run (at least 1 step)."""
+    return max(0, min(warmup, max(1, total // 10)))
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Fraction of the peak rate at 0-based optimizer step `step` of `total` (module doc)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def crop(item: Item, max_frames: int, gen: torch.Generator) -> Item:
-    """Keep the prompt and a random window of the rest so that at most `max_frames` remain."""
+    """Keep the prompt and a random window of the rest so that at most `max_frames` remain.
+
+    Items with phones (tts) are never cropped: the phones cover the whole utterance.
+    """
     n, p = len(item), item.prompt_len
-    if n <= max_frames:
+    if n <= max_frames or item.phones is not None:
         return item
     if max_frames <= p:
         raise InputError(f"--max-frames {max_frames} leaves no target frame after a {p}-frame prompt")
@@ -71,7 +124,7 @@ def crop(item: Item, max_frames: int, gen: torch.Generator) -> Item:
 
 
 def collate(items: Sequence[Item], device: torch.device) -> Batch:
-    """Pad items to the longest; keep marks real frames."""
+    """Pad items to the longest; keep marks real frames (and real phones)."""
     L = max(len(it) for it in items)
     B = len(items)
     x0 = torch.zeros(B, L, dtype=torch.long)
@@ -79,22 +132,43 @@ def collate(items: Sequence[Item], device: torch.device) -> Batch:
     cond = None
     if items[0].cond is not None:
         cond = torch.zeros(B, L, items[0].cond.shape[1])
+    phones = phone_keep = None
+    if items[0].phones is not None:
+        P = max(len(it.phones) for it in items)
+        phones = torch.full((B, P), PHONE_PAD_ID, dtype=torch.long)
+        phone_keep = torch.zeros(B, P)
     for b, it in enumerate(items):
         x0[b, : len(it)] = it.x0
         keep[b, : len(it)] = 1.0
         if cond is not None:
             cond[b, : len(it)] = it.cond
+        if phones is not None:
+            phones[b, : len(it.phones)] = it.phones
+            phone_keep[b, : len(it.phones)] = 1.0
     plen = torch.tensor([it.prompt_len for it in items], dtype=torch.long)
-    return Batch(x0.to(device), keep.to(device), plen, None if cond is None else cond.to(device))
+
+    def to(x):
+        return None if x is None else x.to(device)
+
+    return Batch(x0.to(device), keep.to(device), plen, to(cond), to(phones), to(phone_keep))
 
 
 def step_loss(tr: Trainable, batch: Batch, gen: torch.Generator, explicit_prompt: bool, cfg_scale: float):
     """(loss, logits, loss mask) of one training forward."""
     B, L = batch.x0.shape
     draws = objective.draw_forward(gen, B, L, batch.prompt_len if explicit_prompt else None, cfg_scale)
-    logits = objective.training_logits(tr.model, batch.x0, batch.keep, draws, batch.cond)
+    logits = objective.training_logits(
+        tr.model, batch.x0, batch.keep, draws, batch.cond, batch.phones, batch.phone_keep
+    )
     weight = objective.loss_mask(draws, batch.keep)
     return objective.masked_ce(logits, batch.x0, weight), logits, weight
+
+
+def _autocast(device: torch.device, bf16: bool | None):
+    use = device.type == "cuda" if bf16 is None else bf16
+    if not use:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 @torch.no_grad()
@@ -106,6 +180,7 @@ def evaluate(
     batch_size: int = 8,
     seed: int = 1234,
     cfg_scale: float = 0.15,
+    bf16: bool | None = None,
 ) -> dict[str, float]:
     """Held-out masked-token loss and argmax accuracy, with masks from a fixed seed.
 
@@ -118,7 +193,8 @@ def evaluate(
     tot_loss, hits, count = 0.0, 0, 0
     for i in range(0, len(items), batch_size):
         batch = collate(items[i : i + batch_size], dev)
-        loss, logits, weight = step_loss(tr, batch, gen, explicit_prompt, cfg_scale)
+        with _autocast(dev, bf16):
+            loss, logits, weight = step_loss(tr, batch, gen, explicit_prompt, cfg_scale)
         h, c = objective.masked_hits(logits, batch.x0, weight)
         tot_loss += float(loss) * c
         hits, count = hits + h, count + c
@@ -126,14 +202,37 @@ def evaluate(
     return {"loss": tot_loss / max(count, 1), "accuracy": hits / max(count, 1), "tokens": count}
 
 
-def _schedule(warmup: int) -> Callable[[int], float]:
-    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-
-
 def _atomic_save(obj: object, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     tmp.replace(path)
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=gen).tolist()
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop log lines past `step` (written after the checkpoint a resumed run starts from)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue
+    path.write_text("".join(f"{ln}\n" for ln in keep))
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C after a checkpoint at `step`."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted at step {step}")
+        self.step = step
 
 
 def train(
@@ -146,85 +245,152 @@ def train(
     resume: bool = False,
     val_items: Sequence[Item] = (),
     on_save: Callable[[int, History], None] | None = None,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[dict, int], None] | None = None,
+    run_info: dict | None = None,
 ) -> History:
-    """Train `tr` on `items` up to `opts.steps`; checkpoints go to `out/train_state.pt`.
+    """Train `tr` on `items` for `total_steps(len(items), opts)` steps; checkpoints go to `out`.
 
-    explicit_prompt: use each item's prompt length (fine-tuning); else draw them (pretrain).
+    explicit_prompt: use each item's prompt length (se/tse/vc); else draw them (tts, pretrain).
     on_save(step, history) runs after each checkpoint (the caller exports model files there).
+    on_step(record, total) gets each step's log record. run_info is stored in the checkpoint
+    and must match on resume (e.g. the start model).
+    A KeyboardInterrupt saves a checkpoint at the last finished step and raises `Interrupted`.
     """
     if not items:
         raise InputError("no training items")
+    if opts.batch_size < 1 or opts.grad_accum < 1:
+        raise InputError("--batch-size and --grad-accum must be at least 1")
     out.mkdir(parents=True, exist_ok=True)
+    n = len(items)
+    spe = steps_per_epoch(n, opts.batch_size, opts.grad_accum)
+    total = total_steps(n, opts)
+    if total < 1:
+        raise InputError("nothing to train: --epochs and --max-steps must be at least 1")
+    warmup = effective_warmup(opts.warmup, total)
     params = tr.named_trainable()
     opt = torch.optim.AdamW([p for _, p in params], lr=opts.lr, weight_decay=opts.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(opts.warmup))
     gen = torch.Generator().manual_seed(opts.seed)
     history, step = History(), 0
-    state_path = out / STATE_FILE
+    state_path, log_path = out / STATE_FILE, out / LOG_FILE
+    info = dict(run_info or {})
     if resume:
         if not state_path.is_file():
             raise InputError(f"{state_path}: no training state to resume from")
         state = torch.load(state_path, weights_only=False)
-        names = [n for n, _ in params]
+        names = [n_ for n_, _ in params]
         if list(state["params"]) != names:
             raise InputError(f"{state_path}: trained parameters differ from this model's (other options?)")
+        for k, v in info.items():
+            if state.get("info", {}).get(k, v) != v:
+                raise InputError(
+                    f"{state_path}: the run was started with {k} {state['info'][k]!r}, not {v!r}"
+                )
+        if state.get("items", n) != n:
+            log.warning(
+                "resuming on %d items (the run started with %d): the data order differs", n, state["items"]
+            )
         with torch.no_grad():
-            for n, p in params:
-                p.copy_(state["params"][n])
+            for name, p in params:
+                p.copy_(state["params"][name])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
         step = int(state["step"])
         history = History(**state["history"])
-        log.info("resumed from step %d", step)
+        if state.get("total", total) != total:
+            log.info("schedule re-planned for %d steps (was %d)", total, state["total"])
+        log.info("resumed from step %d of %d", step, total)
+        _trim_log(log_path, step)
+    elif log_path.exists():
+        log_path.unlink()
     dev = next(tr.model.parameters()).device
 
     def save() -> None:
         _atomic_save(
             {
-                "params": {n: p.detach().cpu().clone() for n, p in params},
+                "params": {name: p.detach().cpu().clone() for name, p in params},
                 "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
                 "generator": gen.get_state(),
                 "step": step,
+                "total": total,
+                "items": n,
                 "history": asdict(history),
                 "options": asdict(opts),
+                "info": info,
             },
             state_path,
         )
         if on_save is not None:
             on_save(step, history)
 
-    def validate() -> None:
-        if val_items:
-            res = evaluate(tr, val_items, explicit_prompt=explicit_prompt, cfg_scale=opts.cfg_scale)
-            history.val.append({"step": step, **res})
-            log.info("step %d: held-out loss %.4f, accuracy %.4f", step, res["loss"], res["accuracy"])
+    def validate(record: dict | None) -> None:
+        if not val_items or (history.val and history.val[-1]["step"] == step):
+            return
+        res = evaluate(
+            tr, val_items, explicit_prompt=explicit_prompt, cfg_scale=opts.cfg_scale, bf16=opts.bf16
+        )
+        history.val.append({"step": step, **res})
+        log.info("step %d: held-out loss %.4f, accuracy %.4f", step, res["loss"], res["accuracy"])
+        if record is not None:
+            record.update(val_loss=res["loss"], val_accuracy=res["accuracy"])
 
+    def one_step() -> dict:
+        epoch, k = divmod(step, spe)
+        order = _epoch_order(n, opts.seed, epoch)
+        micro = range(k * opts.grad_accum, min((k + 1) * opts.grad_accum, math.ceil(n / opts.batch_size)))
+        lr = opts.lr * lr_factor(step, total, warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        losses = []
+        for j in micro:
+            idx = order[j * opts.batch_size : (j + 1) * opts.batch_size]
+            batch = collate([crop(items[i], opts.max_frames, gen) for i in idx], dev)
+            with _autocast(dev, opts.bf16):
+                loss, _, _ = step_loss(tr, batch, gen, explicit_prompt, opts.cfg_scale)
+            value = loss.detach().item()
+            if not math.isfinite(value):
+                raise InputError(f"training diverged at step {step + 1} (loss {value}); lower --lr")
+            (loss / len(micro)).backward()
+            losses.append(value)
+        max_norm = opts.grad_clip if opts.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in params], max_norm))
+        opt.step()
+        return {
+            "step": step + 1,
+            "epoch": epoch + 1,
+            "loss": sum(losses) / len(losses),
+            "lr": lr,
+            "grad_norm": grad_norm,
+        }
+
+    stop = total if opts.stop_after is None else min(total, int(opts.stop_after))
     tr.model.train()
     t0 = time.perf_counter()
-    while step < opts.steps:
-        idx = torch.randint(0, len(items), (opts.batch_size,), generator=gen).tolist()
-        batch = collate([crop(items[i], opts.max_frames, gen) for i in idx], dev)
-        loss, _, _ = step_loss(tr, batch, gen, explicit_prompt, opts.cfg_scale)
-        if not math.isfinite(loss.detach().item()):
-            raise InputError(f"training diverged at step {step + 1} (loss {float(loss)}); lower --lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if opts.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for _, p in params], opts.grad_clip)
-        opt.step()
-        sched.step()
-        step += 1
-        history.loss.append(loss.detach().item())
-        if on_step is not None:
-            on_step(step, history.loss[-1])
-        if opts.val_every and step % opts.val_every == 0 and step < opts.steps:
-            validate()
-        if opts.save_every and step % opts.save_every == 0 and step < opts.steps:
+    with open(log_path, "a", encoding="utf-8") as logf:
+        pending = None  # the generator state before an unfinished step
+        try:
+            while step < stop:
+                pending = gen.get_state()
+                record = one_step()
+                step += 1
+                pending = None
+                history.loss.append(record["loss"])
+                end_of_epoch = step % spe == 0
+                if end_of_epoch or step == total or (opts.val_every and step % opts.val_every == 0):
+                    validate(record)
+                logf.write(json.dumps(record) + "\n")
+                logf.flush()
+                if on_step is not None:
+                    on_step(record, total)
+                if opts.save_every and step % opts.save_every == 0 and step < stop:
+                    save()
+        except KeyboardInterrupt:
+            if pending is not None:
+                gen.set_state(pending)  # the unfinished step is redone on resume
             save()
-    validate()
+            raise Interrupted(step) from None
+    if step >= total:
+        validate(None)  # a resumed, already finished run: the final evaluation
     save()
-    log.info("%d steps in %.1fs", len(history.loss), time.perf_counter() - t0)
+    log.info("%d steps in %.1fs", step, time.perf_counter() - t0)
     return history

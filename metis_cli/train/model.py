@@ -9,6 +9,9 @@ Fine-tuning starts from a model card (a released model, `metis-base`, or a folde
   `nn.Linear` weight (Kaiming-uniform), B = 0, adapter Linears default-initialised and the gate
   at 0 (the official SimpleAdapter), so the untrained model equals the base.
 * Full mode: every stage-1 parameter trains (a LoRA start is merged first).
+* From a start with one full stage-1 file (`maskgct-t2s` for tts, a `--full` result) LoRA
+  pairs (and the adapter, if the model has one) train on top of it, and the export merges
+  them into one `stage1.safetensors` (there is no official LoRA layout for such models).
 
 Exports use the official file naming (spec §8): `lora.safetensors`
 (`model.<path>.lora_{A,B}.default.weight`), `adapter.safetensors` (`model.cond_adapter.*`),
@@ -60,10 +63,16 @@ class Trainable:
     start: ModelCard  # the card training started from
     r: int = 0
     alpha: float = 0.0
+    merged_export: bool = False  # LoRA on a full-file start: export merged weights
 
     def named_trainable(self) -> list[tuple[str, nn.Parameter]]:
         """Trained parameters in a fixed order (the optimizer's order)."""
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+
+# LoRA rank and alpha of a fresh LoRA per task: those of the released models (spec §1.3);
+# tts has no released LoRA, it gets the SE/TSE values.
+DEFAULT_LORA = {"se": (32, 64.0), "tse": (32, 64.0), "vc": (16, 32.0), "tts": (32, 64.0)}
 
 
 def _file(store: ModelStore, card: ModelCard, role: str) -> Path:
@@ -137,6 +146,7 @@ def build_finetune(
     block = copy.deepcopy(store.config(start)["t2s_model"])
     layout = start.stage1.get("layout", "full") if start.task else "base"
     gen = torch.Generator().manual_seed(seed)
+    merged = False
     if layout == "lora":
         if start.stage1.get("ft_type") != task:
             raise InputError(f"model '{start.name}' is a {start.stage1.get('ft_type')} model, not {task}")
@@ -155,33 +165,43 @@ def build_finetune(
             apply_unmerged_lora(model, lt, r, a, ls)
     elif layout == "base":
         bt, bs = _tensors(store, start, "base")
-        r = 32 if rank is None else int(rank)
-        a = float(2 * r if alpha is None else alpha)
-        if r <= 0:
-            raise InputError(f"LoRA rank must be positive, got {r}")
+        r, a = _fresh_rank(task, rank, alpha)
         cfg = Stage1Config.from_dict(block, task, lora_path=not full)
         model = _base_model(cfg, bt, bs, device)
-        _fresh_adapter(model, gen)
+        if model.has_adapter:
+            _fresh_adapter(model, gen)
         if not full:
             apply_unmerged_lora(model, fresh_lora(model, r, gen), r, a, "new LoRA")
     else:
-        if not full:
-            raise InputError(f"model '{start.name}' holds one full stage-1 file: fine-tune it with --full")
         if start.stage1.get("ft_type") != task:
             raise InputError(f"model '{start.name}' is a {start.stage1.get('ft_type')} model, not {task}")
         st, ss = _tensors(store, start, "stage1")
         cfg = Stage1Config.from_dict(block, task)
         model = checkpoint.build_on_meta(lambda: MetisStage1(cfg))
         checkpoint.load_state(model, st, source=ss, dtype=torch.float32, device=device)
-        r, a = 0, 0.0
+        r, a = _fresh_rank(task, rank, alpha)
+        if not full:
+            apply_unmerged_lora(model, fresh_lora(model, r, gen), r, a, "new LoRA")
+            merged = True
     model.to(device).train()
-    if not model.has_adapter:
+    if task == "tts" and not model.has_phones:
+        raise InputError(f"model '{start.name}' has no phone input: fine-tune tts from maskgct-t2s")
+    if task != "tts" and not model.has_adapter:
         raise InputError(f"task '{task}' of model '{start.name}' has no condition adapter to train")
     for name, p in model.named_parameters():
         p.requires_grad_(full or name.startswith("cond_adapter.") or name.endswith((".lora_A", ".lora_B")))
     if full:
         r, a = 0, 0.0
-    return Trainable(model, "full" if full else "lora", block, start, r, a)
+    return Trainable(model, "full" if full else "lora", block, start, r, a, merged_export=merged)
+
+
+def _fresh_rank(task: str, rank: int | None, alpha: float | None) -> tuple[int, float]:
+    r0, a0 = DEFAULT_LORA[task]
+    r = r0 if rank is None else int(rank)
+    if r <= 0:
+        raise InputError(f"LoRA rank must be positive, got {r}")
+    a = float((a0 if r == r0 else 2 * r) if alpha is None else alpha)
+    return r, a
 
 
 def build_pretrain(store: ModelStore, start: ModelCard, device: torch.device) -> Trainable:
@@ -196,6 +216,25 @@ def build_pretrain(store: ModelStore, start: ModelCard, device: torch.device) ->
     for p in model.parameters():
         p.requires_grad_(True)
     return Trainable(model, "full", block, start)
+
+
+def build_scratch(config: dict[str, Any], seed: int, device: torch.device) -> Trainable:
+    """A randomly initialised base stage-1 model from a `t2s_model` config block (seeded).
+
+    `use_phone_cond` defaults to false here (pre-training sees no text).
+    """
+    block = copy.deepcopy(config)
+    block.setdefault("use_phone_cond", False)
+    for key in ("hidden_size", "num_layers", "num_heads", "cond_codebook_size"):
+        if key not in block:
+            raise InputError(f"the t2s_model config block needs '{key}'")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MetisStage1(Stage1Config.from_dict(block, None))
+    model.to(device).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return Trainable(model, "full", block, get_card("metis-base"))
 
 
 # -- export ------------------------------------------------------------------------------------------
@@ -215,6 +254,20 @@ def adapter_state(model: MetisStage1) -> dict[str, torch.Tensor]:
     """`model.cond_adapter.*` tensors of the adapter file."""
     state = model.cond_adapter.state_dict()
     return {f"{ADAPTER_PREFIX}cond_adapter.{k}": v.detach() for k, v in state.items()}
+
+
+def merged_state(model: MetisStage1) -> dict[str, torch.Tensor]:
+    """Plain `MetisStage1` keys with every LoRA pair merged: W + (B @ A) * alpha / r."""
+    out = {}
+    for k, v in model.state_dict().items():
+        if k.endswith((".lora_A", ".lora_B")):
+            continue
+        out[k.replace(".base_layer.", ".")] = v.detach()
+    for path in lora_target_paths(model):
+        lin = model.get_submodule(path)
+        w = lin.base_layer.weight.detach().float()
+        out[f"{path}.weight"] = w + (lin.lora_B.detach().float() @ lin.lora_A.detach().float()) * lin.scale
+    return out
 
 
 def plain_state(model: MetisStage1) -> dict[str, torch.Tensor]:
@@ -261,7 +314,13 @@ def export(tr: Trainable, out: Path, task: str | None, name: str, info: dict[str
         ref, stage1 = tr.start, {}
     else:
         ref = get_card(DEFAULT_MODEL[task])
-        if tr.mode == "lora":
+        if tr.mode == "lora" and tr.merged_export:
+            _save(out / STAGE1_FILE, merged_state(tr.model))
+            files = {"stage1": {"path": STAGE1_FILE, "local": True}}
+            for k in ("use_lora", "lora_r", "lora_alpha"):
+                block.pop(k, None)
+            stage1 = {"layout": "full", "ft_type": task}
+        elif tr.mode == "lora":
             _save(out / LORA_FILE, lora_state(tr.model))
             _save(out / ADAPTER_FILE, adapter_state(tr.model))
             files = {
@@ -277,9 +336,10 @@ def export(tr: Trainable, out: Path, task: str | None, name: str, info: dict[str
             for k in ("use_lora", "lora_r", "lora_alpha"):
                 block.pop(k, None)
             stage1 = {"layout": "full", "ft_type": task}
+    what = f"fine-tuned {task}" if task else "pre-trained base"
     card: dict[str, Any] = {
         "name": name,
-        "description": f"{'fine-tuned ' + task if task else 'pre-trained base'} from {tr.start.name}",
+        "description": f"{what} from {info.get('start', tr.start.name)}",
         "task": task,
         "repo": tr.start.repo,
         "license": ref.license,

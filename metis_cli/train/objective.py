@@ -92,14 +92,19 @@ def training_logits(
     keep: Tensor,
     draws: ForwardDraws,
     finetune_cond: Tensor | None = None,
+    phone_ids: Tensor | None = None,
+    phone_keep: Tensor | None = None,
 ) -> Tensor:
     """Logits (B, L, V) of the training forward on tokens x0 (B, L) with keep-mask (B, L).
 
     finetune_cond: (B, L, cond_dim) condition features, added through the adapter.
+    phone_ids, phone_keep: (B, P) phone prefix of tts models (and its keep-mask).
     """
     dev = x0.device
     xt = embed_xt(model, x0, draws.mask.to(dev))
-    return model(xt, draws.t.to(dev), keep, finetune_cond=finetune_cond)
+    return model(
+        xt, draws.t.to(dev), keep, phone_ids=phone_ids, phone_keep=phone_keep, finetune_cond=finetune_cond
+    )
 
 
 def loss_mask(draws: ForwardDraws, keep: Tensor) -> Tensor:

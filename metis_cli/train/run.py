@@ -6,9 +6,10 @@ model=DIR)`) loads it through the same strict loaders as the released files.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,12 @@ from ..cards import DEFAULT_MODEL, ModelStore, get_card
 from ..engine import Engine, EngineOptions, resolve_device
 from ..errors import InputError
 from . import data as D
-from .loop import STATE_FILE, History, TrainOptions, evaluate, train
-from .model import Trainable, build_finetune, build_pretrain, export
+from .loop import STATE_FILE, History, TrainOptions, evaluate, total_steps, train
+from .model import Trainable, build_finetune, build_pretrain, build_scratch, export
 
 log = logging.getLogger(__name__)
 
-FINETUNE_TASKS = ("se", "tse", "vc")
+FINETUNE_TASKS = ("se", "tse", "vc", "tts")
 
 
 def default_cache_dir() -> Path:
@@ -43,6 +44,9 @@ class FinetuneResult:
     final_eval: dict[str, float] | None  # held-out loss/accuracy after training (if --val)
     cache_hits: int
     cache_misses: int
+    examples: int = 0  # training examples used
+    skipped: list[str] = field(default_factory=list)  # one report line per skipped example
+    total_steps: int = 0  # the run's planned total (the schedule's)
 
 
 def _check_out(out: Path, resume: bool) -> None:
@@ -65,16 +69,19 @@ def _run(
     opts: TrainOptions,
     *,
     task: str | None,
+    explicit: bool,
     name: str,
     resume: bool,
     info: dict[str, Any],
     cache: D.FeatureCache,
-    on_step: Callable[[int, float], None] | None,
+    skipped: list[str],
+    on_step: Callable[[dict, int], None] | None,
 ) -> FinetuneResult:
-    explicit = task is not None
     start_eval = None
     if val_items and not resume:
-        start_eval = evaluate(tr, val_items, explicit_prompt=explicit, cfg_scale=opts.cfg_scale)
+        start_eval = evaluate(
+            tr, val_items, explicit_prompt=explicit, cfg_scale=opts.cfg_scale, bf16=opts.bf16
+        )
         log.info("start model: held-out loss %.4f, accuracy %.4f", start_eval["loss"], start_eval["accuracy"])
 
     def on_save(step: int, history: History) -> None:
@@ -83,6 +90,7 @@ def _run(
             meta["held_out"] = history.val[-1]
         export(tr, out, task, name, meta)
 
+    run_info = {k: info[k] for k in ("task", "start", "mode", "lora_r") if k in info}
     history = train(
         tr,
         items,
@@ -93,6 +101,7 @@ def _run(
         val_items=val_items,
         on_save=on_save,
         on_step=on_step,
+        run_info=run_info,
     )
     return FinetuneResult(
         out=out,
@@ -102,7 +111,18 @@ def _run(
         final_eval=history.val[-1] if history.val else None,
         cache_hits=cache.hits,
         cache_misses=cache.misses,
+        examples=len(items),
+        skipped=skipped,
+        total_steps=total_steps(len(items), opts),
     )
+
+
+def _skip_reporter(on_skip: Callable[[str], None] | None, skipped: list[str]) -> Callable[[str], None]:
+    def report(line: str) -> None:
+        skipped.append(line)
+        (on_skip or log.warning)(line)
+
+    return report
 
 
 def finetune(
@@ -110,11 +130,11 @@ def finetune(
     data: Path,
     out: Path,
     *,
-    model: str | None = None,
+    base: str | None = None,
     val: Path | None = None,
     full: bool = False,
-    rank: int | None = None,
-    alpha: float | None = None,
+    lora_r: int | None = None,
+    lora_alpha: float | None = None,
     options: TrainOptions | None = None,
     resume: bool = False,
     name: str | None = None,
@@ -122,34 +142,56 @@ def finetune(
     checkpoint_dir: str | Path | None = None,
     offline: bool | None = None,
     device: str = "cpu",
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[dict, int], None] | None = None,
+    on_skip: Callable[[str], None] | None = None,
 ) -> FinetuneResult:
-    """Fine-tune stage 1 for `task` (se, tse, vc) on the examples in `data`; write `out/`.
+    """Fine-tune stage 1 for `task` (se, tse, vc, tts) on the manifest `data`; write `out/`.
 
-    model: start card or folder (default: the task's official model, continuing its LoRA);
-    `metis-base` or a pretrain folder starts a fresh LoRA + zero-gated adapter.
+    base: start card or folder (default: the task's released model, continuing its LoRA;
+    `metis-base` or a pretrain folder starts a fresh LoRA + zero-gated adapter).
+    on_skip(line) gets one report line per bad manifest line or unusable example (skipped).
     """
+    if task == "l2s":
+        raise InputError(
+            "fine-tuning l2s is not supported yet (the video front end is not cached); "
+            f"supported tasks: {', '.join(FINETUNE_TASKS)}"
+        )
     if task not in FINETUNE_TASKS:
         raise InputError(f"fine-tuning supports tasks {', '.join(FINETUNE_TASKS)}, not '{task}'")
     opts = options or TrainOptions()
     out = Path(out)
     _check_out(out, resume)
     store = ModelStore(checkpoint_dir, offline)
-    start = get_card(model or DEFAULT_MODEL[task])
+    start = get_card(base or DEFAULT_MODEL.get(task, "metis-base"))
+    skipped: list[str] = []
+    report = _skip_reporter(on_skip, skipped)
+    examples, problems = D.read_examples(Path(data), task)
+    for line in problems:
+        report(line)
+    val_examples: list[D.Example] = []
+    if val:
+        val_examples, problems = D.read_examples(Path(val), task)
+        for line in problems:
+            report(line)
     engine = _engine(task, store, device)
     cache = D.FeatureCache(engine, Path(cache_dir) if cache_dir else default_cache_dir())
-    items = [D.finetune_item(cache, ex) for ex in D.read_examples(Path(data))]
-    val_items = [D.finetune_item(cache, ex) for ex in D.read_examples(Path(val))] if val else []
+    items = D.build_items(cache, examples, task, report)
+    val_items = D.build_items(cache, val_examples, task, report)
     engine.release("ssl", "semantic_codec")
+    if not items:
+        raise InputError(f"{data}: no usable training examples ({len(skipped)} skipped)")
     log.info(
-        "%d training items, %d held-out (cache: %d hits, %d computed)",
+        "%d training items, %d held-out, %d skipped (cache: %d hits, %d computed)",
         len(items),
         len(val_items),
+        len(skipped),
         cache.hits,
         cache.misses,
     )
     dev = resolve_device(device)
-    tr = build_finetune(store, start, task, full=full, rank=rank, alpha=alpha, seed=opts.seed, device=dev)
+    tr = build_finetune(
+        store, start, task, full=full, rank=lora_r, alpha=lora_alpha, seed=opts.seed, device=dev
+    )
     info = {
         "task": task,
         "start": start.name,
@@ -157,6 +199,7 @@ def finetune(
         "lora_r": tr.r,
         "lora_alpha": tr.alpha,
         "examples": len(items),
+        "skipped": len(skipped),
         "options": asdict(opts),
     }
     return _run(
@@ -166,19 +209,35 @@ def finetune(
         out,
         opts,
         task=task,
+        explicit=task != "tts",
         name=name or out.resolve().name,
         resume=resume,
         info=info,
         cache=cache,
+        skipped=skipped,
         on_step=on_step,
     )
+
+
+def read_config_block(path: Path) -> dict[str, Any]:
+    """The `t2s_model` block of a JSON config (top level, under `model`, or the block itself)."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the config ({exc})") from None
+    if isinstance(d, dict):
+        for block in (d.get("t2s_model"), (d.get("model") or {}).get("t2s_model"), d):
+            if isinstance(block, dict) and "hidden_size" in block:
+                return block
+    raise InputError(f"{path}: no t2s_model block (hidden_size, num_layers, ...) found")
 
 
 def pretrain(
     data: Path,
     out: Path,
     *,
-    model: str = "metis-base",
+    base: str | None = "metis-base",
+    config: Path | None = None,
     val: Path | None = None,
     options: TrainOptions | None = None,
     resume: bool = False,
@@ -187,22 +246,39 @@ def pretrain(
     checkpoint_dir: str | Path | None = None,
     offline: bool | None = None,
     device: str = "cpu",
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[dict, int], None] | None = None,
 ) -> FinetuneResult:
-    """Continue the masked generative pre-training of a base stage-1 model on plain audio."""
+    """Masked generative pre-training of a base stage-1 model on plain audio.
+
+    Continues `base` (default `metis-base`), or starts from random weights built from the
+    `t2s_model` block of `config` (then `base` is ignored).
+    """
     opts = options or TrainOptions()
     out = Path(out)
     _check_out(out, resume)
     store = ModelStore(checkpoint_dir, offline)
-    start = get_card(model)
     engine = _engine("se", store, device)  # any task: only its tokenizers are used
     cache = D.FeatureCache(engine, Path(cache_dir) if cache_dir else default_cache_dir())
     items = [D.pretrain_item(cache, f) for f in D.read_audio_list(Path(data))]
     val_items = [D.pretrain_item(cache, f) for f in D.read_audio_list(Path(val))] if val else []
     engine.release("ssl", "semantic_codec")
-    tr = build_pretrain(store, start, resolve_device(device))
+    dev = resolve_device(device)
+    if config is not None:
+        block = read_config_block(Path(config))
+        tr = build_scratch(block, opts.seed, dev)
+        vocab = int(block["cond_codebook_size"])
+        top = max(int(it.x0.max()) for it in items)
+        if top >= vocab:
+            raise InputError(
+                f"{config}: cond_codebook_size {vocab} is smaller than the codec's codes ({top + 1})"
+            )
+        start_name = f"scratch ({Path(config).name})"
+    else:
+        start = get_card(base or "metis-base")
+        tr = build_pretrain(store, start, dev)
+        start_name = start.name
     torch.manual_seed(opts.seed)
-    info = {"start": start.name, "mode": "pretrain", "files": len(items), "options": asdict(opts)}
+    info = {"start": start_name, "mode": "pretrain", "files": len(items), "options": asdict(opts)}
     return _run(
         tr,
         items,
@@ -210,9 +286,11 @@ def pretrain(
         out,
         opts,
         task=None,
+        explicit=False,
         name=name or out.resolve().name,
         resume=resume,
         info=info,
         cache=cache,
+        skipped=[],
         on_step=on_step,
     )

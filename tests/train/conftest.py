@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +34,35 @@ def synth_pairs(folder: Path, n: int, seed: int, with_prompt: bool = False) -> P
     return folder
 
 
+def write_manifest(folder: Path, task: str = "se", name: str = "manifest.jsonl") -> Path:
+    """A manifest of `task` over the pairs in `folder` (from `synth_pairs`; tse/vc need prompts)."""
+    lines = []
+    for noisy in sorted((folder / "noisy").glob("*.wav"), key=lambda p: int(p.stem)):
+        n, c = f"noisy/{noisy.name}", f"clean/{noisy.name}"
+        p = f"prompt/{noisy.name}"
+        row = {
+            "se": {"input": n, "target": c},
+            "tse": {"mix": n, "enrol": p, "target": c},
+            "vc": {"source": n, "reference": p, "target": c},
+            "tts": {"text": "a rising tone", "audio": c, "language": "en"},
+        }[task]
+        lines.append(json.dumps(row))
+    path = folder / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @pytest.fixture(scope="session")
 def train_env(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("train")
-    return {
+    env = {
         "bundle": write_tiny_bundle(root / "bundle"),
-        "train": synth_pairs(root / "train", 10, seed=1),
-        "val": synth_pairs(root / "val", 5, seed=2),
+        "train": synth_pairs(root / "train", 10, seed=1, with_prompt=True),
+        "val": synth_pairs(root / "val", 5, seed=2, with_prompt=True),
         "cache": root / "cache",
         "root": root,
     }
+    for task in ("se", "tse", "vc", "tts"):
+        env[f"train_{task}"] = write_manifest(env["train"], task, f"{task}.jsonl")
+        env[f"val_{task}"] = write_manifest(env["val"], task, f"{task}.jsonl")
+    return env

@@ -16,17 +16,21 @@ from metis_cli.train.loop import TrainOptions
 OPTS = dict(batch_size=4, lr=3e-3, warmup=10, max_frames=60, save_every=0)
 
 
+def steps(n: int, **kw) -> TrainOptions:
+    return TrainOptions(max_steps=n, **OPTS, **kw)
+
+
 @pytest.fixture(scope="module")
 def tuned(train_env):
     out = train_env["root"] / "se-ft"
     res = finetune(
         "se",
-        train_env["train"],
+        train_env["train_se"],
         out,
-        val=train_env["val"],
+        val=train_env["val_se"],
         checkpoint_dir=train_env["bundle"],
         cache_dir=train_env["cache"],
-        options=TrainOptions(steps=150, **OPTS),
+        options=steps(150),
     )
     return res
 
@@ -80,14 +84,15 @@ def test_tuned_model_loads_strictly_and_changes_enhance(tuned, train_env):
 
 
 def test_resume_is_bit_identical(train_env):
-    kw = dict(checkpoint_dir=train_env["bundle"], cache_dir=train_env["cache"], model="metis-base", rank=2)
+    kw = dict(checkpoint_dir=train_env["bundle"], cache_dir=train_env["cache"], base="metis-base", lora_r=2)
+    data = train_env["train_se"]
     straight = train_env["root"] / "straight"
-    finetune("se", train_env["train"], straight, options=TrainOptions(steps=12, **OPTS), **kw)
+    finetune("se", data, straight, options=steps(12), **kw)
     split = train_env["root"] / "split"
-    finetune("se", train_env["train"], split, options=TrainOptions(steps=6, **OPTS), **kw)
+    finetune("se", data, split, options=steps(12, stop_after=6), **kw)
     with pytest.raises(InputError, match="--resume"):
-        finetune("se", train_env["train"], split, options=TrainOptions(steps=12, **OPTS), **kw)
-    res = finetune("se", train_env["train"], split, options=TrainOptions(steps=12, **OPTS), resume=True, **kw)
+        finetune("se", data, split, options=steps(12), **kw)
+    res = finetune("se", data, split, options=steps(12), resume=True, **kw)
     assert len(res.history.loss) == 12
     assert res.cache_misses == 0  # every feature came from the cache
     for f in ("lora.safetensors", "adapter.safetensors"):
@@ -102,13 +107,13 @@ def test_full_finetune_from_base_loads(train_env):
     out = train_env["root"] / "se-full"
     finetune(
         "se",
-        train_env["train"],
+        train_env["train_se"],
         out,
-        model="metis-base",
+        base="metis-base",
         full=True,
         checkpoint_dir=train_env["bundle"],
         cache_dir=train_env["cache"],
-        options=TrainOptions(steps=3, **OPTS),
+        options=steps(3),
     )
     state = load_file(str(out / "stage1.safetensors"))
     assert "cond_adapter.gate_scale" in state and not any("lora" in k for k in state)
@@ -131,7 +136,7 @@ def test_pretrain_lowers_loss_and_feeds_finetune(train_env):
         out,
         checkpoint_dir=train_env["bundle"],
         cache_dir=train_env["cache"],
-        options=TrainOptions(steps=80, **OPTS),
+        options=steps(80),
     )
     assert np.mean(res.history.loss[-15:]) < np.mean(res.history.loss[:15]) - 0.2
     base = load_file(str(train_env["bundle"] / "amphion/metis/metis_base/model.safetensors"))
@@ -139,12 +144,12 @@ def test_pretrain_lowers_loss_and_feeds_finetune(train_env):
     assert new.keys() == base.keys()
     ft = finetune(
         "se",
-        train_env["train"],
+        train_env["train_se"],
         train_env["root"] / "from-pre",
-        model=str(out),
-        rank=2,
+        base=str(out),
+        lora_r=2,
         checkpoint_dir=train_env["bundle"],
         cache_dir=train_env["cache"],
-        options=TrainOptions(steps=2, **OPTS),
+        options=steps(2),
     )
     assert (ft.out / "base.safetensors").is_file()  # the local base travels with the model
