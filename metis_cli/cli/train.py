@@ -43,7 +43,9 @@ _VALEVERY = typer.Option(
 )
 _RESUME = typer.Option(False, "--resume", help="Continue the run saved in OUT (bit-identical on CPU).")
 _BF16 = typer.Option(None, "--bf16/--fp32", help="bf16 autocast (default: on for CUDA, off on CPU).")
-_STOP = typer.Option(None, "--stop-after", hidden=True, help="Stop (resumable) after this step.")
+_STOP = typer.Option(
+    None, "--stop-after", help="Stop after this step with a checkpoint (--resume continues, same schedule)."
+)
 _NAME = typer.Option(None, "--name", help="Model name in card.json (default: the folder name).")
 _JSON = typer.Option(False, "--json", help="Print the summary as one JSON object.")
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress or reports on stderr.")

@@ -231,3 +231,19 @@ def test_pretrain_from_a_config_and_from_base(train_env, tmp_path):
     assert res.exit_code == 0, res.output
     assert (cont / "model.safetensors").is_file()
     shutil.rmtree(out)
+
+
+@pytest.mark.slow
+def test_example_script_runs(tmp_path):
+    """examples/finetune_se.sh end to end (about 2 minutes on CPU)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "finetune_se.sh"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    res = subprocess.run(["bash", str(script), str(tmp_path)], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "enhanced" / "0.wav").is_file()
+    assert [r["step"] for r in log_records(tmp_path / "se-ft")] == list(range(1, 101))
