@@ -189,6 +189,7 @@ class Engine:
         self.dtype = DTYPES[self.options.dtype]
         if self.dtype == torch.float16 and self.device.type == "cpu":
             raise InputError("float16 is for GPUs; use --dtype bfloat16 on CPU")
+        self.longform_options()  # bad chunking options are usage errors, raised before any work
         self.stats = StageStats()
         self.on_chunk: Callable[[Any], None] | None = None  # long jobs: called per finished chunk
         self._components: dict[str, Any] = {}

@@ -462,3 +462,61 @@ def test_python_api(tiny_bundle, wav_factory):
     np.testing.assert_array_equal(r1.wav, r2.wav)
     with pytest.raises(metis_cli.api.MetisError, match="no such audio file"):
         se(a.with_name("absent.wav"))
+
+
+# -- long inputs ------
+
+
+def test_enhance_long_input_in_chunks(tiny_bundle, wav_factory, tmp_path):
+    long = wav_factory("long.wav", 12.0, sr=16_000)
+    res = run(
+        [
+            "enhance",
+            str(long),
+            "-o",
+            str(tmp_path / "out"),
+            "--chunk-seconds",
+            "4",
+            "--overlap-seconds",
+            "0.5",
+            "--context-seconds",
+            "1",
+            "--seed",
+            "1",
+            "--json",
+            *FAST,
+        ],
+        tiny_bundle,
+    )
+    assert res.exit_code == 0, res.stderr
+    rep = json_lines(res.stdout)[0]
+    wav, sr = read(tmp_path / "out" / "long.wav")
+    assert rep["status"] == "ok" and sr == 24_000 and len(wav) == 12 * 24_000  # chunked: the input's length
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name != "long.wav"]  # no temp file left
+    bad = run(["enhance", str(long), "--chunk-seconds", "100", *FAST], tiny_bundle)
+    assert bad.exit_code == 2 and "chunk" in bad.stderr
+
+
+def test_tts_long_text_is_split(tiny_bundle, wav_factory, tmp_path):
+    prompt = wav_factory("spk.wav", 0.8)
+    text = "The first sentence is here. The second one follows it. And a third one ends the text."
+    res = run(
+        [
+            "tts",
+            "--prompt",
+            str(prompt),
+            "--prompt-text",
+            "A short prompt.",
+            "--text",
+            text,
+            "--max-chars",
+            "30",
+            "-o",
+            str(tmp_path / "o.wav"),
+            "--json",
+            *FAST,
+        ],
+        tiny_bundle,
+    )
+    assert res.exit_code == 0, res.stderr
+    assert read(tmp_path / "o.wav")[0].size > 0

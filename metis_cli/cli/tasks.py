@@ -55,6 +55,20 @@ _OVERWRITE = typer.Option(False, "--overwrite", help="Replace existing output fi
 _SKIP = typer.Option(False, "--skip-existing", help="Skip jobs whose output file exists.")
 _JSON = typer.Option(False, "--json", help="Print one JSON object per job on stdout.")
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress or summary on stderr.")
+_CHUNK = typer.Option(
+    20.0,
+    "--chunk-seconds",
+    help="Inputs longer than this run in chunks of at most this length (3-30 s; 0 = never).",
+)
+_OVERLAP = typer.Option(
+    1.0, "--overlap-seconds", help="Overlap of neighbouring chunks, joined by an equal-power crossfade."
+)
+_CONTEXT = typer.Option(
+    2.0,
+    "--context-seconds",
+    help="Enhancement: seconds of the previous chunk's output carried as the next chunk's prompt.",
+)
+_MAX_CHARS = typer.Option(300, "--max-chars", help="Texts longer than this are spoken sentence by sentence.")
 _MANIFEST = typer.Option(
     None, "--manifest", help="Jobs file (.jsonl or .csv), one job per line: input roles, output, text, seed."
 )
@@ -170,12 +184,21 @@ class Runner:
             console=console,
             disable=not show,
         )
+        chunk_bar: list[Any] = []  # the per-chunk bar of the long job in progress, if any
+
+        def on_chunk(p: Any) -> None:  # longform.ChunkProgress after each chunk of a long input
+            if not chunk_bar:
+                chunk_bar.append(progress.add_task(f"  {Path(p.output).name}", total=p.total))
+            progress.update(chunk_bar[0], completed=p.index + 1, total=p.total)
+
         with progress:
             bar = progress.add_task(self.task, total=len(jobs))
             try:
-                for rep in pipe.run(jobs, existing=existing):
+                for rep in pipe.run(jobs, existing=existing, on_chunk=on_chunk):
                     done += 1
                     progress.advance(bar)
+                    if chunk_bar:
+                        progress.remove_task(chunk_bar.pop())
                     if as_json:
                         print(json.dumps(rep.to_dict(), ensure_ascii=False), flush=True)
                     elif rep.status == "ok":
@@ -222,6 +245,9 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
             None, "-o", "--output", help="Output folder (default: next to each input, <stem>.enhanced.wav)."
         ),
         manifest: Path = _MANIFEST,
+        chunk_seconds: float = _CHUNK,
+        overlap_seconds: float = _OVERLAP,
+        context_seconds: float = _CONTEXT,
         model: str = _MODEL,
         steps: int = _STEPS,
         cfg: float = _CFG,
@@ -242,7 +268,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         json_out: bool = _JSON,
         quiet: bool = _QUIET,
     ) -> None:
-        """Speech enhancement: denoise/dereverb each input (24 kHz wav out)."""
+        """Speech enhancement: denoise/dereverb each input (24 kHz wav out); any length."""
         kw = {k: v for k, v in locals().items() if k not in ("inputs", "output", "manifest")}
         _run_single_input("se", "enhanced", inputs, output, manifest, kw, ("input",))
 
@@ -252,6 +278,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         enrol: Path = typer.Argument(None, help="Enrolment speech of the target speaker."),
         output: Path = typer.Option(None, "-o", "--output", help="Output wav (default <mix>.tse.wav)."),
         manifest: Path = _MANIFEST,
+        chunk_seconds: float = _CHUNK,
+        overlap_seconds: float = _OVERLAP,
         model: str = _MODEL,
         steps: int = _STEPS,
         cfg: float = _CFG,
@@ -282,6 +310,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         reference: Path = typer.Argument(None, help="Reference speech of the target voice."),
         output: Path = typer.Option(None, "-o", "--output", help="Output wav (default <source>.vc.wav)."),
         manifest: Path = _MANIFEST,
+        chunk_seconds: float = _CHUNK,
+        overlap_seconds: float = _OVERLAP,
         model: str = _MODEL,
         steps: int = _STEPS,
         cfg: float = _CFG,
@@ -323,6 +353,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         ),
         output: Path = typer.Option(Path("tts.wav"), "-o", "--output", help="Output wav."),
         manifest: Path = _MANIFEST,
+        max_chars: int = _MAX_CHARS,
         model: str = _MODEL,
         steps: int = _STEPS,
         cfg: float = _CFG,
