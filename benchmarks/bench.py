@@ -76,6 +76,34 @@ def _rss_now() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+class _AnonPeak:
+    """Samples RssAnon (private, non file-backed memory) every 20 ms in a thread; `peak` bytes.
+
+    Peak RSS also counts the touched pages of memory-mapped checkpoints, which are page cache
+    that the kernel can drop; the anonymous peak is the memory the process really needs."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            with open("/proc/self/status") as fh:
+                for line in fh:
+                    if line.startswith("RssAnon:"):
+                        self.peak = max(self.peak, int(line.split()[1]) * 1024)
+            self._stop.wait(0.02)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
 class _Recorder:
     """Wraps the sampling entry points the engine calls to time S2A per model, count backbone
     passes and keep the generated tokens (the engine imports them at call time)."""
@@ -139,6 +167,7 @@ def worker(cfg: dict) -> dict:
     engine_kw = {k: v for k, v in opts.items() if k in ENGINE_KEYS}
     decoding = {k: v for k, v in opts.items() if k not in ENGINE_KEYS}
     rss0 = _rss_now()
+    anon = _AnonPeak()
     t0 = time.perf_counter()
     pipe = api.load(cfg["task"], checkpoint_dir=cfg["cache"], offline=True, **engine_kw, **decoding)
     preload = not engine_kw.get("low_memory", False)
@@ -159,6 +188,7 @@ def worker(cfg: dict) -> dict:
     finally:
         rec.restore()
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    peak_anon = anon.stop()
     bad = [r.error for r in results if not r.ok]
     if bad:
         raise SystemExit(f"job failed: {bad[0]}")
@@ -185,6 +215,7 @@ def worker(cfg: dict) -> dict:
         "rss_start_bytes": rss0,
         "rss_ready_bytes": rss_ready,
         "peak_rss_bytes": peak_rss_bytes(),
+        "peak_anon_bytes": peak_anon,
         "semantic_frames": [int(s.shape[0]) for s in rec.semantic],
         "torch_threads": torch.get_num_threads(),
         "tokens_file": str(tmp / "tokens.pt"),
@@ -350,6 +381,7 @@ def table(results: list[dict], agree: dict | None) -> None:
     for m in ("stage1", "s2a_1layer", "s2a_full"):
         row(f"passes {m}", [r["passes"].get(m) for r in results], "{:.0f}")
     row("peak RSS (GiB)", [r["peak_rss_bytes"] / 2**30 for r in results])
+    row("peak anonymous RSS (GiB)", [r.get("peak_anon_bytes", 0) / 2**30 for r in results])
     row("RSS models ready (GiB)", [r["rss_ready_bytes"] / 2**30 for r in results])
     Console().print(tab)
     if agree:

@@ -472,6 +472,7 @@ class Engine:
                 opts1,
                 noise,
             )
+        del stage1  # else this reference keeps the model alive after release() below
         if self.options.low_memory:
             self.release("stage1")
         full_semantic = [
@@ -494,6 +495,7 @@ class Engine:
                 rescale_cfg=decoding.s2a_rescale_cfg,
                 fused_cfg=self.options.fused_cfg,
             )
+        del s1, sf
         if self.options.low_memory:
             self.release("s2a_1layer", "s2a_full")
         return semantic, codes

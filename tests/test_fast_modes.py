@@ -107,12 +107,32 @@ def test_batched_items_equal_batch_one(reference, bundle, noisy, tmp_path):
     assert batched["rows"]["s2a_full"] == 2 * batched["passes"]["s2a_full"]  # two items per pass
 
 
-def test_low_memory_releases_stage_models(bundle, noisy, tmp_path):
-    from metis_cli import api
+def test_low_memory_releases_stage_models(bundle, noisy, tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    from metis_cli import api, sampling
 
     pipe = api.load("se", checkpoint_dir=bundle, offline=True, low_memory=True, **FAST_DECODING)
     job = pipe.make_job([noisy], tmp_path / "o.wav", seed=1)
+    seen = {}
+    orig_s1, orig_s2a = sampling.stage1_generate, sampling.metis_semantic_to_acoustic
+
+    def stage1(model, *a, **k):
+        seen["stage1"] = weakref.ref(model)
+        return orig_s1(model, *a, **k)
+
+    def s2a(*a, **k):  # while S2A runs, stage 1 and the condition models must be gone
+        gc.collect()
+        seen["alive_during_s2a"] = seen["stage1"]() is not None
+        seen["resident_during_s2a"] = set(pipe.engine._components)
+        return orig_s2a(*a, **k)
+
+    monkeypatch.setattr(sampling, "stage1_generate", stage1)
+    monkeypatch.setattr(sampling, "metis_semantic_to_acoustic", s2a)
     (res,) = list(pipe.engine.run([job], pipe.decoding))
+    assert seen["alive_during_s2a"] is False
+    assert not seen["resident_during_s2a"] & {"ssl", "semantic_codec", "acoustic_encoder", "stage1"}
     assert res.ok and np.isfinite(res.wav).all()
     resident = set(pipe.engine._components)
     assert not resident & {"ssl", "semantic_codec", "acoustic_encoder", "stage1", "s2a_1layer", "s2a_full"}
