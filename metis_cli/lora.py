@@ -78,12 +78,19 @@ def normalize_lora_keys(tensors: Mapping[str, Tensor], *, source: str) -> dict[s
 
 
 def merge_lora(
-    model: nn.Module, lora_tensors: Mapping[str, Tensor], r: int, alpha: float, source: str
+    model: nn.Module,
+    lora_tensors: Mapping[str, Tensor],
+    r: int,
+    alpha: float,
+    source: str,
+    out_dtype: torch.dtype | None = None,
 ) -> None:
     """W <- W + (B @ A) * (alpha / r) for every targeted linear, in float32, in place.
 
     All 7 * num_layers pairs must be present with the shapes for rank r. Only the targeted
-    weights are replaced (by new, owned tensors); the result keeps W's dtype and device.
+    weights are replaced (by new, owned tensors); the result keeps W's device and takes
+    `out_dtype` (default W's dtype): casting each merged weight at once never holds a
+    float32 copy of all merged weights next to their low-precision copies.
     """
     lora = _checked_lora(model, lora_tensors, r, source)
     scale = alpha / r
@@ -92,7 +99,7 @@ def merge_lora(
         w = lin.weight
         a = lora[f"model.{path}.lora_A.default.weight"].to(w.device, torch.float32)
         b = lora[f"model.{path}.lora_B.default.weight"].to(w.device, torch.float32)
-        merged = (w.detach().float() + (b @ a) * scale).to(w.dtype)  # matrix product first, then scale
+        merged = (w.detach().float() + (b @ a) * scale).to(out_dtype or w.dtype)  # product, then scale
         lin.weight = nn.Parameter(merged, requires_grad=w.requires_grad)
 
 
@@ -206,7 +213,7 @@ def assemble_lora_stage1(
     for k, v in adapter_tensors.items():
         state[k[len(ADAPTER_PREFIX) :]] = v
     load_state(model, state, source=base_src, dtype=torch.float32, device=device)
-    merge_lora(model, lora_tensors, r, alpha, lora_src)
+    merge_lora(model, lora_tensors, r, alpha, lora_src, out_dtype=dtype)
     if dtype is not None:
         model.to(dtype)
     return model

@@ -190,3 +190,16 @@ def test_options_parse_to_typed_values():
     opts = bench.parse_options(["dtype=bfloat16", "batch_size=4", "fused_cfg=true", "s2a_steps_1layer=[2]"])
     assert opts == {"dtype": "bfloat16", "batch_size": 4, "fused_cfg": True, "s2a_steps_1layer": (2,)}
     assert json.loads(json.dumps(opts))["batch_size"] == 4
+
+
+def test_bf16_lora_assembly_equals_fp32_assembly_cast(bundle):
+    """The merged weights are cast one by one in bf16 mode; same numbers as merging all, then casting."""
+    from metis_cli.cards import ModelStore
+    from metis_cli.engine import Engine, EngineOptions
+
+    store = ModelStore(bundle, offline=True)
+    fast = Engine("se", store=store, options=EngineOptions(dtype="bfloat16")).component("stage1")
+    ref = Engine("se", store=store, options=EngineOptions()).component("stage1").to(torch.bfloat16)
+    a, b = fast.state_dict(), ref.state_dict()
+    assert a.keys() == b.keys()
+    assert all(a[k].dtype == torch.bfloat16 and torch.equal(a[k], b[k]) for k in a)
