@@ -42,6 +42,12 @@ _VALEVERY = typer.Option(
     0, "--val-every", help="Also evaluate --val every N steps (always per epoch, at the end)."
 )
 _RESUME = typer.Option(False, "--resume", help="Continue the run saved in OUT (bit-identical on CPU).")
+_CFG = typer.Option(
+    None,
+    "--cfg-scale",
+    help="Probability that a batch trains without its prompt (CFG dropout; default: the model "
+    "config's cfg_scale, 0.15 released). se data has no prompt.",
+)
 _BF16 = typer.Option(None, "--bf16/--fp32", help="bf16 autocast (default: on for CUDA, off on CPU).")
 _STOP = typer.Option(
     None, "--stop-after", help="Stop after this step with a checkpoint (--resume continues, same schedule)."
@@ -184,6 +190,7 @@ def register(app: typer.Typer) -> None:
         max_frames: int = _FRAMES,
         save_every: int = _SAVE,
         val_every: int = _VALEVERY,
+        cfg_scale: float = _CFG,
         bf16: bool = _BF16,
         stop_after: int = _STOP,
         name: str = _NAME,
@@ -210,6 +217,7 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             save_every=save_every,
             val_every=val_every,
+            cfg_scale=cfg_scale,
             bf16=bf16,
             stop_after=stop_after,
         )
@@ -260,7 +268,11 @@ def register(app: typer.Typer) -> None:
         max_frames: int = _FRAMES,
         save_every: int = _SAVE,
         val_every: int = _VALEVERY,
-        cfg_scale: float = typer.Option(0.15, "--cfg-scale", help="Probability of a batch without prompt."),
+        cfg_scale: float = typer.Option(
+            None,
+            "--cfg-scale",
+            help="Probability of a batch without prompt (default: the config's cfg_scale, 0.15 released).",
+        ),
         bf16: bool = _BF16,
         stop_after: int = _STOP,
         name: str = _NAME,

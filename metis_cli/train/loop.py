@@ -13,10 +13,17 @@ for the new total: from the resumed step on, the rate is the one a run planned f
 total would have had there (so after a finished run it rises again from near zero to that
 value, no new warm-up).
 
-Every other random choice (crop offsets, t, prompt lengths, masks) comes from one CPU
-`torch.Generator` seeded with `seed`. A checkpoint (`train_state.pt`) holds the trained
+Every other random choice (crop offsets, prompt dropout, t, prompt lengths, masks) comes from
+one CPU `torch.Generator` seeded with `seed`. A checkpoint (`train_state.pt`) holds the trained
 tensors, the optimizer state, that generator's state, the step and the loss history, so on
 CPU `N/2 steps + resume + N/2 steps` gives the same weights as `N` steps.
+
+Prompt dropout (CFG, spec §6.3): items with an explicit prompt (tse enrolment, vc reference)
+train, per micro-batch, with one uniform draw `u`: when `u <= cfg_scale` every item of the
+micro-batch loses its prompt, so the sequence is the target part only and the finetune
+condition is its target part `F[Lp:]`, exactly the input of the unconditional branch at
+inference (spec §6.4 step 3; the task condition stays). A micro-batch without any prompt (se)
+draws nothing. Drawn prompt lengths (tts, pretrain) have the dropout inside the draw (§6.3).
 
 `OUT/log.jsonl` gets one JSON object per step: step, epoch, loss, lr, grad_norm, and
 val_loss / val_accuracy on the steps where the held-out set was evaluated.
@@ -61,7 +68,7 @@ class TrainOptions:
     seed: int = 0
     save_every: int = 500  # checkpoint (and export) interval in steps; 0 = only at the end
     val_every: int = 0  # extra held-out evaluations every N steps (0 = per epoch and at the end)
-    cfg_scale: float = 0.15  # drawn prompts: probability of a batch without prompt
+    cfg_scale: float | None = None  # probability of a micro-batch without prompt; None = model config's
     bf16: bool | None = None  # bf16 autocast; None = on for CUDA
     stop_after: int | None = None  # stop (checkpointed, resumable) after this step
 
@@ -80,6 +87,15 @@ class Batch:
     cond: torch.Tensor | None  # (B, L, D) float32 or None
     phones: torch.Tensor | None = None  # (B, P) int64 padded with PHONE_PAD_ID
     phone_keep: torch.Tensor | None = None  # (B, P) float32
+
+
+def resolve_cfg_scale(tr: Trainable, opts: TrainOptions) -> float:
+    """`opts.cfg_scale`, else the model config's `t2s_model.cfg_scale` (0.15 when absent)."""
+    value = opts.cfg_scale if opts.cfg_scale is not None else tr.block.get("cfg_scale", 0.15)
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise InputError(f"--cfg-scale must be between 0 and 1, got {value:g}")
+    return value
 
 
 def steps_per_epoch(n_items: int, batch_size: int, grad_accum: int) -> int:
@@ -121,6 +137,31 @@ def crop(item: Item, max_frames: int, gen: torch.Generator) -> Item:
     off = p + int(torch.randint(0, n - p - width + 1, (1,), generator=gen))
     idx = torch.cat([torch.arange(p), torch.arange(off, off + width)])
     return Item(item.x0[idx], p, item.cond[idx] if item.cond is not None else None)
+
+
+def drop_prompts(items: Sequence[Item], gen: torch.Generator, cfg_scale: float) -> tuple[list[Item], bool]:
+    """CFG prompt dropout of one micro-batch with explicit prompts (module doc).
+
+    Draws one uniform from `gen` when some item has a prompt; with `u <= cfg_scale` returns
+    every item cut to its target part (x0[Lp:], cond[Lp:], prompt length 0) and True.
+    Without any prompt nothing is drawn and the items come back unchanged.
+    """
+    items = list(items)
+    if not any(it.prompt_len > 0 for it in items):
+        return items, False
+    u = torch.rand(1, generator=gen).item()
+    if u > cfg_scale:
+        return items, False
+    cut = [
+        Item(
+            it.x0[it.prompt_len :],
+            0,
+            it.cond[it.prompt_len :] if it.cond is not None else None,
+            it.phones,
+        )
+        for it in items
+    ]
+    return cut, True
 
 
 def collate(items: Sequence[Item], device: torch.device) -> Batch:
@@ -183,6 +224,8 @@ def evaluate(
     bf16: bool | None = None,
 ) -> dict[str, float]:
     """Held-out masked-token loss and argmax accuracy, with masks from a fixed seed.
+
+    Explicit prompts are always kept (no prompt dropout): this measures the conditional model.
 
     The same seed gives the same masks for any model, so numbers of two models compare.
     """
@@ -267,6 +310,7 @@ def train(
     if total < 1:
         raise InputError("nothing to train: --epochs and --max-steps must be at least 1")
     warmup = effective_warmup(opts.warmup, total)
+    cfg_scale = resolve_cfg_scale(tr, opts)
     params = tr.named_trainable()
     opt = torch.optim.AdamW([p for _, p in params], lr=opts.lr, weight_decay=opts.weight_decay)
     gen = torch.Generator().manual_seed(opts.seed)
@@ -325,9 +369,7 @@ def train(
     def validate(record: dict | None) -> None:
         if not val_items or (history.val and history.val[-1]["step"] == step):
             return
-        res = evaluate(
-            tr, val_items, explicit_prompt=explicit_prompt, cfg_scale=opts.cfg_scale, bf16=opts.bf16
-        )
+        res = evaluate(tr, val_items, explicit_prompt=explicit_prompt, cfg_scale=cfg_scale, bf16=opts.bf16)
         history.val.append({"step": step, **res})
         log.info("step %d: held-out loss %.4f, accuracy %.4f", step, res["loss"], res["accuracy"])
         if record is not None:
@@ -344,9 +386,12 @@ def train(
         losses = []
         for j in micro:
             idx = order[j * opts.batch_size : (j + 1) * opts.batch_size]
-            batch = collate([crop(items[i], opts.max_frames, gen) for i in idx], dev)
+            chosen = [crop(items[i], opts.max_frames, gen) for i in idx]
+            if explicit_prompt:
+                chosen, _ = drop_prompts(chosen, gen, cfg_scale)
+            batch = collate(chosen, dev)
             with _autocast(dev, opts.bf16):
-                loss, _, _ = step_loss(tr, batch, gen, explicit_prompt, opts.cfg_scale)
+                loss, _, _ = step_loss(tr, batch, gen, explicit_prompt, cfg_scale)
             value = loss.detach().item()
             if not math.isfinite(value):
                 raise InputError(f"training diverged at step {step + 1} (loss {value}); lower --lr")

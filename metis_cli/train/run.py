@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from ..cards import DEFAULT_MODEL, ModelStore, get_card
 from ..engine import Engine, EngineOptions, resolve_device
 from ..errors import InputError
 from . import data as D
-from .loop import STATE_FILE, History, TrainOptions, evaluate, total_steps, train
+from .loop import STATE_FILE, History, TrainOptions, evaluate, resolve_cfg_scale, total_steps, train
 from .model import Trainable, build_finetune, build_pretrain, build_scratch, export
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,8 @@ def _run(
     skipped: list[str],
     on_step: Callable[[dict, int], None] | None,
 ) -> FinetuneResult:
+    opts = replace(opts, cfg_scale=resolve_cfg_scale(tr, opts))
+    info = {**info, "options": asdict(opts)}
     start_eval = None
     if val_items and not resume:
         start_eval = evaluate(

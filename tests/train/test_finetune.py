@@ -83,16 +83,17 @@ def test_tuned_model_loads_strictly_and_changes_enhance(tuned, train_env):
         api.load("se", model=str(bad), **kw)(noisy, seed=0)
 
 
-def test_resume_is_bit_identical(train_env):
+@pytest.mark.parametrize("task,cfg", [("se", None), ("tse", 0.5)])  # tse: prompt dropout draws too
+def test_resume_is_bit_identical(train_env, task, cfg):
     kw = dict(checkpoint_dir=train_env["bundle"], cache_dir=train_env["cache"], base="metis-base", lora_r=2)
-    data = train_env["train_se"]
-    straight = train_env["root"] / "straight"
-    finetune("se", data, straight, options=steps(12), **kw)
-    split = train_env["root"] / "split"
-    finetune("se", data, split, options=steps(12, stop_after=6), **kw)
+    data = train_env[f"train_{task}"]
+    straight = train_env["root"] / f"straight-{task}"
+    finetune(task, data, straight, options=steps(12, cfg_scale=cfg), **kw)
+    split = train_env["root"] / f"split-{task}"
+    finetune(task, data, split, options=steps(12, stop_after=6, cfg_scale=cfg), **kw)
     with pytest.raises(InputError, match="--resume"):
-        finetune("se", data, split, options=steps(12), **kw)
-    res = finetune("se", data, split, options=steps(12), resume=True, **kw)
+        finetune(task, data, split, options=steps(12, cfg_scale=cfg), **kw)
+    res = finetune(task, data, split, options=steps(12, cfg_scale=cfg), resume=True, **kw)
     assert len(res.history.loss) == 12
     assert res.cache_misses == 0  # every feature came from the cache
     for f in ("lora.safetensors", "adapter.safetensors"):
