@@ -1,7 +1,7 @@
 """metis: a command-line toolkit and Python API for the Metis / MaskGCT speech models.
 
-    import metis_cli
-    pipe = metis_cli.load("se")          # see metis_cli.api.load
+import metis_cli
+pipe = metis_cli.load("se")          # see metis_cli.api.load
 """
 
 from __future__ import annotations

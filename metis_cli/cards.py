@@ -311,4 +311,3 @@ def file_status(store: ModelStore, card: ModelCard) -> list[dict[str, Any]]:
             }
         )
     return rows
-
