@@ -1,4 +1,8 @@
-"""``metis finetune`` and ``metis pretrain``: train stage 1, write a drop-in model folder."""
+"""``metis finetune`` and ``metis pretrain``: train stage 1, write a drop-in model folder.
+
+Multi-GPU: `torchrun --nproc_per_node=N -m metis_cli.cli finetune ... --device cuda` runs N
+processes with DistributedDataParallel (`metis_cli.train.dist`); only rank 0 prints.
+"""
 
 from __future__ import annotations
 
@@ -63,7 +67,15 @@ def _options(**kw) -> object:
     return TrainOptions(**kw)
 
 
+def _is_main() -> bool:
+    from metis_cli.train.dist import is_main_process
+
+    return is_main_process()
+
+
 def _report(res, as_json: bool) -> None:
+    if not _is_main():
+        return
     summary = {
         "out": str(res.out),
         "card": str(res.card),
@@ -119,7 +131,7 @@ def _progress(label: str, quiet: bool):
         TextColumn("{task.fields[status]}"),
         TimeRemainingColumn(),
         console=console,
-        disable=quiet or not console.is_terminal,
+        disable=quiet or not console.is_terminal or not _is_main(),
     )
     task_id = None
 
@@ -133,7 +145,7 @@ def _progress(label: str, quiet: bool):
         bar.update(task_id, completed=record["step"], status=status)
 
     def on_skip(line: str) -> None:
-        if not quiet:
+        if not quiet and _is_main():
             print(f"skipped {line}", file=sys.stderr, flush=True)
 
     with bar:

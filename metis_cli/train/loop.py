@@ -46,6 +46,7 @@ from ..constants import PHONE_PAD_ID
 from ..errors import InputError
 from . import objective
 from .data import Item
+from .dist import SINGLE, DistContext
 from .model import Trainable
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,21 @@ class Batch:
     cond: torch.Tensor | None  # (B, L, D) float32 or None
     phones: torch.Tensor | None = None  # (B, P) int64 padded with PHONE_PAD_ID
     phone_keep: torch.Tensor | None = None  # (B, P) float32
+
+    def select(self, rows: torch.Tensor) -> Batch:
+        """The batch rows `rows` (int64 indices)."""
+
+        def pick(x):
+            return None if x is None else x[rows.to(x.device)]
+
+        return Batch(
+            pick(self.x0),
+            pick(self.keep),
+            self.prompt_len[rows],
+            pick(self.cond),
+            pick(self.phones),
+            pick(self.phone_keep),
+        )
 
 
 def resolve_cfg_scale(tr: Trainable, opts: TrainOptions) -> float:
@@ -205,6 +221,41 @@ def step_loss(tr: Trainable, batch: Batch, gen: torch.Generator, explicit_prompt
     return objective.masked_ce(logits, batch.x0, weight), logits, weight
 
 
+def shard_loss(
+    net: torch.nn.Module,
+    batch: Batch,
+    gen: torch.Generator,
+    explicit_prompt: bool,
+    cfg_scale: float,
+    ctx: DistContext,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss to back-propagate, this rank's summed CE, global loss-token count) of one micro-batch.
+
+    The draws cover the whole (global) batch, identically on every rank; `net` (an
+    `objective.TrainingForward`, DDP-wrapped when distributed) sees only this rank's rows. The
+    loss is `world * summed CE / global count`, so DDP's gradient average is the gradient of
+    the global token mean (in one process: the plain token mean). A rank without rows runs
+    row 0 with weight 0, so that every rank takes part in the gradient reduction.
+    """
+    B, L = batch.x0.shape
+    draws = objective.draw_forward(gen, B, L, batch.prompt_len if explicit_prompt else None, cfg_scale)
+    weight = objective.loss_mask(draws, batch.keep)
+    count = weight.sum().clamp(min=1.0)
+    scale = float(ctx.world)
+    if ctx.enabled:
+        rows = ctx.rows(B)
+        if len(rows) == 0:
+            rows, scale = range(1), 0.0
+        idx = torch.tensor(list(rows), dtype=torch.long)
+        batch, draws = batch.select(idx), objective.select_draws(draws, idx)
+        weight = weight[idx.to(weight.device)]
+    logits = net(batch.x0, batch.keep, draws.t, draws.mask, batch.cond, batch.phones, batch.phone_keep)
+    total = objective.masked_ce_sum(logits, batch.x0, weight)
+    if scale == 0.0:
+        total = total * 0.0
+    return total * scale / count, total.detach(), count
+
+
 def _autocast(device: torch.device, bf16: bool | None):
     use = device.type == "cuda" if bf16 is None else bf16
     if not use:
@@ -290,6 +341,7 @@ def train(
     on_save: Callable[[int, History], None] | None = None,
     on_step: Callable[[dict, int], None] | None = None,
     run_info: dict | None = None,
+    dist: DistContext = SINGLE,
 ) -> History:
     """Train `tr` on `items` for `total_steps(len(items), opts)` steps; checkpoints go to `out`.
 
@@ -298,12 +350,16 @@ def train(
     on_step(record, total) gets each step's log record. run_info is stored in the checkpoint
     and must match on resume (e.g. the start model).
     A KeyboardInterrupt saves a checkpoint at the last finished step and raises `Interrupted`.
+    dist: the process group of a torchrun launch (`dist.py`): each rank trains its share of every
+    micro-batch through DDP; only rank 0 writes files, evaluates and calls on_step / on_save.
     """
     if not items:
         raise InputError("no training items")
     if opts.batch_size < 1 or opts.grad_accum < 1:
         raise InputError("--batch-size and --grad-accum must be at least 1")
-    out.mkdir(parents=True, exist_ok=True)
+    main = dist.is_main
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     n = len(items)
     spe = steps_per_epoch(n, opts.batch_size, opts.grad_accum)
     total = total_steps(n, opts)
@@ -343,12 +399,20 @@ def train(
         if state.get("total", total) != total:
             log.info("schedule re-planned for %d steps (was %d)", total, state["total"])
         log.info("resumed from step %d of %d", step, total)
-        _trim_log(log_path, step)
-    elif log_path.exists():
+        if main:
+            _trim_log(log_path, step)
+    elif main and log_path.exists():
         log_path.unlink()
     dev = next(tr.model.parameters()).device
+    net: torch.nn.Module = objective.TrainingForward(tr.model)
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
 
     def save() -> None:
+        if not main:
+            return
         _atomic_save(
             {
                 "params": {name: p.detach().cpu().clone() for name, p in params},
@@ -367,7 +431,7 @@ def train(
             on_save(step, history)
 
     def validate(record: dict | None) -> None:
-        if not val_items or (history.val and history.val[-1]["step"] == step):
+        if not main or not val_items or (history.val and history.val[-1]["step"] == step):
             return
         res = evaluate(tr, val_items, explicit_prompt=explicit_prompt, cfg_scale=cfg_scale, bf16=opts.bf16)
         history.val.append({"step": step, **res})
@@ -390,12 +454,16 @@ def train(
             if explicit_prompt:
                 chosen, _ = drop_prompts(chosen, gen, cfg_scale)
             batch = collate(chosen, dev)
-            with _autocast(dev, opts.bf16):
-                loss, _, _ = step_loss(tr, batch, gen, explicit_prompt, cfg_scale)
-            value = loss.detach().item()
-            if not math.isfinite(value):
-                raise InputError(f"training diverged at step {step + 1} (loss {value}); lower --lr")
-            (loss / len(micro)).backward()
+            last = j == micro[-1]
+            # DDP: reduce the gradients once per optimizer step (after the last micro-batch)
+            sync = net.no_sync() if dist.enabled and not last else contextlib.nullcontext()
+            with sync:
+                with _autocast(dev, opts.bf16):
+                    loss, ce_sum, count = shard_loss(net, batch, gen, explicit_prompt, cfg_scale, dist)
+                value = (dist.all_sum(ce_sum) / count).item() if dist.enabled else loss.detach().item()
+                if not math.isfinite(value):
+                    raise InputError(f"training diverged at step {step + 1} (loss {value}); lower --lr")
+                (loss / len(micro)).backward()
             losses.append(value)
         max_norm = opts.grad_clip if opts.grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in params], max_norm))
@@ -411,7 +479,7 @@ def train(
     stop = total if opts.stop_after is None else min(total, int(opts.stop_after))
     tr.model.train()
     t0 = time.perf_counter()
-    with open(log_path, "a", encoding="utf-8") as logf:
+    with open(log_path, "a", encoding="utf-8") if main else contextlib.nullcontext() as logf:
         pending = None  # the generator state before an unfinished step
         try:
             while step < stop:
@@ -423,9 +491,10 @@ def train(
                 end_of_epoch = step % spe == 0
                 if end_of_epoch or step == total or (opts.val_every and step % opts.val_every == 0):
                     validate(record)
-                logf.write(json.dumps(record) + "\n")
-                logf.flush()
-                if on_step is not None:
+                if logf is not None:
+                    logf.write(json.dumps(record) + "\n")
+                    logf.flush()
+                if on_step is not None and main:
                     on_step(record, total)
                 if opts.save_every and step % opts.save_every == 0 and step < stop:
                     save()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..nn.stage1 import MetisStage1
 
@@ -80,6 +80,11 @@ def draw_forward(
     return ForwardDraws(t=t, prompt_len=prompt_len, mask=mask)
 
 
+def select_draws(draws: ForwardDraws, rows: Tensor) -> ForwardDraws:
+    """The draws of the batch rows `rows` (int64 indices)."""
+    return ForwardDraws(t=draws.t[rows], prompt_len=draws.prompt_len[rows], mask=draws.mask[rows])
+
+
 def embed_xt(model: MetisStage1, x0: Tensor, mask: Tensor) -> Tensor:
     """x_t (B, L, H): [MASK] embedding where mask is 1, `cond_emb(x0)` elsewhere."""
     m = mask[..., None].to(model.dtype)
@@ -100,11 +105,36 @@ def training_logits(
     finetune_cond: (B, L, cond_dim) condition features, added through the adapter.
     phone_ids, phone_keep: (B, P) phone prefix of tts models (and its keep-mask).
     """
-    dev = x0.device
-    xt = embed_xt(model, x0, draws.mask.to(dev))
-    return model(
-        xt, draws.t.to(dev), keep, phone_ids=phone_ids, phone_keep=phone_keep, finetune_cond=finetune_cond
-    )
+    fwd = TrainingForward(model)
+    return fwd(x0, keep, draws.t, draws.mask, finetune_cond, phone_ids, phone_keep)
+
+
+class TrainingForward(nn.Module):
+    """The whole training forward as one module, x0 and the draws in, logits out.
+
+    Every parameter use (the [MASK] and token embeddings included) happens inside `forward`,
+    so the module can be wrapped in `DistributedDataParallel`.
+    """
+
+    def __init__(self, model: MetisStage1) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        x0: Tensor,
+        keep: Tensor,
+        t: Tensor,
+        mask: Tensor,
+        finetune_cond: Tensor | None = None,
+        phone_ids: Tensor | None = None,
+        phone_keep: Tensor | None = None,
+    ) -> Tensor:
+        dev = x0.device
+        xt = embed_xt(self.model, x0, mask.to(dev))
+        return self.model(
+            xt, t.to(dev), keep, phone_ids=phone_ids, phone_keep=phone_keep, finetune_cond=finetune_cond
+        )
 
 
 def loss_mask(draws: ForwardDraws, keep: Tensor) -> Tensor:
@@ -112,10 +142,15 @@ def loss_mask(draws: ForwardDraws, keep: Tensor) -> Tensor:
     return draws.mask.to(keep.device) * keep.to(torch.float32)
 
 
+def masked_ce_sum(logits: Tensor, x0: Tensor, weight: Tensor) -> Tensor:
+    """Summed cross-entropy (nats) over positions with weight 1; logits (B, L, V), x0/weight (B, L)."""
+    ce = F.cross_entropy(logits.float().transpose(1, 2), x0, reduction="none")  # (B, L)
+    return (ce * weight).sum()
+
+
 def masked_ce(logits: Tensor, x0: Tensor, weight: Tensor) -> Tensor:
     """Mean cross-entropy (nats) over positions with weight 1; logits (B, L, V), x0/weight (B, L)."""
-    ce = F.cross_entropy(logits.float().transpose(1, 2), x0, reduction="none")  # (B, L)
-    return (ce * weight).sum() / weight.sum().clamp(min=1.0)
+    return masked_ce_sum(logits, x0, weight) / weight.sum().clamp(min=1.0)
 
 
 def masked_hits(logits: Tensor, x0: Tensor, weight: Tensor) -> tuple[int, int]:

@@ -2,6 +2,10 @@
 
 The folder written is a drop-in model: `metis enhance --model DIR` (or `api.load("se",
 model=DIR)`) loads it through the same strict loaders as the released files.
+
+Under torchrun (`WORLD_SIZE` > 1) both join the process group (`dist.session`): rank 0 builds
+the feature cache while the other ranks wait at a barrier (then read it), and only rank 0
+reports skipped examples, evaluates and writes the folder.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from ..cards import DEFAULT_MODEL, ModelStore, get_card
 from ..engine import Engine, EngineOptions, resolve_device
 from ..errors import InputError
 from . import data as D
+from .dist import DistContext, session
 from .loop import STATE_FILE, History, TrainOptions, evaluate, resolve_cfg_scale, total_steps, train
 from .model import Trainable, build_finetune, build_pretrain, build_scratch, export
 
@@ -76,11 +81,14 @@ def _run(
     cache: D.FeatureCache,
     skipped: list[str],
     on_step: Callable[[dict, int], None] | None,
+    ctx: DistContext,
 ) -> FinetuneResult:
     opts = replace(opts, cfg_scale=resolve_cfg_scale(tr, opts))
     info = {**info, "options": asdict(opts)}
+    if ctx.enabled:
+        info["processes"] = ctx.world
     start_eval = None
-    if val_items and not resume:
+    if val_items and not resume and ctx.is_main:
         start_eval = evaluate(
             tr, val_items, explicit_prompt=explicit, cfg_scale=opts.cfg_scale, bf16=opts.bf16
         )
@@ -104,6 +112,7 @@ def _run(
         on_save=on_save,
         on_step=on_step,
         run_info=run_info,
+        dist=ctx,
     )
     return FinetuneResult(
         out=out,
@@ -117,6 +126,17 @@ def _run(
         skipped=skipped,
         total_steps=total_steps(len(items), opts),
     )
+
+
+def _rank0_first(ctx: DistContext, build: Callable[[], Any]) -> Any:
+    """`build()` on rank 0 first (it fills the feature cache), then on the other ranks."""
+    if ctx.is_main:
+        result = build()
+        ctx.barrier()
+    else:
+        ctx.barrier()
+        result = build()
+    return result
 
 
 def _skip_reporter(on_skip: Callable[[str], None] | None, skipped: list[str]) -> Callable[[str], None]:
@@ -152,7 +172,52 @@ def finetune(
     base: start card or folder (default: the task's released model, continuing its LoRA;
     `metis-base` or a pretrain folder starts a fresh LoRA + zero-gated adapter).
     on_skip(line) gets one report line per bad manifest line or unusable example (skipped).
+    Launched by torchrun, every process calls this; see the module doc.
     """
+    with session(device) as (ctx, device):
+        return _finetune(
+            ctx,
+            task,
+            data,
+            out,
+            base=base,
+            val=val,
+            full=full,
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            options=options,
+            resume=resume,
+            name=name,
+            cache_dir=cache_dir,
+            checkpoint_dir=checkpoint_dir,
+            offline=offline,
+            device=device,
+            on_step=on_step,
+            on_skip=on_skip,
+        )
+
+
+def _finetune(
+    ctx: DistContext,
+    task: str,
+    data: Path,
+    out: Path,
+    *,
+    base: str | None,
+    val: Path | None,
+    full: bool,
+    lora_r: int | None,
+    lora_alpha: float | None,
+    options: TrainOptions | None,
+    resume: bool,
+    name: str | None,
+    cache_dir: Path | None,
+    checkpoint_dir: str | Path | None,
+    offline: bool | None,
+    device: str,
+    on_step: Callable[[dict, int], None] | None,
+    on_skip: Callable[[str], None] | None,
+) -> FinetuneResult:
     if task == "l2s":
         raise InputError(
             "fine-tuning l2s is not supported yet (the video front end is not cached); "
@@ -166,7 +231,7 @@ def finetune(
     store = ModelStore(checkpoint_dir, offline)
     start = get_card(base or DEFAULT_MODEL.get(task, "metis-base"))
     skipped: list[str] = []
-    report = _skip_reporter(on_skip, skipped)
+    report = _skip_reporter(on_skip if ctx.is_main else (lambda line: None), skipped)
     examples, problems = D.read_examples(Path(data), task)
     for line in problems:
         report(line)
@@ -177,8 +242,11 @@ def finetune(
             report(line)
     engine = _engine(task, store, device)
     cache = D.FeatureCache(engine, Path(cache_dir) if cache_dir else default_cache_dir())
-    items = D.build_items(cache, examples, task, report)
-    val_items = D.build_items(cache, val_examples, task, report)
+
+    def build() -> tuple[list[D.Item], list[D.Item]]:
+        return D.build_items(cache, examples, task, report), D.build_items(cache, val_examples, task, report)
+
+    items, val_items = _rank0_first(ctx, build)
     engine.release("ssl", "semantic_codec")
     if not items:
         raise InputError(f"{data}: no usable training examples ({len(skipped)} skipped)")
@@ -218,6 +286,7 @@ def finetune(
         cache=cache,
         skipped=skipped,
         on_step=on_step,
+        ctx=ctx,
     )
 
 
@@ -253,16 +322,57 @@ def pretrain(
     """Masked generative pre-training of a base stage-1 model on plain audio.
 
     Continues `base` (default `metis-base`), or starts from random weights built from the
-    `t2s_model` block of `config` (then `base` is ignored).
+    `t2s_model` block of `config` (then `base` is ignored). Launched by torchrun, every process
+    calls this; see the module doc.
     """
+    with session(device) as (ctx, device):
+        return _pretrain(
+            ctx,
+            data,
+            out,
+            base=base,
+            config=config,
+            val=val,
+            options=options,
+            resume=resume,
+            name=name,
+            cache_dir=cache_dir,
+            checkpoint_dir=checkpoint_dir,
+            offline=offline,
+            device=device,
+            on_step=on_step,
+        )
+
+
+def _pretrain(
+    ctx: DistContext,
+    data: Path,
+    out: Path,
+    *,
+    base: str | None,
+    config: Path | None,
+    val: Path | None,
+    options: TrainOptions | None,
+    resume: bool,
+    name: str | None,
+    cache_dir: Path | None,
+    checkpoint_dir: str | Path | None,
+    offline: bool | None,
+    device: str,
+    on_step: Callable[[dict, int], None] | None,
+) -> FinetuneResult:
     opts = options or TrainOptions()
     out = Path(out)
     _check_out(out, resume)
     store = ModelStore(checkpoint_dir, offline)
     engine = _engine("se", store, device)  # any task: only its tokenizers are used
     cache = D.FeatureCache(engine, Path(cache_dir) if cache_dir else default_cache_dir())
-    items = [D.pretrain_item(cache, f) for f in D.read_audio_list(Path(data))]
-    val_items = [D.pretrain_item(cache, f) for f in D.read_audio_list(Path(val))] if val else []
+    files = D.read_audio_list(Path(data))
+    val_files = D.read_audio_list(Path(val)) if val else []
+    items, val_items = _rank0_first(
+        ctx,
+        lambda: ([D.pretrain_item(cache, f) for f in files], [D.pretrain_item(cache, f) for f in val_files]),
+    )
     engine.release("ssl", "semantic_codec")
     dev = resolve_device(device)
     if config is not None:
@@ -295,4 +405,5 @@ def pretrain(
         cache=cache,
         skipped=[],
         on_step=on_step,
+        ctx=ctx,
     )
