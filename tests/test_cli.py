@@ -406,6 +406,33 @@ def test_l2s_errors(tiny_bundle, tmp_path):
         ["l2s", str(not_video), "--visual-checkpoint", vis, "-o", str(tmp_path / "b.wav"), *FAST], tiny_bundle
     )
     assert res.exit_code == 1 and "clip.mp4" in res.stderr
+    # a full-frame video (not a mouth crop) whose landmarks say "no face" in every frame
+    from tests.l2s.synth import write_video
+
+    face = write_video(tmp_path / "face.mkv", np.zeros((12, 120, 160, 3), np.uint8), 25)
+    lm = tmp_path / "lm.npy"
+    np.save(lm, np.full((12, 4, 2), np.nan))
+    res = run(
+        [
+            "l2s",
+            str(face),
+            "--landmarks",
+            str(lm),
+            "--visual-checkpoint",
+            vis,
+            "-o",
+            str(tmp_path / "c.wav"),
+            *FAST,
+        ],
+        tiny_bundle,
+    )
+    assert res.exit_code == 1 and "face" in res.stderr.lower()
+    assert len([ln for ln in res.stderr.splitlines() if "face.mkv" in ln]) >= 1
+    # without mediapipe and without landmarks: a clear error, not a traceback
+    res = run(
+        ["l2s", str(face), "--visual-checkpoint", vis, "-o", str(tmp_path / "d.wav"), *FAST], tiny_bundle
+    )
+    assert res.exit_code == 1 and "--landmarks" in res.stderr
 
 
 # -- models, offline, usage ------
