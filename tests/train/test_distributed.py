@@ -167,3 +167,32 @@ def test_torchrun_two_processes_equal_one_process(train_env, tmp_path):
     pipe = api.load("tse", model=str(ddp), checkpoint_dir=train_env["bundle"], device="cpu", **FAST_API)
     wav = pipe(train_env["val"] / "noisy/0.wav", train_env["val"] / "prompt/0.wav", seed=0).wav
     assert wav.ndim == 1 and len(wav) > 0
+
+
+@pytest.mark.slow
+def test_torchrun_resume_is_bit_identical(train_env, tmp_path):
+    """--stop-after + --resume under torchrun gives the straight 2-process run bit for bit (CPU)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env.pop("WORLD_SIZE", None)
+    common = _common(train_env, tmp_path / "cache")
+    common[common.index("--max-steps") + 1] = "6"
+
+    def launch(*extra: str) -> None:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        res = subprocess.run(
+            [*cmd, "-m", "metis_cli.cli", *common, *extra],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    launch("--out", str(tmp_path / "straight"))
+    launch("--out", str(tmp_path / "split"), "--stop-after", "3")
+    launch("--out", str(tmp_path / "split"), "--resume")
+    for f in ("lora.safetensors", "adapter.safetensors"):
+        a, b = load_file(str(tmp_path / "straight" / f)), load_file(str(tmp_path / "split" / f))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+    logs = [(tmp_path / d / "log.jsonl").read_text() for d in ("straight", "split")]
+    assert logs[0] == logs[1] and len(logs[0].splitlines()) == 6
