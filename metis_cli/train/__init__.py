@@ -4,6 +4,7 @@
 * `data`      – training examples on disk and the content-addressed feature cache.
 * `model`     – trainable models (LoRA + gated adapter, or full) and the files they export.
 * `loop`      – the optimisation loop with bit-identical resume.
+* `dist`      – torchrun launches: process group, row shares, DistributedDataParallel.
 * `run`       – `finetune(...)` and `pretrain(...)`, what the CLI calls.
 """
 
