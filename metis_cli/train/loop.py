@@ -376,7 +376,7 @@ def train(
     if resume:
         if not state_path.is_file():
             raise InputError(f"{state_path}: no training state to resume from")
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, weights_only=True)  # our own file, but never run pickles
         names = [n_ for n_, _ in params]
         if list(state["params"]) != names:
             raise InputError(f"{state_path}: trained parameters differ from this model's (other options?)")
