@@ -382,7 +382,6 @@ class Engine:
         self,
         jobs: Iterable[Job],
         decoding: Decoding,
-        on_result: Callable[[JobResult], None] | None = None,
         stream: bool = False,
     ) -> Iterator[JobResult]:
         """Process jobs in batches of `options.batch_size`; yields one result per job, in order.
