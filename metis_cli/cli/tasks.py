@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,10 @@ class Runner:
         decoding.update(_parse_s2a_steps(kw.pop("s2a_steps")))
         if decoding.get("s2a_temperature") is None:
             decoding.pop("s2a_temperature")
+        if quiet or not sys.stderr.isatty():  # downloads on first use: no bars when quiet or piped
+            from huggingface_hub.utils import disable_progress_bars
+
+            disable_progress_bars()
         try:
             from ..api import load
 
