@@ -90,16 +90,30 @@ def merge_lora(
     All 7 * num_layers pairs must be present with the shapes for rank r. Only the targeted
     weights are replaced (by new, owned tensors); the result keeps W's device and takes
     `out_dtype` (default W's dtype): casting each merged weight at once never holds a
-    float32 copy of all merged weights next to their low-precision copies.
+    float32 copy of all merged weights next to their low-precision copies. Each product is
+    written straight into its result tensor (a float32 merge allocates nothing else; a
+    low-precision one reuses one float32 buffer), bit-identical to `W + (B @ A) * scale`.
     """
     lora = _checked_lora(model, lora_tensors, r, source)
     scale = alpha / r
+    scratch: Tensor | None = None  # low-precision targets: one float32 work buffer for all weights
     for path in lora_target_paths(model):
         lin = model.get_submodule(path)
         w = lin.weight
+        dtype = out_dtype or w.dtype
         a = lora[f"model.{path}.lora_A.default.weight"].to(w.device, torch.float32)
         b = lora[f"model.{path}.lora_B.default.weight"].to(w.device, torch.float32)
-        merged = (w.detach().float() + (b @ a) * scale).to(out_dtype or w.dtype)  # product, then scale
+        if dtype == torch.float32:
+            out = torch.empty(w.shape, dtype=torch.float32, device=w.device)  # the merged weight
+        else:
+            if scratch is None or scratch.numel() < w.numel() or scratch.device != w.device:
+                scratch = torch.empty(w.numel(), dtype=torch.float32, device=w.device)
+            out = scratch[: w.numel()].view(w.shape)
+        # the same three roundings as `w.float() + (b @ a) * scale` (product, then scale, then
+        # the sum; addition commutes exactly), without that expression's two temporaries
+        torch.mm(b, a, out=out)
+        out.mul_(scale).add_(w.detach().float())
+        merged = out if dtype == torch.float32 else out.to(dtype)
         lin.weight = nn.Parameter(merged, requires_grad=w.requires_grad)
 
 

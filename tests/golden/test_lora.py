@@ -11,7 +11,13 @@ import torch
 
 from metis_cli import checkpoint
 from metis_cli.errors import CheckpointError
-from metis_cli.lora import apply_unmerged_lora, assemble_lora_stage1, load_adapter, merge_lora
+from metis_cli.lora import (
+    apply_unmerged_lora,
+    assemble_lora_stage1,
+    expected_lora_shapes,
+    load_adapter,
+    merge_lora,
+)
 from metis_cli.nn.stage1 import MetisStage1, Stage1Config
 
 from .cases import MERGED_ATOL, all_cases, assert_close
@@ -201,3 +207,32 @@ def test_merge_lora_rejects_nonpositive_rank():
     model = MetisStage1(cfg)
     with pytest.raises(CheckpointError):
         merge_lora(model, {}, 0, 1.0, "x.safetensors")
+
+
+@pytest.mark.parametrize("r, alpha", [(2, 4.0), (3, 5.0)])  # scale 2 (exact) and 5/3 (rounded)
+@pytest.mark.parametrize("out_dtype", [None, torch.bfloat16])
+def test_merge_is_bit_identical_to_the_plain_expression(r, alpha, out_dtype):
+    """The in-place merge rounds exactly like `W.float() + (B @ A) * (alpha / r)`, then casts."""
+    cfg = Stage1Config(
+        hidden_size=24, num_layers=2, num_heads=2, cond_codebook_size=4, cond_dim=4, use_phone_cond=False
+    )
+    g = torch.Generator().manual_seed(0)
+    model = MetisStage1(cfg)
+    for p in model.parameters():
+        p.data = torch.randn(p.shape, generator=g)
+    lora = {k: torch.randn(shape, generator=g) * 0.3 for k, shape in expected_lora_shapes(model, r).items()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    merge_lora(model, lora, r, alpha, "x.safetensors", out_dtype=out_dtype)
+    state = model.state_dict()
+    changed = 0
+    for k, w in before.items():
+        path = k.removesuffix(".weight")
+        a = lora.get(f"model.{path}.lora_A.default.weight")
+        if a is None:
+            assert torch.equal(state[k], w), k
+            continue
+        b = lora[f"model.{path}.lora_B.default.weight"]
+        expected = (w.float() + (b @ a) * (alpha / r)).to(out_dtype or w.dtype)
+        assert state[k].dtype == expected.dtype and torch.equal(state[k], expected), k
+        changed += 1
+    assert changed == 7 * cfg.num_layers
