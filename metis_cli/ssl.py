@@ -4,8 +4,9 @@ The official pipeline runs all 24 conformer layers with ``output_hidden_states=T
 ``hidden_states[17]``, the output of the 17th conformer layer. The encoder applies nothing after
 its last layer (no final norm; the model's optional intermediate FFN and adapter act on
 ``last_hidden_state`` only and are off in w2v-BERT 2.0), so running the feature projection and
-only the first 17 layers gives exactly that tensor. The extra 7 layers are never loaded
-(the config's layer count is lowered before ``from_pretrained``).
+only the first 17 layers gives exactly that tensor. The extra 7 layers are never loaded: the
+transformers module is built from its config (layer count lowered) on the meta device and
+takes the memory-mapped weights through the strict loader (``metis_cli.checkpoint``).
 
 The official transformers (4.41.2) encoder takes one scalar uniform draw per layer from the
 global CPU generator on every forward; that is emulated separately by
@@ -19,6 +20,7 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from metis_cli import checkpoint
 from metis_cli.constants import SSL_LAYER, SSL_MIN_SAMPLES, SSL_NUM_LAYERS_OFFICIAL, SSL_SAMPLE_RATE
 from metis_cli.errors import AudioError, CheckpointError, MissingModelError
 
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 
 OFFICIAL_STATS_PATH = Path(__file__).parent / "data" / "w2v_bert_stats.safetensors"
 STATS_FILENAME = "metis_stats.safetensors"  # optional stats next to a (tiny) model
+WEIGHTS_FILENAME = "model.safetensors"
 FBANK_WIN = 400  # 25 ms at 16 kHz
 FBANK_HOP = 160  # 10 ms at 16 kHz
 FBANK_STRIDE = 2  # fbank frames stacked per SSL frame
@@ -82,35 +86,17 @@ def load_stats(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, var
 
 
-def _fp32_kwarg() -> dict:
-    """``from_pretrained`` keyword for float32 weights (renamed ``dtype`` in transformers 5)."""
-    import transformers
-
-    major = int(transformers.__version__.split(".")[0])
-    return {"dtype": torch.float32} if major >= 5 else {"torch_dtype": torch.float32}
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _check_loading_info(model_dir: Path, info: dict, num_layers: int) -> None:
-    """Fail on missing or reshaped weights; tolerate the unused keys of the dropped layers."""
-    missing = sorted(info.get("missing_keys") or [])
-    if missing:
-        raise CheckpointError(f"{model_dir}: w2v-BERT weights lack {len(missing)} keys, e.g. {missing[0]}")
-    mismatched = list(info.get("mismatched_keys") or [])
-    if mismatched:
-        raise CheckpointError(f"{model_dir}: w2v-BERT weights have wrong shapes, e.g. {mismatched[0]}")
-    dropped = re.compile(r"^(?:[\w.]+\.)?encoder\.layers\.(\d+)\.")
-    other = []
-    for key in info.get("unexpected_keys") or []:
-        m = dropped.match(key)
-        if m is None or int(m.group(1)) < num_layers:
-            other.append(key)
-    if other:
-        log.warning("%s: %d unused w2v-BERT weights, e.g. %s", model_dir, len(other), sorted(other)[0])
+# keys of a w2v-BERT file that the truncated encoder does not use: the discarded layers, and the
+# adapter / intermediate FFN that act only on last_hidden_state
+_UNUSED_KEY = re.compile(r"^(?:encoder\.layers\.\d+|adapter|intermediate_ffn)\.")
+_LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.")
+
+TensorSource = Callable[[Path, dict[str, tuple[int, ...]], list[str]], Mapping[str, torch.Tensor]]
 
 
 class SSLFeatureExtractor:
@@ -124,6 +110,9 @@ class SSLFeatureExtractor:
         device: where the encoder runs.
         dtype: encoder dtype; ``torch.bfloat16`` is an opt-in fast mode (normalisation stays fp32).
         num_layers: conformer layers to run (the feature is the output of the last one).
+        tensor_source: ``(weights_path, expected {key: shape}, tolerated unused keys) -> tensors``
+            instead of reading the file directly (the engine's bf16 cache); the result is still
+            loaded strictly.
     """
 
     def __init__(
@@ -135,6 +124,7 @@ class SSLFeatureExtractor:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         num_layers: int = SSL_LAYER,
+        tensor_source: TensorSource | None = None,
     ):
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").is_file():
@@ -145,6 +135,7 @@ class SSLFeatureExtractor:
         self.device = torch.device(device)
         self.dtype = dtype
         self.num_layers = num_layers
+        self.tensor_source = tensor_source
         mean, var = stats if stats is not None else load_stats(OFFICIAL_STATS_PATH)
         self.mean = mean.detach().to(torch.float32).cpu()
         self.std = torch.sqrt(var.detach().to(torch.float32).cpu())
@@ -171,14 +162,15 @@ class SSLFeatureExtractor:
     def load(self) -> None:
         """Load the feature extractor and the encoder cut after ``num_layers`` (no-op when loaded).
 
-        The config is read first and its layer count lowered, so the weights of the discarded
-        layers are never materialised (the same as loading all and slicing ``encoder.layers``).
-        Any missing weight is an error; the discarded layers are the expected unused keys.
+        The encoder is built from its config (layer count lowered) on the meta device and takes
+        the memory-mapped tensors of ``model.safetensors`` through the strict loader: every
+        weight of the kept layers is required with its shape; the discarded layers' weights
+        (and those of the unused adapter / intermediate FFN, when the config has them) are the
+        only tolerated extras, and they are never read.
         """
         if self._model is not None:
             return
         from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
-        from transformers.utils import logging as hf_logging
 
         where = str(self.model_dir)
         try:
@@ -198,33 +190,36 @@ class SSLFeatureExtractor:
                 f"{self.model_dir}: hidden size {config.hidden_size} does not match "
                 f"the SSL stats ({self.hidden_size})"
             )
+        weights = self.model_dir / WEIGHTS_FILENAME
+        if not weights.is_file():
+            raise MissingModelError(f"{weights}: w2v-BERT weights not found")
+        found = checkpoint.read_header(weights)
         config.num_hidden_layers = self.num_layers
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # the dropped layers would be reported as unexpected keys
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # stderr belongs to the CLI's own progress display
-        try:
-            with torch.random.fork_rng(devices=[]):  # initialisation before loading draws
-                model, info = Wav2Vec2BertModel.from_pretrained(
-                    where,
-                    config=config,
-                    attn_implementation=self.attn_impl,
-                    output_loading_info=True,
-                    **_fp32_kwarg(),
-                )
-        except OSError as exc:
-            raise CheckpointError(f"{self.model_dir}: cannot load w2v-BERT ({_first_line(exc)})") from None
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            if bars:
-                hf_logging.enable_progress_bar()
-        _check_loading_info(self.model_dir, info, self.num_layers)
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            # (one parameter is created with a legacy constructor that draws on the CPU RNG)
+            model = Wav2Vec2BertModel._from_config(config, attn_implementation=self.attn_impl)
         # The encoder applies nothing after its last layer; the model's intermediate FFN and
         # adapter would act on last_hidden_state only (both off in w2v-BERT 2.0) and are unused.
         model.adapter = None
         model.intermediate_ffn = None
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        unused = [k for k in found if k not in expected and _UNUSED_KEY.match(k)]
+        unused = [k for k in unused if not k.startswith("encoder.") or self._dropped_layer(k)]
+        source = str(weights)
+        if self.tensor_source is None:
+            tensors = checkpoint.read_tensors(weights)
+        else:
+            tensors = self.tensor_source(weights, expected, unused)
+        checkpoint.load_state(
+            model,
+            tensors,
+            source=source,
+            tolerated_extra=unused,
+            dtype=self.dtype,
+            device=self.device,
+        )
         model.eval().requires_grad_(False)
-        self._model = model.to(device=self.device, dtype=self.dtype)
+        self._model = model
         self._extractor = extractor
         log.debug(
             "w2v-BERT loaded from %s: %d of %d layers, %s attention",
@@ -233,6 +228,10 @@ class SSLFeatureExtractor:
             n_total,
             self.attn_impl,
         )
+
+    def _dropped_layer(self, key: str) -> bool:
+        m = _LAYER_KEY.match(key)
+        return m is not None and int(m.group(1)) >= self.num_layers
 
     def unload(self) -> None:
         """Drop the encoder (frees its memory); the next call reloads it."""

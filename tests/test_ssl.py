@@ -281,7 +281,7 @@ def test_missing_weight_is_an_error(tmp_path: Path, tiny_dir: Path):
     key = next(k for k in tensors if k.startswith("encoder.layers.3."))
     del tensors[key]
     save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(CheckpointError, match="lack 1 keys"):
+    with pytest.raises(CheckpointError, match="1 missing key"):
         SSLFeatureExtractor.from_dir(broken)
 
 
@@ -297,3 +297,90 @@ def test_features_usable_in_autograd(ssl):
     layer = torch.nn.Linear(HIDDEN, 2)
     layer(feats).sum().backward()
     assert layer.weight.grad is not None
+
+
+# --- strict meta-device loading ---------------------------------------------------------------
+
+
+def test_meta_built_encoder_holds_the_file_tensors_of_the_kept_layers(ssl, full_model, tiny_dir: Path):
+    """Built on the meta device from the config; every parameter is the file's tensor (no
+    initialisation survives), the dropped layers are absent, bf16 casts the same tensors."""
+    file = load_file(str(tiny_dir / "model.safetensors"))
+    state = ssl._model.state_dict()
+    assert not any(t.is_meta for t in state.values())
+    kept = {k for k in file if not k.startswith("encoder.layers.") or int(k.split(".")[2]) < SSL_LAYER}
+    assert set(state) == kept
+    assert all(torch.equal(state[k], file[k]) for k in kept)
+    full_state = full_model[0].state_dict()
+    assert all(torch.equal(state[k], full_state[k]) for k in kept)
+    fast = SSLFeatureExtractor.from_dir(tiny_dir, dtype=torch.bfloat16)
+    assert all(torch.equal(v, file[k].to(torch.bfloat16)) for k, v in fast._model.state_dict().items())
+
+
+def _broken_copy(tmp_path: Path, tiny_dir: Path, edit) -> Path:
+    import shutil
+
+    from safetensors.torch import save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    tensors = load_file(str(broken / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    return broken
+
+
+def test_unexpected_key_in_a_kept_layer_is_an_error(tmp_path: Path, tiny_dir: Path):
+    def edit(t):
+        t["encoder.layers.2.extra.weight"] = torch.zeros(2)
+
+    with pytest.raises(CheckpointError, match="1 unexpected key.*encoder.layers.2.extra.weight"):
+        SSLFeatureExtractor.from_dir(_broken_copy(tmp_path, tiny_dir, edit))
+
+
+def test_reshaped_weight_is_an_error(tmp_path: Path, tiny_dir: Path):
+    def edit(t):
+        t["encoder.layers.0.self_attn.linear_q.bias"] = torch.zeros(HIDDEN + 1)
+
+    with pytest.raises(CheckpointError, match="shape mismatch.*linear_q.bias"):
+        SSLFeatureExtractor.from_dir(_broken_copy(tmp_path, tiny_dir, edit))
+
+
+def test_dropped_layer_keys_are_tolerated_even_when_broken(tmp_path: Path, tiny_dir: Path, ssl):
+    """The discarded layers are never read: a reshaped tensor there changes nothing."""
+
+    def edit(t):
+        t[f"encoder.layers.{SSL_LAYER}.self_attn.linear_q.bias"] = torch.zeros(3)
+
+    other = SSLFeatureExtractor.from_dir(_broken_copy(tmp_path, tiny_dir, edit))
+    wav = _wav(5000, seed=1)
+    assert torch.equal(other(wav), ssl(wav))
+
+
+def test_missing_weights_file(tmp_path: Path, tiny_dir: Path):
+    import shutil
+
+    shutil.copytree(tiny_dir, tmp_path / "w")
+    (tmp_path / "w" / "model.safetensors").unlink()
+    with pytest.raises(MissingModelError, match="model.safetensors"):
+        SSLFeatureExtractor.from_dir(tmp_path / "w")
+
+
+def test_tensor_source_is_loaded_strictly(tiny_dir: Path, ssl):
+    seen = {}
+
+    def source(path, expected, unused):
+        seen.update(path=path, expected=dict(expected), unused=list(unused))
+        return {k: v for k, v in load_file(str(path)).items() if k in expected}
+
+    alt = SSLFeatureExtractor.from_dir(tiny_dir, tensor_source=source)
+    assert seen["path"] == tiny_dir / "model.safetensors"
+    assert all(k.startswith(f"encoder.layers.{SSL_LAYER}.") for k in seen["unused"]) and seen["unused"]
+    wav = _wav(4000, seed=2)
+    assert torch.equal(alt(wav), ssl(wav))
+
+    def lacking(path, expected, unused):
+        return {k: v for k, v in source(path, expected, unused).items() if "linear_k" not in k}
+
+    with pytest.raises(CheckpointError, match="missing key"):
+        SSLFeatureExtractor.from_dir(tiny_dir, tensor_source=lacking)
