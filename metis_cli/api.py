@@ -233,6 +233,7 @@ def load(
     fused_cfg: bool = False,
     batch_size: int = 1,
     low_memory: bool = False,
+    bf16_cache: bool = True,
     visual_checkpoint: str | Path | None = None,
     chunk_seconds: float = 20.0,
     overlap_seconds: float = 1.0,
@@ -248,7 +249,8 @@ def load(
     (steps, cfg, temperature, s2a_steps_1layer, ...). Long inputs (docs/LONGFORM.md): SE/TSE/VC
     inputs longer than `chunk_seconds` (0 = never) run in chunks joined by `overlap_seconds`
     crossfades (SE carries `context_seconds` of output tokens as the next prompt); TTS texts
-    longer than `max_chars` are split at sentence boundaries.
+    longer than `max_chars` are split at sentence boundaries. `bf16_cache`: with
+    `dtype="bfloat16"`, keep converted weights in `$METIS_CACHE_DIR/bf16` (`weight_cache`).
     """
     options = EngineOptions(
         device=device,
@@ -257,6 +259,7 @@ def load(
         fused_cfg=fused_cfg,
         batch_size=max(1, int(batch_size)),
         low_memory=low_memory,
+        bf16_cache=bf16_cache,
         visual_checkpoint=Path(visual_checkpoint) if visual_checkpoint else None,
         chunk_seconds=float(chunk_seconds),
         overlap_seconds=float(overlap_seconds),

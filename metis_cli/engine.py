@@ -10,6 +10,8 @@ fp32 run reproduces a seeded official run token for token.
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
 import logging
 import resource
 import time
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoint
+from . import checkpoint, weight_cache
 from .cards import ModelCard, ModelStore, get_card
 from .constants import SSL_LAYER, SSL_NUM_LAYERS_OFFICIAL
 from .errors import CheckpointError, InputError, MetisError, MissingModelError
@@ -47,6 +49,9 @@ class EngineOptions:
     fused_cfg: bool = False  # fast mode: conditional + unconditional CFG passes in one forward
     batch_size: int = 1  # jobs per padded batch (per-item tokens equal batch size 1)
     low_memory: bool = False  # free each stage's models once the batch no longer needs them
+    # bf16: keep converted (and LoRA-merged) weights in $METIS_CACHE_DIR/bf16 and memory-map them
+    # on later loads (also off with METIS_BF16_CACHE=0); see metis_cli/weight_cache.py
+    bf16_cache: bool = True
     visual_checkpoint: Path | None = None  # L2S: Auto-AVSR model.pth (model.json beside it)
     # long inputs (docs/LONGFORM.md): SE/TSE/VC inputs longer than chunk_seconds are chunked
     chunk_seconds: float = 20.0  # longest chunk incl. overlaps (3-30 s; 0 = never chunk)
@@ -190,6 +195,9 @@ class Engine:
         if self.dtype == torch.float16 and self.device.type == "cpu":
             raise InputError("float16 is for GPUs; use --dtype bfloat16 on CPU")
         self.longform_options()  # bad chunking options are usage errors, raised before any work
+        self.bf16_cache = (
+            self.dtype == torch.bfloat16 and self.options.bf16_cache and weight_cache.env_enabled()
+        )
         self.stats = StageStats()
         self.on_chunk: Callable[[Any], None] | None = None  # long jobs: called per finished chunk
         self._components: dict[str, Any] = {}
@@ -235,12 +243,34 @@ class Engine:
         self.store.verify(card, role, path)
         return path
 
+    def _weights(
+        self, path: Path, expected: dict[str, tuple[int, ...]], tolerated: Iterable[str] = ()
+    ) -> Any:
+        """The tensors of `path` for a module with the `expected` layout: the file itself, or in
+        bf16 its cached bf16 copy (built and written on the first load; `weight_cache`)."""
+        if not self.bf16_cache:
+            return checkpoint.read_tensors(path)
+        tolerated = sorted(tolerated)
+
+        def build() -> dict[str, torch.Tensor]:
+            src = checkpoint.read_tensors(path)
+            found = {k: tuple(v.shape) for k, v in src.items()}
+            checkpoint.check_keys(expected, found, source=str(path), tolerated_extra=tolerated)
+            return {k: src[k] for k in expected}
+
+        layout = hashlib.sha256(json.dumps(sorted(expected.items())).encode()).hexdigest()[:16]
+        return weight_cache.cached_tensors(
+            [path], kind="file", dtype=self.dtype, expected=expected, build=build, params={"layout": layout}
+        )
+
     def _load_module(
         self, module: torch.nn.Module, path: Path, tolerated: Iterable[str] = ()
     ) -> torch.nn.Module:
+        tolerated = list(tolerated)
+        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
         checkpoint.load_state(
             module,
-            checkpoint.read_tensors(path),
+            self._weights(path, expected, tolerated),
             source=str(path),
             tolerated_extra=tolerated,
             dtype=self.dtype,
@@ -261,6 +291,7 @@ class Engine:
             device=self.device,
             dtype=self.dtype,
             attn_impl=self.options.attention,
+            tensor_source=self._weights if self.bf16_cache else None,
         )
 
     def _load_semantic_codec(self) -> Any:
@@ -301,21 +332,43 @@ class Engine:
         ft_type = card.stage1.get("ft_type")
         layout = card.stage1.get("layout", "full")
         if layout == "lora":
-            from .lora import assemble_lora_stage1
+            from .lora import assemble_lora_stage1, lora_stage1_config
 
             paths = {role: self._file(card.name, role) for role in ("base", "adapter", "lora")}
-            model = assemble_lora_stage1(
-                Stage1Config.from_dict(block, ft_type),
-                checkpoint.read_tensors(paths["base"]),
-                checkpoint.read_tensors(paths["adapter"]),
-                checkpoint.read_tensors(paths["lora"]),
-                r=block["lora_r"],
-                alpha=block["lora_alpha"],
-                sources=(str(paths["base"]), str(paths["adapter"]), str(paths["lora"])),
-                device=self.device,
+            sources = (str(paths["base"]), str(paths["adapter"]), str(paths["lora"]))
+            r, alpha = block["lora_r"], block["lora_alpha"]
+
+            def assemble(device: torch.device | None) -> MetisStage1:
+                return assemble_lora_stage1(
+                    Stage1Config.from_dict(block, ft_type),
+                    checkpoint.read_tensors(paths["base"]),
+                    checkpoint.read_tensors(paths["adapter"]),
+                    checkpoint.read_tensors(paths["lora"]),
+                    r=r,
+                    alpha=alpha,
+                    sources=sources,
+                    device=device,
+                    dtype=self.dtype,
+                )
+
+            if not self.bf16_cache:
+                model = assemble(self.device)
+                model.diff_estimator.attn_impl = self.options.attention
+                return model.eval()
+            # bf16: the merged model is cached (merge in float32, cast, write once)
+            cfg = lora_stage1_config(Stage1Config.from_dict(block, ft_type), sources[2])
+            model = checkpoint.build_on_meta(lambda: MetisStage1(cfg, attn_impl=self.options.attention))
+            expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+            tensors = weight_cache.cached_tensors(
+                list(paths.values()),
+                kind="lora-merged-stage1",
                 dtype=self.dtype,
+                expected=expected,
+                build=lambda: assemble(None).state_dict(),
+                params={"r": r, "alpha": alpha},
             )
-            model.diff_estimator.attn_impl = self.options.attention
+            source = f"{sources[0]} + LoRA (bf16 cache)"
+            checkpoint.load_state(model, tensors, source=source, device=self.device)
             return model.eval()
         cfg = Stage1Config.from_dict(block, ft_type)
         module = checkpoint.build_on_meta(lambda: MetisStage1(cfg, attn_impl=self.options.attention))

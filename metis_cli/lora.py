@@ -190,6 +190,13 @@ def load_adapter(model: MetisStage1, adapter_tensors: Mapping[str, Tensor], sour
     model.cond_adapter.load_state_dict(state, strict=True, assign=True)
 
 
+def lora_stage1_config(cfg: Stage1Config, source: str) -> Stage1Config:
+    """The config of an assembled LoRA-path model (always the gated adapter)."""
+    if cfg.ft_type in (None, "tts"):
+        raise CheckpointError(f"{source}: LoRA assembly needs a task with an adapter, got {cfg.ft_type!r}")
+    return replace(cfg, adapter="gated")
+
+
 def assemble_lora_stage1(
     cfg: Stage1Config,
     base_tensors: Mapping[str, Tensor],
@@ -208,9 +215,7 @@ def assemble_lora_stage1(
     the non-adapter keys; the merge runs in float32 before an optional cast to `dtype`.
     """
     base_src, adapter_src, lora_src = sources
-    if cfg.ft_type in (None, "tts"):
-        raise CheckpointError(f"{lora_src}: LoRA assembly needs a task with an adapter, got {cfg.ft_type!r}")
-    cfg = replace(cfg, adapter="gated")
+    cfg = lora_stage1_config(cfg, lora_src)
     model = build_on_meta(lambda: MetisStage1(cfg))
     full = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     check_keys(

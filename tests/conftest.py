@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +15,12 @@ import torch
 
 # Tiny models on a busy 2-core machine run far faster single-threaded.
 torch.set_num_threads(1)
+
+# bf16 runs write converted weights into a cache; keep it out of the user's ~/.cache (subprocesses
+# inherit the variable)
+_BF16_CACHE = tempfile.mkdtemp(prefix="metis_test_bf16_")
+os.environ["METIS_BF16_CACHE_DIR"] = _BF16_CACHE
+atexit.register(shutil.rmtree, _BF16_CACHE, True)
 
 FAST = ["--steps", "2", "--s2a-steps", "2,2"]  # CLI decoding settings for quick end-to-end tests
 FAST_API = {"steps": 2, "s2a_steps_1layer": (2,), "s2a_steps_full": (2, 2) + (1,) * 10}
