@@ -77,19 +77,33 @@ def file_identity(path: Path) -> dict[str, Any]:
     }
 
 
-def checksum(tensors: Mapping[str, torch.Tensor]) -> int:
-    """Sum of the raw bytes of every tensor (2-byte words for 2-byte dtypes), in key order.
+def data_checksum(path: Path) -> str:
+    """Wrapping 64-bit sum of the data section of a safetensors file, as 16 hex digits.
 
-    Cheap enough to run on every load (vectorised, reads each byte once); it detects truncation,
-    zeroed pages and any single flipped bit, not deliberate tampering."""
-    total = 0
-    for key in sorted(tensors):
-        t = tensors[key].detach().contiguous()
-        if t.numel() == 0:
-            continue
-        words = t.view(torch.int16) if t.element_size() == 2 else t.view(torch.uint8)
-        total += int(words.sum(dtype=torch.int64))
-    return total
+    Cheap enough for every load (one vectorised pass over the memory-mapped bytes, ~0.1 s per
+    GB here); it catches truncation, zeroed pages and any single flipped bit, not tampering."""
+    import mmap
+    import warnings
+
+    with Path(path).open("rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        if fh.seek(0, os.SEEK_END) <= 8 + n:
+            return f"{0:016x}"
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        start, end = 8 + n, len(mm)
+        lo = min(end, -(-start // 8) * 8)
+        hi = lo + (end - lo) // 8 * 8
+        total = sum(mm[start:lo]) + sum(mm[hi:end])  # unaligned head and tail bytes
+        if hi > lo:
+            with warnings.catch_warnings():  # a read-only buffer: nothing here writes to it
+                warnings.simplefilter("ignore", UserWarning)
+                words = torch.frombuffer(mm, dtype=torch.int64, offset=lo, count=(hi - lo) // 8)
+            total += int(words.sum())
+            del words
+    finally:
+        mm.close()
+    return f"{total % 2**64:016x}"
 
 
 def cached_tensors(
@@ -146,18 +160,34 @@ def cached_tensors(
 
 
 def _write_atomic(path: Path, tensors: dict[str, torch.Tensor], identity: str) -> None:
+    """Write to a temporary file, put the data checksum into its header, rename into place."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        meta = {"metis_identity": identity, "metis_checksum": str(checksum(tensors))}
+        meta = {"metis_identity": identity, "metis_checksum": _PLACEHOLDER}
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
+        value = data_checksum(Path(tmp)).encode()
+        with open(tmp, "r+b") as fh:  # same length: the header size does not change
+            head = fh.read(struct.unpack("<Q", fh.read(8))[0])
+            key = head.find(b'"metis_checksum"')
+            at = head.find(b'"' + _PLACEHOLDER.encode() + b'"', key)
+            if key < 0 or at < 0:
+                raise OSError("checksum field not found in the written header")
+            fh.seek(8 + at + 1)
+            fh.write(value)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_PLACEHOLDER = "0" * 16  # replaced by the checksum once the data section is written
 
 
 def _open_verified(
@@ -179,7 +209,6 @@ def _open_verified(
     wrong = [k for k, (d, _) in header.items() if d.startswith(("F", "BF")) and d != name]
     if wrong:
         raise CheckpointError(f"{path}: bf16 cache entry has {len(wrong)} tensors not in {name}")
-    tensors = read_tensors(path)
-    if str(checksum(tensors)) != meta.get("metis_checksum"):
+    if data_checksum(path) != meta.get("metis_checksum"):
         raise CheckpointError(f"{path}: bf16 cache entry fails its checksum")
-    return tensors
+    return read_tensors(path)

@@ -193,3 +193,26 @@ def test_unwritable_folder_falls_back_to_the_converted_tensors(tmp_path):
     blocker.write_text("not a folder")
     got = _cached(src, blocker / "bf16", calls)
     assert calls == [1] and got["w"].dtype == torch.bfloat16
+
+
+def test_data_checksum_sees_every_byte_and_is_stored(tmp_path):
+    src, calls, root = _source(tmp_path / "s.safetensors"), [], tmp_path / "c"
+    _cached(src, root, calls)
+    (entry,) = root.glob("*.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(entry), "pt") as fh:
+        stored = fh.metadata()["metis_checksum"]
+    assert stored == weight_cache.data_checksum(entry) != "0" * 16
+    data = entry.read_bytes()
+    start = 8 + int.from_bytes(data[:8], "little")
+    for cut in (0, 3):  # aligned, and with unaligned head / tail bytes
+        body = tmp_path / f"x{cut}.safetensors"
+        raw = bytearray(data[: len(data) - cut])
+        body.write_bytes(bytes(raw))
+        base = weight_cache.data_checksum(body)
+        for i in range(start, len(raw)):
+            raw[i] ^= 1
+            body.write_bytes(bytes(raw))
+            assert weight_cache.data_checksum(body) != base, i
+            raw[i] ^= 1
