@@ -5,6 +5,7 @@
     python benchmarks/bench.py --task se --seconds 4 --compare dtype=float32 dtype=bfloat16
     python benchmarks/bench.py --task se --seconds 4 --compare batch_size=1 batch_size=4 --jobs 4
     python benchmarks/bench.py --task se --seconds 4 --logit-error
+    python benchmarks/bench.py --task tts --seconds 3 --tts-seconds 3 --compare dtype=float32 dtype=bfloat16
 
 Every configuration runs in a fresh subprocess (clean peak RSS, cold Python, warm page cache),
 at the card's official default decoding settings unless `--set steps=...` overrides them.
@@ -39,8 +40,9 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = REPO_ROOT / ".bench_cache"
 FIXTURE = {"se": "tests/fixtures/wav/se/noise.wav", "tts": "tests/fixtures/wav/tts/prompt.wav"}
-ENGINE_KEYS = {"dtype", "attention", "fused_cfg", "batch_size", "low_memory", "device"}
+ENGINE_KEYS = {"dtype", "attention", "fused_cfg", "batch_size", "low_memory", "device", "bf16_cache"}
 TTS_TEXT = "The quick brown fox jumps over the lazy dog near the quiet river bank."
+TTS_PROMPT_TEXT = "This is the voice of the speaker in the prompt."
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -177,7 +179,15 @@ def worker(cfg: dict) -> dict:
     rss_ready = _rss_now()
     timing: dict[str, list[float]] = {}
     rec = _Recorder(timing)
-    text = {"text": TTS_TEXT, "language": "en"} if cfg["task"] == "tts" else {}
+    text = {}
+    if cfg["task"] == "tts":  # the input wav is the speaker prompt; fixed target length
+        text = {
+            "text": TTS_TEXT,
+            "language": "en",
+            "prompt_text": TTS_PROMPT_TEXT,
+            "prompt_language": "en",
+            "duration": cfg.get("tts_seconds", 3.0),
+        }
     jobs = [
         pipe.make_job(cfg["inputs"], tmp / f"out{i}.wav", seed=cfg["seed"] + i, **text)
         for i in range(cfg["jobs"])
@@ -310,6 +320,7 @@ def run_config(args: argparse.Namespace, options: dict, tmp: Path, inputs: list[
         "inputs": inputs,
         "seed": args.seed,
         "jobs": args.jobs or int(options.get("batch_size", 1)),
+        "tts_seconds": args.tts_seconds,
         "tmp": str(tmp),
     }
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
@@ -399,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="se", choices=["se", "tts"])
     p.add_argument("--seconds", type=float, default=4.0, help="input length (s)")
+    p.add_argument("--tts-seconds", type=float, default=3.0, help="TTS: speech to generate (s)")
     p.add_argument("--input", help="wav to loop to --seconds (default: synthesised speech-like signal)")
     p.add_argument("--fixture", action="store_true", help="use the task's fixture wav as --input")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)

@@ -203,3 +203,20 @@ def test_bf16_lora_assembly_equals_fp32_assembly_cast(bundle):
     a, b = fast.state_dict(), ref.state_dict()
     assert a.keys() == b.keys()
     assert all(a[k].dtype == torch.bfloat16 and torch.equal(a[k], b[k]) for k in a)
+
+
+def test_tts_benchmark_generates_the_requested_length(bundle, noisy, tmp_path):
+    """--task tts: the input is the speaker prompt, the target is `tts_seconds` of speech."""
+    cfg = {
+        "task": "tts",
+        "cache": str(bundle),
+        "options": dict(FAST_DECODING),
+        "inputs": [str(noisy)],
+        "seed": 3,
+        "jobs": 1,
+        "tmp": str(tmp_path),
+        "tts_seconds": 0.4,
+    }
+    res = bench.worker(cfg)
+    assert res["semantic_frames"] == [20]  # 0.4 s at 50 frames per second
+    assert res["passes"]["stage1"] > 0 and res["rtf"] > 0
