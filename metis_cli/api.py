@@ -111,7 +111,7 @@ class Pipeline:
                 raise InputError(
                     f"task '{self.task}' takes inputs {', '.join(roles)}; got {len(files)} file(s)"
                 )
-            by_role = dict(zip(roles, files, strict=False))  # optional roles may be absent
+            by_role = dict(zip(roles[: len(files)], files, strict=True))  # trailing optional roles absent
         unknown = [r for r in by_role if r not in roles]
         missing = [r for r in spec.inputs if r not in by_role]
         if unknown or missing:

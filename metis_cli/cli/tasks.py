@@ -277,69 +277,56 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
         kw = {k: v for k, v in locals().items() if k not in ("inputs", "output", "manifest")}
         _run_single_input("se", "enhanced", inputs, output, manifest, kw, ("input",))
 
-    @app.command("tse")
-    def tse(
-        mix: Path = typer.Argument(None, help="Mixture of several speakers."),
-        enrol: Path = typer.Argument(None, help="Enrolment speech of the target speaker."),
-        output: Path = typer.Option(None, "-o", "--output", help="Output wav (default <mix>.tse.wav)."),
-        manifest: Path = _MANIFEST,
-        chunk_seconds: float = _CHUNK,
-        overlap_seconds: float = _OVERLAP,
-        model: str = _MODEL,
-        steps: int = _STEPS,
-        cfg: float = _CFG,
-        temperature: float = _TEMP,
-        s2a_steps: str = _S2A_STEPS,
-        s2a_temperature: float = _S2A_TEMP,
-        seed: int = _SEED,
-        device: str = _DEVICE,
-        dtype: str = _DTYPE,
-        batch_size: int = _BATCH,
-        attention: str = _ATTN,
-        fused_cfg: bool = _FUSED,
-        low_memory: bool = _LOWMEM,
-        checkpoint_dir: Path = _CKPT,
-        offline: bool = _OFFLINE,
-        overwrite: bool = _OVERWRITE,
-        skip_existing: bool = _SKIP,
-        json_out: bool = _JSON,
-        quiet: bool = _QUIET,
-    ) -> None:
-        """Target speaker extraction: the voice of ENROL, extracted from MIX."""
-        kw = {k: v for k, v in locals().items() if k not in ("mix", "enrol", "output", "manifest")}
-        _run_pair("tse", "tse", mix, enrol, output, manifest, kw, ("mix", "enrol"))
+    def pair_command(task: str, roles: tuple[str, str], helps: tuple[str, str], doc: str) -> None:
+        """tse and vc: two positional files (main input first), one output."""
 
-    @app.command("vc")
-    def vc(
-        source: Path = typer.Argument(None, help="Speech to convert."),
-        reference: Path = typer.Argument(None, help="Reference speech of the target voice."),
-        output: Path = typer.Option(None, "-o", "--output", help="Output wav (default <source>.vc.wav)."),
-        manifest: Path = _MANIFEST,
-        chunk_seconds: float = _CHUNK,
-        overlap_seconds: float = _OVERLAP,
-        model: str = _MODEL,
-        steps: int = _STEPS,
-        cfg: float = _CFG,
-        temperature: float = _TEMP,
-        s2a_steps: str = _S2A_STEPS,
-        s2a_temperature: float = _S2A_TEMP,
-        seed: int = _SEED,
-        device: str = _DEVICE,
-        dtype: str = _DTYPE,
-        batch_size: int = _BATCH,
-        attention: str = _ATTN,
-        fused_cfg: bool = _FUSED,
-        low_memory: bool = _LOWMEM,
-        checkpoint_dir: Path = _CKPT,
-        offline: bool = _OFFLINE,
-        overwrite: bool = _OVERWRITE,
-        skip_existing: bool = _SKIP,
-        json_out: bool = _JSON,
-        quiet: bool = _QUIET,
-    ) -> None:
-        """Voice conversion: SOURCE spoken in the voice of REFERENCE."""
-        kw = {k: v for k, v in locals().items() if k not in ("source", "reference", "output", "manifest")}
-        _run_pair("vc", "vc", source, reference, output, manifest, kw, ("source", "reference"))
+        def command(
+            main: Path = typer.Argument(None, metavar=roles[0].upper(), help=helps[0]),
+            other: Path = typer.Argument(None, metavar=roles[1].upper(), help=helps[1]),
+            output: Path = typer.Option(
+                None, "-o", "--output", help=f"Output wav (default <{roles[0]}>.{task}.wav)."
+            ),
+            manifest: Path = _MANIFEST,
+            chunk_seconds: float = _CHUNK,
+            overlap_seconds: float = _OVERLAP,
+            model: str = _MODEL,
+            steps: int = _STEPS,
+            cfg: float = _CFG,
+            temperature: float = _TEMP,
+            s2a_steps: str = _S2A_STEPS,
+            s2a_temperature: float = _S2A_TEMP,
+            seed: int = _SEED,
+            device: str = _DEVICE,
+            dtype: str = _DTYPE,
+            batch_size: int = _BATCH,
+            attention: str = _ATTN,
+            fused_cfg: bool = _FUSED,
+            low_memory: bool = _LOWMEM,
+            checkpoint_dir: Path = _CKPT,
+            offline: bool = _OFFLINE,
+            overwrite: bool = _OVERWRITE,
+            skip_existing: bool = _SKIP,
+            json_out: bool = _JSON,
+            quiet: bool = _QUIET,
+        ) -> None:
+            kw = {k: v for k, v in locals().items() if k not in ("main", "other", "output", "manifest")}
+            _run_pair(task, task, main, other, output, manifest, kw, roles)
+
+        command.__doc__ = doc
+        app.command(task)(command)
+
+    pair_command(
+        "tse",
+        ("mix", "enrol"),
+        ("Mixture of several speakers.", "Enrolment speech of the target speaker."),
+        "Target speaker extraction: the voice of ENROL, extracted from MIX; any length.",
+    )
+    pair_command(
+        "vc",
+        ("source", "reference"),
+        ("Speech to convert.", "Reference speech of the target voice."),
+        "Voice conversion: SOURCE spoken in the voice of REFERENCE; any length.",
+    )
 
     @app.command("tts")
     def tts(
