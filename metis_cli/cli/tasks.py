@@ -242,6 +242,11 @@ def _outdir_check(out: Path | None, many: bool) -> None:
         out.mkdir(parents=True, exist_ok=True)
 
 
+# names in a pair command's locals() that are not engine/decoding options (task and roles are
+# the closure's variables)
+_NOT_OPTIONS = ("main", "other", "output", "manifest", "task", "roles")
+
+
 def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per command
     @app.command("enhance")
     def enhance(
@@ -309,7 +314,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per co
             json_out: bool = _JSON,
             quiet: bool = _QUIET,
         ) -> None:
-            kw = {k: v for k, v in locals().items() if k not in ("main", "other", "output", "manifest")}
+            kw = {k: v for k, v in locals().items() if k not in _NOT_OPTIONS}
             _run_pair(task, task, main, other, output, manifest, kw, roles)
 
         command.__doc__ = doc
