@@ -166,7 +166,7 @@ def _call(fn, **kw):
 def register(app: typer.Typer) -> None:
     @app.command("finetune")
     def finetune_command(
-        task: str = typer.Option(..., "--task", "-t", help="se, tse, vc or tts (l2s: not supported yet)."),
+        task: str = typer.Option(..., "--task", "-t", help="se, tse, vc, tts or l2s."),
         data: Path = typer.Option(
             ..., "--data", help="Training manifest: one JSON object per line (README)."
         ),
@@ -178,7 +178,14 @@ def register(app: typer.Typer) -> None:
             None,
             "--base",
             "-m",
-            help="Start model: card name or folder (default: the task's released model, else metis-base).",
+            help="Start model: card name or folder (default: the task's released model, else metis-base; "
+            "l2s: metis-l2s or an l2s folder).",
+        ),
+        visual_checkpoint: Path = typer.Option(
+            None,
+            "--visual-checkpoint",
+            envvar="METIS_VISUAL_CHECKPOINT",
+            help="l2s (required): Auto-AVSR visual-only model.pth (model.json beside it), as for metis l2s.",
         ),
         full: bool = typer.Option(
             False, "--full", help="Full-scale fine-tuning: train every stage-1 weight."
@@ -213,7 +220,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = _JSON,
         quiet: bool = _QUIET,
     ) -> None:
-        """Fine-tune stage 1 (LoRA + gated adapter, or --full) on a JSON-lines manifest."""
+        """Fine-tune stage 1 (LoRA + adapter, or --full) on a JSON-lines manifest."""
         from metis_cli.train import finetune
 
         opts = _options(
@@ -251,6 +258,7 @@ def register(app: typer.Typer) -> None:
                 checkpoint_dir=checkpoint_dir,
                 offline=offline or None,
                 device=device,
+                visual_checkpoint=visual_checkpoint,
                 on_step=on_step,
                 on_skip=on_skip,
             )

@@ -7,11 +7,20 @@ paths relative to the manifest's folder):
 * tse `{"mix": mixture, "enrol": enrolment, "target": clean}`
 * vc  `{"source": utterance, "reference": speaker, "target": converted}`
 * tts `{"text": transcript, "audio": utterance}` (+ `"prompt"` / `"prompt_text"`, `"language"`)
+* l2s `{"video": silent lip video, "target": its speech}` (+ `"prompt"` speaker wav,
+  `"landmarks"` .npy face keypoints of the video, as `metis l2s --landmarks`)
 
 For se/tse/vc the model hears `input` (mix, source) with the optional prompt (enrolment,
 reference) prepended, as at inference; its frames form the never-masked prompt, and
 x0 = [codes(prompt) ; codes(target)]. For tts x0 = [codes(prompt) ; codes(audio)] with phones
 g2p(prompt_text) ++ g2p(text), and prompt lengths are drawn as in spec §6.3.
+For l2s the condition is the one inference builds (`tasks.build_l2s`, spec §10): visual
+features V (T_v, D) at 25 fps, linearly upsampled ×2 to 50 Hz, after Lp zero rows for the
+prompt; x0 = [codes(prompt) ; codes(target)]. The target's token count and 2·T_v may differ
+by a few frames (container/codec padding): both are cut to the shorter, so condition frame i
+and target token i cover the same 20 ms from the start of both files. A difference of more
+than `L2S_MAX_MISMATCH` frames (or 5 % of the length) means the pair is not aligned: the
+example is skipped with a report.
 A folder with `input/` (or `noisy/`), `target/` (or `clean/`) and optionally `prompt/`
 subfolders of same-named files is also accepted for se/tse/vc.
 Pre-training data is a folder of audio files (searched recursively) or a text file of paths.
@@ -19,6 +28,9 @@ Pre-training data is a folder of audio files (searched recursively) or a text fi
 Features are computed once through the engine's tokenizers and stored under the cache
 folder as `<sha256>.safetensors`, keyed by the bytes of the audio files and the identity of
 the SSL model and semantic codec (file sizes, modification times and headers, and configs).
+Visual features (l2s, 25 fps, before upsampling) are cached the same way, keyed by the bytes
+of the video and of the landmarks file (if any) and the identity of the visual checkpoint
+(`model.pth` and the `model.json` beside it), so the visual encoder runs once per video.
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ from ..errors import InputError
 log = logging.getLogger(__name__)
 
 AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg")
+L2S_MAX_MISMATCH = 10  # frames (0.2 s) that target tokens and 2 x video frames may differ by
 FOLDER_ROLES = {"input": ("input", "noisy"), "target": ("target", "clean"), "prompt": ("prompt",)}
 
 
@@ -47,13 +60,14 @@ FOLDER_ROLES = {"input": ("input", "noisy"), "target": ("target", "clean"), "pro
 class Example:
     """One training example (the roles a task does not use are None)."""
 
-    input: Path | None  # what the model hears (se input, tse mix, vc source); None for tts
+    input: Path | None  # what the model hears (se input, tse mix, vc source) or sees (l2s video)
     target: Path  # what it should produce (tts: the utterance)
-    prompt: Path | None = None  # tse enrolment, vc reference, tts prompt utterance
+    prompt: Path | None = None  # tse enrolment, vc reference, tts / l2s prompt utterance
     text: str | None = None  # tts: transcript of `target`
     prompt_text: str | None = None  # tts: transcript of `prompt`
     language: str | None = None  # tts: language of `text` (detected when None)
     prompt_language: str | None = None  # tts: language of `prompt_text` (default: `language`)
+    landmarks: Path | None = None  # l2s: face keypoints (.npy) of the video
     where: str = ""  # "manifest.jsonl:12" for reports
 
 
@@ -63,7 +77,7 @@ class Item:
 
     x0: torch.Tensor  # (T,) int64 semantic tokens [prompt ; target]
     prompt_len: int  # leading frames never masked (0 without prompt; drawn when not explicit)
-    cond: torch.Tensor | None = None  # (T, D) float32 SSL features of [prompt ; input]
+    cond: torch.Tensor | None = None  # (T, D) float32 SSL features of [prompt ; input] (l2s: visual)
     phones: torch.Tensor | None = None  # (P,) int64 phone ids (tts)
 
     def __len__(self) -> int:
@@ -78,7 +92,18 @@ MANIFEST_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "tts": (("text", "audio"), ("prompt", "prompt_text", "language", "prompt_language")),
     "l2s": (("video", "target"), ("prompt", "landmarks")),
 }
-_AUDIO_KEYS = {"input", "target", "mix", "enrol", "source", "reference", "audio", "prompt"}
+_FILE_KEYS = {
+    "input",
+    "target",
+    "mix",
+    "enrol",
+    "source",
+    "reference",
+    "audio",
+    "prompt",
+    "video",
+    "landmarks",
+}
 
 
 def _audio_files(folder: Path) -> list[Path]:
@@ -103,7 +128,7 @@ def _example(task: str, d: dict, base: Path, where: str) -> Example:
     for k in (*required, *optional):
         if k in d and d[k] is not None and not isinstance(d[k], str):
             raise ValueError(f"{k!r} must be a string")
-    paths = {k: base / d[k] for k in (*required, *optional) if k in _AUDIO_KEYS and d.get(k)}
+    paths = {k: base / d[k] for k in (*required, *optional) if k in _FILE_KEYS and d.get(k)}
     for k, p in paths.items():
         if not p.is_file():
             raise ValueError(f"{k!r}: no such file {p}")
@@ -128,6 +153,9 @@ def _example(task: str, d: dict, base: Path, where: str) -> Example:
             prompt_language=d.get("prompt_language") or d.get("language"),
             where=where,
         )
+    if task == "l2s":
+        video, target, prompt = paths["video"], paths["target"], paths.get("prompt")
+        return Example(video, target, prompt, landmarks=paths.get("landmarks"), where=where)
     raise InputError(f"fine-tuning task '{task}' has no data reader")
 
 
@@ -235,8 +263,10 @@ def _file_identity(path: Path) -> dict:
 class FeatureCache:
     """SSL features and semantic codes of (concatenated) audio files, computed once.
 
-    engine: an `Engine` whose tokenizers give `ssl_features` and `semantic_codes`.
+    engine: an `Engine` whose tokenizers give `ssl_features` and `semantic_codes` (and, for
+    l2s, `visual_features`: the engine's options name the visual checkpoint).
     root: cache folder (created).
+    hits / misses count every lookup; visual_hits / visual_misses the visual ones among them.
     """
 
     def __init__(self, engine, root: Path) -> None:
@@ -244,9 +274,12 @@ class FeatureCache:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._identity: str | None = None
+        self._visual_identity: str | None = None
         self._sha: dict[Path, str] = {}
         self.hits = 0
         self.misses = 0
+        self.visual_hits = 0
+        self.visual_misses = 0
 
     @property
     def identity(self) -> str:
@@ -265,9 +298,28 @@ class FeatureCache:
             self._identity = hashlib.sha256(blob).hexdigest()
         return self._identity
 
-    def _key(self, kind: str, files: Sequence[Path]) -> str:
-        parts = [self.identity, kind]
+    @property
+    def visual_identity(self) -> str:
+        """Hash naming the visual encoder: its checkpoint and the model.json beside it."""
+        if self._visual_identity is None:
+            pth = getattr(self.engine.options, "visual_checkpoint", None)
+            if pth is None:
+                raise InputError("l2s training needs the visual encoder checkpoint (--visual-checkpoint)")
+            pth = Path(pth)
+            if not pth.is_file():
+                raise InputError(f"{pth}: visual encoder checkpoint not found")
+            files = [pth] + [pth.with_suffix(".json")] * pth.with_suffix(".json").is_file()
+            ident = {"visual": [_file_identity(f) for f in files], "frontend": "mouth-rois-25fps"}
+            blob = json.dumps(ident, sort_keys=True).encode()
+            self._visual_identity = hashlib.sha256(blob).hexdigest()
+        return self._visual_identity
+
+    def _key(self, kind: str, files: Sequence[Path | None], identity: str | None = None) -> str:
+        parts = [identity or self.identity, kind]
         for f in files:
+            if f is None:  # an absent optional file (l2s landmarks)
+                parts.append("-")
+                continue
             f = Path(f).resolve()
             if f not in self._sha:
                 self._sha[f] = _file_sha(f)
@@ -314,6 +366,21 @@ class FeatureCache:
         """(T,) int64 semantic codes of the files' concatenated waveforms."""
         return self._get("codes", files)
 
+    def visual(self, video: Path, landmarks: Path | None = None) -> torch.Tensor:
+        """(T_v, D) float32 visual-encoder features of a video's mouth crops at 25 fps."""
+        path = self.root / f"{self._key('visual', [video, landmarks], self.visual_identity)}.safetensors"
+        if path.is_file():
+            self.hits += 1
+            self.visual_hits += 1
+            return load_file(str(path))["x"]
+        self.misses += 1
+        self.visual_misses += 1
+        x = self.engine.tokenizers.visual_features(Path(video), landmarks).float().cpu().clone()
+        tmp = path.with_suffix(".tmp")
+        save_file({"x": x.contiguous()}, str(tmp))
+        tmp.replace(path)
+        return x
+
 
 def finetune_item(cache: FeatureCache, ex: Example) -> Item:
     """x0 = [codes(prompt) ; codes(target)], cond = SSL([prompt ; input]), trimmed to one length."""
@@ -324,6 +391,25 @@ def finetune_item(cache: FeatureCache, ex: Example) -> Item:
     if n <= len(prompt):
         raise InputError(f"{ex.input}: too short to leave a target frame after the prompt")
     return Item(x0=x0[:n], prompt_len=len(prompt), cond=cond[:n])
+
+
+def l2s_item(cache: FeatureCache, ex: Example) -> Item:
+    """x0 = [codes(prompt) ; codes(target)], cond = [0 (Lp rows) ; up2(visual(video))] (module doc)."""
+    from ..nn.stage1 import l2s_condition
+
+    prompt = cache.codes([ex.prompt]) if ex.prompt is not None else torch.zeros(0, dtype=torch.long)
+    target = cache.codes([ex.target])
+    up = l2s_condition(cache.visual(ex.input, ex.landmarks), 0)  # (2 T_v, D) at 50 Hz
+    n = min(len(target), len(up))
+    if abs(len(target) - len(up)) > max(L2S_MAX_MISMATCH, 0.05 * n):
+        raise InputError(
+            f"{ex.target}: {len(target)} frames of speech but {len(up)} of video at 50 Hz; "
+            "the video and its speech must cover the same time"
+        )
+    if n == 0:
+        raise InputError(f"{ex.target}: no target frame")
+    cond = torch.cat([torch.zeros(len(prompt), up.shape[1]), up[:n]])
+    return Item(x0=torch.cat([prompt, target[:n]]), prompt_len=len(prompt), cond=cond)
 
 
 def tts_item(cache: FeatureCache, ex: Example) -> Item:
@@ -356,7 +442,7 @@ def build_items(
     on_skip: Callable[[str], None],
 ) -> list[Item]:
     """Items of `examples`; an example whose audio/text cannot be used is reported and skipped."""
-    make = tts_item if task == "tts" else finetune_item
+    make = {"tts": tts_item, "l2s": l2s_item}.get(task, finetune_item)
     items = []
     for ex in examples:
         try:

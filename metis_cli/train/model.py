@@ -9,9 +9,12 @@ Fine-tuning starts from a model card (a released model, `metis-base`, or a folde
   `nn.Linear` weight (Kaiming-uniform), B = 0, adapter Linears default-initialised and the gate
   at 0 (the official SimpleAdapter), so the untrained model equals the base.
 * Full mode: every stage-1 parameter trains (a LoRA start is merged first).
-* From a start with one full stage-1 file (`maskgct-t2s` for tts, a `--full` result) LoRA
-  pairs (and the adapter, if the model has one) train on top of it, and the export merges
-  them into one `stage1.safetensors` (there is no official LoRA layout for such models).
+* From a start with one full stage-1 file (`maskgct-t2s` for tts, `metis-l2s` for l2s, a
+  `--full` result) LoRA pairs (and the adapter, if the model has one) train on top of it, and
+  the export merges them into one `stage1.safetensors` (there is no official LoRA layout for
+  such models; the released L2S model is full-scale, with a plain, ungated adapter).
+* l2s starts only from such a full l2s model: its plain adapter reads the visual features,
+  which no other start has (`metis-base` would need a fresh adapter of the visual width).
 
 Exports use the official file naming (spec §8): `lora.safetensors`
 (`model.<path>.lora_{A,B}.default.weight`), `adapter.safetensors` (`model.cond_adapter.*`),
@@ -71,8 +74,8 @@ class Trainable:
 
 
 # LoRA rank and alpha of a fresh LoRA per task: those of the released models (spec §1.3);
-# tts has no released LoRA, it gets the SE/TSE values.
-DEFAULT_LORA = {"se": (32, 64.0), "tse": (32, 64.0), "vc": (16, 32.0), "tts": (32, 64.0)}
+# tts and l2s have no released LoRA, they get the SE/TSE values.
+DEFAULT_LORA = {"se": (32, 64.0), "tse": (32, 64.0), "vc": (16, 32.0), "tts": (32, 64.0), "l2s": (32, 64.0)}
 
 
 def _file(store: ModelStore, card: ModelCard, role: str) -> Path:
@@ -142,9 +145,14 @@ def build_finetune(
     seed: int,
     device: torch.device,
 ) -> Trainable:
-    """The trainable model for fine-tuning `start` on `task` (se, tse, vc)."""
+    """The trainable model for fine-tuning `start` on `task` (se, tse, vc, tts, l2s)."""
     block = copy.deepcopy(store.config(start)["t2s_model"])
     layout = start.stage1.get("layout", "full") if start.task else "base"
+    if task == "l2s" and (layout != "full" or start.stage1.get("ft_type") != "l2s"):
+        raise InputError(
+            f"l2s fine-tunes from metis-l2s or a model fine-tuned from it, not '{start.name}' "
+            "(its adapter must read the visual features)"
+        )
     gen = torch.Generator().manual_seed(seed)
     merged = False
     if layout == "lora":
@@ -350,6 +358,8 @@ def export(tr: Trainable, out: Path, task: str | None, name: str, info: dict[str
         "decoding": ref.decoding,
         "training": info,
     }
+    if task is not None and "visual_encoder" in ref.extra:  # l2s: where to get the encoder
+        card["visual_encoder"] = ref.extra["visual_encoder"]
     if task is None:
         card.pop("task")
         card.pop("stage1")

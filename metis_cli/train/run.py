@@ -29,7 +29,7 @@ from .model import Trainable, build_finetune, build_pretrain, build_scratch, exp
 
 log = logging.getLogger(__name__)
 
-FINETUNE_TASKS = ("se", "tse", "vc", "tts")
+FINETUNE_TASKS = ("se", "tse", "vc", "tts", "l2s")
 
 
 def default_cache_dir() -> Path:
@@ -61,9 +61,9 @@ def _check_out(out: Path, resume: bool) -> None:
         raise InputError(f"{out}: holds a training run already (use --resume to continue it)")
 
 
-def _engine(task: str, store: ModelStore, device: str) -> Engine:
-    """An engine used only for its tokenizers (SSL features, semantic codes)."""
-    return Engine(task, None, store, EngineOptions(device=device))
+def _engine(task: str, store: ModelStore, device: str, visual_checkpoint: Path | None = None) -> Engine:
+    """An engine used only for its tokenizers (SSL features, semantic codes; l2s: visual features)."""
+    return Engine(task, None, store, EngineOptions(device=device, visual_checkpoint=visual_checkpoint))
 
 
 def _run(
@@ -164,13 +164,17 @@ def finetune(
     checkpoint_dir: str | Path | None = None,
     offline: bool | None = None,
     device: str = "cpu",
+    visual_checkpoint: str | Path | None = None,
     on_step: Callable[[dict, int], None] | None = None,
     on_skip: Callable[[str], None] | None = None,
 ) -> FinetuneResult:
-    """Fine-tune stage 1 for `task` (se, tse, vc, tts) on the manifest `data`; write `out/`.
+    """Fine-tune stage 1 for `task` (se, tse, vc, tts, l2s) on the manifest `data`; write `out/`.
 
     base: start card or folder (default: the task's released model, continuing its LoRA;
-    `metis-base` or a pretrain folder starts a fresh LoRA + zero-gated adapter).
+    `metis-base` or a pretrain folder starts a fresh LoRA + zero-gated adapter; l2s starts
+    from `metis-l2s` or an l2s folder and exports a merged `stage1.safetensors`).
+    visual_checkpoint: the Auto-AVSR `model.pth` (model.json beside it), required for l2s:
+    the visual features of the condition come from it, as at inference.
     on_skip(line) gets one report line per bad manifest line or unusable example (skipped).
     Launched by torchrun, every process calls this; see the module doc.
     """
@@ -192,6 +196,7 @@ def finetune(
             checkpoint_dir=checkpoint_dir,
             offline=offline,
             device=device,
+            visual_checkpoint=visual_checkpoint,
             on_step=on_step,
             on_skip=on_skip,
         )
@@ -215,16 +220,13 @@ def _finetune(
     checkpoint_dir: str | Path | None,
     offline: bool | None,
     device: str,
+    visual_checkpoint: str | Path | None,
     on_step: Callable[[dict, int], None] | None,
     on_skip: Callable[[str], None] | None,
 ) -> FinetuneResult:
-    if task == "l2s":
-        raise InputError(
-            "fine-tuning l2s is not supported yet (the video front end is not cached); "
-            f"supported tasks: {', '.join(FINETUNE_TASKS)}"
-        )
     if task not in FINETUNE_TASKS:
         raise InputError(f"fine-tuning supports tasks {', '.join(FINETUNE_TASKS)}, not '{task}'")
+    visual = _visual_checkpoint(task, visual_checkpoint)
     opts = options or TrainOptions()
     out = Path(out)
     _check_out(out, resume)
@@ -240,14 +242,14 @@ def _finetune(
         val_examples, problems = D.read_examples(Path(val), task)
         for line in problems:
             report(line)
-    engine = _engine(task, store, device)
+    engine = _engine(task, store, device, visual)
     cache = D.FeatureCache(engine, Path(cache_dir) if cache_dir else default_cache_dir())
 
     def build() -> tuple[list[D.Item], list[D.Item]]:
         return D.build_items(cache, examples, task, report), D.build_items(cache, val_examples, task, report)
 
     items, val_items = _rank0_first(ctx, build)
-    engine.release("ssl", "semantic_codec")
+    engine.release("ssl", "semantic_codec", "visual")
     if not items:
         raise InputError(f"{data}: no usable training examples ({len(skipped)} skipped)")
     log.info(
@@ -262,6 +264,12 @@ def _finetune(
     tr = build_finetune(
         store, start, task, full=full, rank=lora_r, alpha=lora_alpha, seed=opts.seed, device=dev
     )
+    cond_dim = items[0].cond.shape[1] if items[0].cond is not None else None
+    if cond_dim is not None and cond_dim != tr.model.cfg.cond_dim:
+        source = f"the visual encoder {visual}" if visual else "the SSL model"
+        raise InputError(
+            f"{source} gives {cond_dim}-d features but model '{start.name}' reads {tr.model.cfg.cond_dim}"
+        )
     info = {
         "task": task,
         "start": start.name,
@@ -272,6 +280,8 @@ def _finetune(
         "skipped": len(skipped),
         "options": asdict(opts),
     }
+    if visual is not None:
+        info["visual_checkpoint"] = str(visual)
     return _run(
         tr,
         items,
@@ -288,6 +298,20 @@ def _finetune(
         on_step=on_step,
         ctx=ctx,
     )
+
+
+def _visual_checkpoint(task: str, path: str | Path | None) -> Path | None:
+    """The visual checkpoint of an l2s run (required, must exist); None for other tasks."""
+    if task != "l2s":
+        return None
+    if path is None:
+        raise InputError(
+            "l2s fine-tuning needs the visual encoder: pass --visual-checkpoint model.pth "
+            "(or set METIS_VISUAL_CHECKPOINT; see `metis models`)"
+        )
+    if not Path(path).is_file():
+        raise InputError(f"{path}: visual encoder checkpoint not found (--visual-checkpoint)")
+    return Path(path)
 
 
 def read_config_block(path: Path) -> dict[str, Any]:
