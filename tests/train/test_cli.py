@@ -193,12 +193,12 @@ def test_tts_finetune_on_phones_writes_a_merged_model(train_env, tmp_path):
     assert wav.ndim == 1 and len(wav) > 0
 
 
-def test_l2s_is_a_clear_error(train_env, tmp_path):
-    manifest = tmp_path / "l2s.jsonl"
+def test_unknown_task_is_a_clear_error(train_env, tmp_path):
+    manifest = tmp_path / "omni.jsonl"
     manifest.write_text(json.dumps({"video": "a.mp4", "target": "a.wav"}) + "\n")
-    res = cli(train_env, "finetune", "--task", "l2s", "--data", str(manifest), "--out", str(tmp_path / "o"))
+    res = cli(train_env, "finetune", "--task", "omni", "--data", str(manifest), "--out", str(tmp_path / "o"))
     assert res.exit_code == 1
-    assert "l2s is not supported yet" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert "se, tse, vc, tts, l2s, not 'omni'" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 def test_pretrain_from_a_config_and_from_base(train_env, tmp_path):
