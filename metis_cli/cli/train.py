@@ -191,10 +191,12 @@ def register(app: typer.Typer) -> None:
             False, "--full", help="Full-scale fine-tuning: train every stage-1 weight."
         ),
         lora_r: int = typer.Option(
-            None, "--lora-r", help="Rank of a fresh LoRA (default: the released model's: se/tse 32, vc 16)."
+            None, "--lora-r", help="Rank of a fresh LoRA (default: se/tse/tts/l2s 32, vc 16)."
         ),
         lora_alpha: float = typer.Option(
-            None, "--lora-alpha", help="Alpha of a fresh LoRA (default: se/tse 64, vc 32; else 2 x rank)."
+            None,
+            "--lora-alpha",
+            help="Alpha of a fresh LoRA (default: se/tse/tts/l2s 64, vc 32; else 2 x rank).",
         ),
         epochs: int = _EPOCHS,
         max_steps: int = _MAX_STEPS,

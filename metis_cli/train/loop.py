@@ -18,12 +18,13 @@ one CPU `torch.Generator` seeded with `seed`. A checkpoint (`train_state.pt`) ho
 tensors, the optimizer state, that generator's state, the step and the loss history, so on
 CPU `N/2 steps + resume + N/2 steps` gives the same weights as `N` steps.
 
-Prompt dropout (CFG, spec §6.3): items with an explicit prompt (tse enrolment, vc reference)
-train, per micro-batch, with one uniform draw `u`: when `u <= cfg_scale` every item of the
+Prompt dropout (CFG, spec §6.3): items with an explicit prompt (tse enrolment, vc reference,
+l2s speaker prompt) train, per micro-batch, with one uniform draw `u`: when `u <= cfg_scale` every item of the
 micro-batch loses its prompt, so the sequence is the target part only and the finetune
 condition is its target part `F[Lp:]`, exactly the input of the unconditional branch at
-inference (spec §6.4 step 3; the task condition stays). A micro-batch without any prompt (se)
-draws nothing. Drawn prompt lengths (tts, pretrain) have the dropout inside the draw (§6.3).
+inference (spec §6.4 step 3; the task condition stays: for l2s the upsampled visual features
+without the prompt's zero rows). A micro-batch without any prompt (se) draws nothing. Drawn
+prompt lengths (tts, pretrain) have the dropout inside the draw (§6.3).
 
 `OUT/log.jsonl` gets one JSON object per step: step, epoch, loss, lr, grad_norm, and
 val_loss / val_accuracy on the steps where the held-out set was evaluated.
