@@ -4,31 +4,69 @@ Reading reproduces ``librosa.load(path, sr=sr)`` with its defaults bit for bit, 
 importing librosa: soundfile read as float32 (int16 PCM -> value / 32768), channel mean to
 mono, soxr resampling at "HQ" quality (librosa's default ``soxr_hq``), then zero-pad or trim to
 exactly ``ceil(n_in * sr_out / sr_in)`` samples. Equal rates are returned untouched.
+Containers that libsndfile cannot read (``.m4a``/AAC, ``.mp4``, ``.webm``/Opus, ...) are
+decoded with PyAV (FFmpeg) at their native rate and then go through the same mixing and
+resampling. In-memory audio is an `AudioArray` (samples + sample rate), accepted wherever a
+path is.
 
-Writing uses soundfile's default WAV subtype (PCM_16) and never leaves a partial file: data go
-to a temporary file in the destination directory, which is renamed over the target only on
-success.
+Writing (`write_audio_atomic`, `AtomicWavWriter`) produces the format the file extension names
+(`output_format`: wav, flac, ogg, opus, mp3, aiff; PCM_16 where the format has PCM) and never
+leaves a partial file: data go to a short hidden temporary file in the destination directory,
+renamed over the target only on success and removed on any failure, including
+KeyboardInterrupt / SystemExit (see `cleanup_on_signal` for SIGTERM). Write failures (full
+filesystem, name too long, no permission) are one-line `OutputError`s naming the output.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import math
 import os
+import signal
+import threading
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Union
 
 import numpy as np
 import soundfile as sf
 import soxr
 
 from metis_cli.constants import CODEC_SAMPLE_RATE
-from metis_cli.errors import AudioError
+from metis_cli.errors import AudioError, InputError, OutputError
 
 log = logging.getLogger(__name__)
 
 SOXR_QUALITY = "soxr_hq"  # librosa's default res_type; soxr maps it to its "HQ" recipe
+
+
+@dataclass(frozen=True)
+class AudioArray:
+    """Audio already in memory: ``(N,)`` or ``(N, channels)`` samples at ``sample_rate`` Hz.
+
+    Floating samples are taken as they are (nominally in [-1, 1]); int16 / int32 samples are
+    scaled like PCM files (value / 32768, value / 2**31). ``name`` names it in error messages.
+    """
+
+    samples: np.ndarray
+    sample_rate: int
+    name: str = "<array>"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+AudioSource = Union[str, os.PathLike, AudioArray]
+
+
+def source_name(source: AudioSource) -> str:
+    """How a source is named in messages: the path as given, or the array's name."""
+    return source.name if isinstance(source, AudioArray) else str(source)
 
 
 def resampled_length(n_in: int, sr_in: int, sr_out: int) -> int:
@@ -72,27 +110,150 @@ def resample(wav: np.ndarray, sr_in: int, sr_out: int, name: str = "<array>") ->
     return np.asarray(out, dtype=np.float32)
 
 
-def _read_float32(path: Path) -> tuple[np.ndarray, int]:
-    """Read all frames as float32, transposed to ``(channels, N)`` or ``(N,)`` like librosa."""
+# -- reading -----------------------------------------------------------------------------------
+
+_SF_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
+MAX_CHANNELS = 64  # an (N, C) array with more columns than this is taken to be (C, N): refused
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise AudioError(f"{path}: no such audio file")
     if not path.is_file():
         raise AudioError(f"{path}: not a regular file")
+
+
+def _pcm_to_float32(x: np.ndarray, name: str) -> np.ndarray:
+    """Samples of any common dtype as float32, scaled like libsndfile's PCM reads."""
+    if x.dtype == np.float32:
+        return x
+    if np.issubdtype(x.dtype, np.floating):
+        return x.astype(np.float32)
+    if x.dtype == np.int16:
+        return x.astype(np.float32) / np.float32(32768.0)
+    if x.dtype == np.int32:
+        return (x.astype(np.float64) / 2147483648.0).astype(np.float32)
+    if x.dtype == np.uint8:
+        return (x.astype(np.float32) - np.float32(128.0)) / np.float32(128.0)
+    raise AudioError(f"{name}: unsupported sample type {x.dtype} (use float32, float64, int16 or int32)")
+
+
+def _array_frames(a: AudioArray) -> np.ndarray:
+    """``(N, C)`` float32 samples of an AudioArray, validated."""
+    name = a.name
+    try:
+        sr = int(a.sample_rate)
+    except (TypeError, ValueError):
+        raise AudioError(f"{name}: sample_rate must be a positive integer, got {a.sample_rate!r}") from None
+    if sr <= 0 or sr != a.sample_rate:
+        raise AudioError(f"{name}: sample_rate must be a positive integer, got {a.sample_rate!r}")
+    x = np.asarray(a.samples)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[1] < 1 or x.shape[1] > MAX_CHANNELS:
+        raise AudioError(
+            f"{name}: expected samples of shape (N,) or (N, channels), got {tuple(np.shape(a.samples))}"
+        )
+    return _pcm_to_float32(x, name)
+
+
+def _av_to_float32(frame, name: str) -> np.ndarray:
+    """One decoded PyAV audio frame as ``(n, C)`` float32."""
+    arr = frame.to_ndarray()
+    channels = frame.layout.nb_channels
+    if frame.format.is_planar:
+        data = arr.T  # (C, n) -> (n, C)
+    else:
+        data = arr.reshape(-1, channels)  # (1, n*C) interleaved -> (n, C)
+    return _pcm_to_float32(np.ascontiguousarray(data), name)
+
+
+class _AvDecoder:
+    """Sequential decoding of a file's first audio stream with PyAV (FFmpeg)."""
+
+    def __init__(self, path: Path, unreadable: str | None = None) -> None:
+        """unreadable: the reason to give when FFmpeg cannot open the file either."""
+        self.path = path
+        try:
+            import av
+        except ImportError as exc:  # pragma: no cover - av is a dependency
+            raise AudioError(f"{path}: unsupported audio format (PyAV not installed: {exc})") from None
+        self._av = av
+        try:
+            self.container = av.open(str(path))
+        except Exception as exc:  # noqa: BLE001 - FFmpeg errors of every kind: one line
+            reason = unreadable or _first_line(exc)
+            raise AudioError(f"{path}: unreadable or unsupported audio format ({reason})") from None
+        streams = self.container.streams.audio
+        if not streams:
+            self.container.close()
+            raise AudioError(f"{path}: no audio stream in this file")
+        self.stream = streams[0]
+        self.sample_rate = int(self.stream.codec_context.sample_rate or self.stream.rate or 0)
+        self.channels = int(self.stream.codec_context.channels or 0)
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """``(n, C)`` float32 blocks in order."""
+        try:
+            for frame in self.container.decode(self.stream):
+                if frame.sample_rate != self.sample_rate:
+                    raise AudioError(
+                        f"{self.path}: sample rate changes inside the stream "
+                        f"({self.sample_rate} -> {frame.sample_rate} Hz)"
+                    )
+                block = _av_to_float32(frame, str(self.path))
+                if self.channels == 0:
+                    self.channels = block.shape[1]
+                yield block
+        except AudioError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - corrupt data mid-stream
+            raise AudioError(f"{self.path}: cannot decode audio ({_first_line(exc)})") from None
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def _read_frames(path: Path) -> tuple[np.ndarray, int]:
+    """All frames of a file as ``(N, C)`` float32 and the native rate (soundfile, else PyAV)."""
+    _check_file(path)
     try:
         with sf.SoundFile(str(path)) as f:
             sr = int(f.samplerate)
-            data = f.read(frames=-1, dtype="float32", always_2d=False).T
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise AudioError(f"{path}: unreadable or unsupported audio format ({detail})") from None
-    return data, sr
+            data = f.read(frames=-1, dtype="float32", always_2d=True)
+        return data, sr
+    except _SF_ERRORS as exc:
+        sf_detail = _first_line(exc)
+    dec = _AvDecoder(path, unreadable=sf_detail)
+    try:
+        blocks = list(dec.blocks())
+    finally:
+        dec.close()
+    channels = blocks[0].shape[1] if blocks else max(dec.channels, 1)
+    data = np.concatenate(blocks) if blocks else np.zeros((0, channels), np.float32)
+    log.debug("decoded %s with PyAV (%s, %d Hz)", path, dec.stream.codec_context.name, dec.sample_rate)
+    return data, dec.sample_rate
 
 
-def load_audio(path: str | os.PathLike, sr: int) -> np.ndarray:
-    """Load an audio file as mono float32 at ``sr`` Hz, bit-identical to ``librosa.load``.
+def _to_mono(data: np.ndarray) -> np.ndarray:
+    """``(N, C)`` -> ``(N,)`` float32: the channel mean, as librosa's ``to_mono``."""
+    if data.shape[1] == 1:
+        return np.ascontiguousarray(data[:, 0])
+    # librosa averages the (C, N) transpose over axis 0; same values, same float32 rounding
+    return np.mean(data.T, axis=0)
+
+
+def load_audio(source: AudioSource, sr: int) -> np.ndarray:
+    """Load audio as mono float32 at ``sr`` Hz, bit-identical to ``librosa.load`` for files.
 
     Args:
-        path: any file soundfile can read (WAV, FLAC, OGG, ...).
+        source: a path (anything soundfile reads: WAV, FLAC, OGG, MP3...; else any container
+            with an audio stream that PyAV reads: M4A/AAC, MP4, WebM...), or an `AudioArray`.
         sr: target sample rate in Hz.
 
     Returns:
@@ -101,17 +262,262 @@ def load_audio(path: str | os.PathLike, sr: int) -> np.ndarray:
     Raises:
         AudioError: missing/unreadable file, zero samples, or non-finite samples.
     """
-    path = Path(path)
-    data, sr_native = _read_float32(path)
-    if data.ndim > 1:
-        data = np.mean(data, axis=tuple(range(data.ndim - 1)))
-    if data.shape[-1] == 0:
-        raise AudioError(f"{path}: audio file has zero samples")
-    if not np.isfinite(data).all():
-        raise AudioError(f"{path}: audio contains non-finite samples (NaN or Inf)")
-    out = resample(data, sr_native, sr, name=str(path))
-    log.debug("loaded %s: %d Hz -> %d Hz, %d samples", path, sr_native, sr, out.shape[0])
+    if isinstance(source, AudioArray):
+        name = source.name
+        data, sr_native = _array_frames(source), int(source.sample_rate)
+    else:
+        path = Path(source)
+        name = str(path)
+        data, sr_native = _read_frames(path)
+    if data.shape[0] == 0:
+        what = "audio" if isinstance(source, AudioArray) else "audio file"
+        raise AudioError(f"{name}: {what} has zero samples")
+    mono = _to_mono(data)
+    if not np.isfinite(mono).all():
+        raise AudioError(f"{name}: audio contains non-finite samples (NaN or Inf)")
+    out = resample(mono, sr_native, sr, name=name)
+    log.debug("loaded %s: %d Hz -> %d Hz, %d samples", name, sr_native, sr, out.shape[0])
     return out
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What `probe` finds: exact frame count, native rate, channel count."""
+
+    frames: int
+    sample_rate: int
+    channels: int
+    name: str
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+
+class BlockSource:
+    """Random access to a source's native samples, mono float32, without reading it whole.
+
+    ``read(start, stop)`` returns ``(stop - start,)`` samples (clipped to the source) mixed to
+    mono by the channel mean. Files libsndfile reads are read with seeks; PyAV-decoded files
+    are decoded sequentially with a window of recent samples (a read that starts more than
+    `AV_KEEP_SECONDS` before the last one decodes again from the start); arrays are sliced.
+    Use as a context manager or call `close()`.
+    """
+
+    AV_KEEP_SECONDS = 30.0
+
+    def __init__(self, source: AudioSource) -> None:
+        self.name = source_name(source)
+        self._array: np.ndarray | None = None
+        self._sf: sf.SoundFile | None = None
+        self._path: Path | None = None
+        self._av: _AvDecoder | None = None
+        self._buf: np.ndarray = np.zeros((0, 1), np.float32)
+        self._buf_start = 0
+        self._it: Iterator[np.ndarray] | None = None
+        if isinstance(source, AudioArray):
+            self._array = _array_frames(source)
+            self.info = AudioInfo(
+                self._array.shape[0], int(source.sample_rate), self._array.shape[1], self.name
+            )
+            return
+        path = Path(source)
+        _check_file(path)
+        self._path = path
+        try:
+            self._sf = sf.SoundFile(str(path))
+            self.info = AudioInfo(
+                int(self._sf.frames), int(self._sf.samplerate), int(self._sf.channels), self.name
+            )
+            return
+        except _SF_ERRORS as exc:
+            sf_detail = _first_line(exc)
+        probe_dec = _AvDecoder(path, unreadable=sf_detail)
+        try:  # the exact length needs one decoding pass (container durations are estimates)
+            frames, channels = 0, probe_dec.channels
+            for block in probe_dec.blocks():
+                frames += block.shape[0]
+                channels = block.shape[1]
+        finally:
+            probe_dec.close()
+        self.info = AudioInfo(frames, probe_dec.sample_rate, max(channels, 1), self.name)
+
+    def __enter__(self) -> BlockSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sf is not None:
+            self._sf.close()
+            self._sf = None
+        if self._av is not None:
+            self._av.close()
+            self._av = None
+            self._it = None
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """``(stop - start,)`` float32 mono native samples; start/stop clipped to the source."""
+        a, b = max(0, int(start)), min(self.info.frames, int(stop))
+        if b <= a:
+            return np.zeros(0, np.float32)
+        if self._array is not None:
+            data = self._array[a:b]
+        elif self._path is not None and self._av is None and self._sf is not None:
+            self._sf.seek(a)
+            data = self._sf.read(frames=b - a, dtype="float32", always_2d=True)
+        else:
+            data = self._read_av(a, b)
+        mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+        if not np.isfinite(mono).all():
+            raise AudioError(f"{self.name}: audio contains non-finite samples (NaN or Inf)")
+        return np.ascontiguousarray(mono, dtype=np.float32)
+
+    def _restart(self) -> None:
+        if self._av is not None:
+            self._av.close()
+        assert self._path is not None
+        self._av = _AvDecoder(self._path)
+        self._it = self._av.blocks()
+        self._buf = np.zeros((0, self.info.channels), np.float32)
+        self._buf_start = 0
+
+    def _read_av(self, a: int, b: int) -> np.ndarray:
+        if self._it is None or a < self._buf_start:
+            self._restart()
+        assert self._it is not None
+        pieces = [self._buf]
+        end = self._buf_start + self._buf.shape[0]
+        while end < b:
+            block = next(self._it, None)
+            if block is None:
+                break
+            pieces.append(block)
+            end += block.shape[0]
+        buf = np.concatenate(pieces) if len(pieces) > 1 else self._buf
+        out = buf[a - self._buf_start : b - self._buf_start].copy()
+        keep_from = max(self._buf_start, a - int(self.AV_KEEP_SECONDS * self.info.sample_rate))
+        self._buf = buf[keep_from - self._buf_start :]
+        self._buf_start = keep_from
+        return out
+
+
+def open_blocks(source: AudioSource) -> BlockSource:
+    """A `BlockSource` over a file or an `AudioArray` (``.info``: frames, rate, channels)."""
+    return BlockSource(source)
+
+
+def probe(source: AudioSource) -> AudioInfo:
+    """Exact frame count, native sample rate and channel count of a source."""
+    with BlockSource(source) as src:
+        return src.info
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+# extension -> (libsndfile format, subtype); None = soundfile's default for the format
+_WRITERS: dict[str, tuple[str, str | None]] = {
+    "wav": ("WAV", None),  # PCM_16
+    "flac": ("FLAC", "PCM_16"),
+    "ogg": ("OGG", "VORBIS"),
+    "oga": ("OGG", "VORBIS"),
+    "opus": ("OGG", "OPUS"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+    "aiff": ("AIFF", "PCM_16"),
+    "aif": ("AIFF", "PCM_16"),
+}
+# rates a codec accepts (others are an error before anything is written)
+_OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+
+
+def writable_formats() -> list[str]:
+    """Extensions `write_audio_atomic` can write with the installed libsndfile."""
+    formats = sf.available_formats()
+    out = []
+    for ext, (fmt, subtype) in _WRITERS.items():
+        if fmt in formats and (subtype is None or subtype in sf.available_subtypes(fmt)):
+            out.append(ext)
+    return out
+
+
+def output_format(path: str | os.PathLike) -> str:
+    """The format an output path names by its extension ("wav", "flac", "ogg", "mp3"...).
+
+    A name without an extension is WAV. Raises InputError for an extension that cannot be
+    written, listing the ones that can (so a planner can refuse a job before anything runs).
+    """
+    suffix = Path(path).suffix
+    ext = suffix[1:].lower() if suffix else "wav"
+    if ext not in writable_formats():
+        raise InputError(f"{path}: cannot write .{ext} audio (writable: {', '.join(writable_formats())})")
+    return ext
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike) -> None:
+    """Give a file the permissions a newly created file gets (0666 & ~umask).
+
+    For files written by libraries that create them 0600 (mkstemp, safetensors' save_file).
+    """
+    os.chmod(path, 0o666 & ~_umask())
+
+
+# temporary files of writers that are open now (removed by `remove_temp_files`)
+_ACTIVE: set[Path] = set()
+_ACTIVE_LOCK = threading.Lock()
+
+
+def remove_temp_files() -> list[Path]:
+    """Delete the temporary files of every writer still open (e.g. from a signal handler's
+    exit path); returns what was removed."""
+    with _ACTIVE_LOCK:
+        paths = list(_ACTIVE)
+        _ACTIVE.clear()
+    removed = []
+    for p in paths:
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def cleanup_on_signal(signums: tuple[int, ...] = (signal.SIGTERM,)) -> Iterator[None]:
+    """Turn the given signals into ``SystemExit(128 + signum)`` inside the block (main thread).
+
+    The exception unwinds through open writers, which delete their temporary files (no partial
+    output is left); any temporary file still registered is removed on the way out; the process
+    then exits with the conventional status (143 for SIGTERM). Previous handlers are restored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    except SystemExit:
+        remove_temp_files()
+        raise
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _check_wav(wav: np.ndarray, path: Path) -> np.ndarray:
@@ -123,41 +529,86 @@ def _check_wav(wav: np.ndarray, path: Path) -> np.ndarray:
     return wav
 
 
+def _disk_full(directory: Path) -> bool:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
+
+
+def _write_failure(path: Path, exc: BaseException, directory: Path) -> OutputError:
+    """A one-line OutputError for a failed write of `path`."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        reason = {
+            errno.ENOSPC: "no space left on device",
+            errno.EDQUOT: "disk quota exceeded",
+            errno.ENAMETOOLONG: "file name too long",
+            errno.EACCES: "permission denied",
+            errno.EROFS: "read-only file system",
+        }.get(exc.errno, exc.strerror or _first_line(exc))
+    elif isinstance(exc, OSError):
+        reason = _first_line(exc)
+    elif _disk_full(directory):  # libsndfile only says "System error."
+        reason = "no space left on device"
+    else:
+        reason = _first_line(exc)
+    return OutputError(f"{path}: cannot write the output ({reason})")
+
+
 class AtomicWavWriter:
-    """Stream mono blocks into a WAV file that appears only when the writer closes cleanly.
+    """Stream mono blocks into an audio file that appears only when the writer closes cleanly.
 
     Usage::
 
-        with AtomicWavWriter("out.wav", sr=24000) as w:
+        with AtomicWavWriter("out.flac", sr=24000) as w:
             for block in blocks:          # each (n,) float32
                 w.write(block)
 
-    Blocks go to a hidden temporary file in the target directory; on normal exit it is closed,
-    flushed to disk and renamed over ``path`` (``os.replace``). On an exception the temporary
-    file is deleted and any previous ``path`` is left untouched.
+    The format follows the extension (`output_format`; WAV PCM_16 without one). Blocks go to a
+    short hidden temporary file (``.metis-<12 hex>.tmp``) in the target directory; on normal
+    exit it is closed, flushed to disk and renamed over ``path`` (``os.replace``). On any
+    exception (KeyboardInterrupt and SystemExit included) the temporary file is deleted and any
+    previous ``path`` is left untouched. Write failures raise `OutputError`.
     """
 
-    def __init__(self, path: str | os.PathLike, sr: int = CODEC_SAMPLE_RATE, subtype: str | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        sr: int = CODEC_SAMPLE_RATE,
+        subtype: str | None = None,
+        format: str | None = None,
+    ):
         self.path = Path(path)
         self.sr = int(sr)
-        self.subtype = subtype  # None = soundfile's WAV default (PCM_16)
+        self.ext = format or output_format(self.path)
+        if self.ext not in _WRITERS:
+            raise InputError(f"{self.path}: cannot write .{self.ext} audio")
+        self.format, default_subtype = _WRITERS[self.ext]
+        self.subtype = subtype or default_subtype  # None = soundfile's default (WAV: PCM_16)
+        if self.subtype == "OPUS" and self.sr not in _OPUS_RATES:
+            raise InputError(f"{self.path}: Opus cannot store {self.sr} Hz audio")
         self.frames_written = 0
         self._tmp: Path | None = None
         self._file: sf.SoundFile | None = None
+        self._dir = self.path.parent if str(self.path.parent) else Path(".")
 
     def __enter__(self) -> AtomicWavWriter:
-        directory = self.path.parent if str(self.path.parent) else Path(".")
-        if not directory.is_dir():
-            raise AudioError(f"{self.path}: output directory does not exist")
-        # soundfile creates the file itself, so it gets the usual umask permissions
-        tmp = directory / f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+        if not self._dir.is_dir():
+            raise OutputError(f"{self.path}: output directory does not exist")
+        # soundfile creates the file itself (open(2), mode 0666 & ~umask)
+        tmp = self._dir / f".metis-{uuid.uuid4().hex[:12]}.tmp"
         self._tmp = tmp
+        with _ACTIVE_LOCK:
+            _ACTIVE.add(tmp)
         try:
             self._file = sf.SoundFile(
-                str(tmp), mode="x", samplerate=self.sr, channels=1, format="WAV", subtype=self.subtype
+                str(tmp), mode="x", samplerate=self.sr, channels=1, format=self.format, subtype=self.subtype
             )
-        except Exception:
+        except BaseException as exc:
             self._discard()
+            if isinstance(exc, Exception):
+                raise _write_failure(self.path, exc, self._dir) from None
             raise
         return self
 
@@ -166,7 +617,10 @@ class AtomicWavWriter:
         if self._file is None:
             raise RuntimeError("AtomicWavWriter.write called outside its context")
         block = _check_wav(block, self.path)
-        self._file.write(block)
+        try:
+            self._file.write(block)
+        except (OSError, sf.LibsndfileError, RuntimeError) as exc:
+            raise _write_failure(self.path, exc, self._dir) from None
         self.frames_written += block.shape[0]
 
     def __exit__(
@@ -185,9 +639,13 @@ class AtomicWavWriter:
             with open(self._tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(self._tmp, self.path)
+            with _ACTIVE_LOCK:
+                _ACTIVE.discard(self._tmp)
             self._tmp = None
-        except BaseException:
+        except BaseException as err:
             self._discard()
+            if isinstance(err, (OSError, sf.LibsndfileError, RuntimeError)):
+                raise _write_failure(self.path, err, self._dir) from None
             raise
         log.debug("wrote %s (%d samples at %d Hz)", self.path, self.frames_written, self.sr)
 
@@ -199,18 +657,31 @@ class AtomicWavWriter:
                 pass
             self._file = None
         if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self._tmp.unlink()
+            with _ACTIVE_LOCK:
+                _ACTIVE.discard(self._tmp)
             self._tmp = None
 
 
-def write_wav_atomic(path: str | os.PathLike, wav: np.ndarray, sr: int = CODEC_SAMPLE_RATE) -> Path:
-    """Write a mono ``(N,)`` float32 waveform as a PCM_16 WAV, atomically.
+AtomicAudioWriter = AtomicWavWriter  # the writer is format-aware; both names stay
+
+
+def write_audio_atomic(path: str | os.PathLike, wav: np.ndarray, sr: int = CODEC_SAMPLE_RATE) -> Path:
+    """Write a mono ``(N,)`` float32 waveform in the format the extension names, atomically.
 
     Returns:
         The written path. On any failure no partial file exists and a previous file is intact.
+
+    Raises:
+        InputError: an extension that cannot be written. AudioError: bad samples.
+        OutputError: the file cannot be written (full filesystem, name too long...).
     """
     path = Path(path)
     wav = _check_wav(wav, path)
     with AtomicWavWriter(path, sr=sr) as w:
         w.write(wav)
     return path
+
+
+write_wav_atomic = write_audio_atomic  # the old name

@@ -29,3 +29,7 @@ class TextError(InputError):
 
 class VideoError(InputError):
     """A video cannot be read or no face/mouth can be found in it."""
+
+
+class OutputError(MetisError):
+    """An output file cannot be written (full filesystem, name too long, no permission...)."""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import librosa  # test dependency only
@@ -11,7 +15,7 @@ import soundfile as sf
 
 from metis_cli import audio
 from metis_cli.audio import AtomicWavWriter, load_audio, resample, resampled_length, write_wav_atomic
-from metis_cli.errors import AudioError
+from metis_cli.errors import AudioError, OutputError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "wav"
 FIXTURE_WAVS = sorted(FIXTURES.glob("*/*.wav"))
@@ -140,7 +144,7 @@ def test_failed_write_leaves_previous_file_and_no_temp(tmp_path: Path, monkeypat
         raise OSError("disk full")
 
     monkeypatch.setattr(audio.os, "replace", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="out.wav: cannot write the output.*disk full"):
         write_wav_atomic(path, np.full(200, -0.5, dtype=np.float32))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["out.wav"]
@@ -151,7 +155,7 @@ def test_failed_first_write_leaves_nothing(tmp_path: Path, monkeypatch):
         raise OSError("device error")
 
     monkeypatch.setattr(sf.SoundFile, "write", boom)
-    with pytest.raises(OSError, match="device error"):
+    with pytest.raises(OutputError, match="new.wav: cannot write the output.*device error"):
         write_wav_atomic(tmp_path / "new.wav", np.zeros(10, dtype=np.float32))
     assert list(tmp_path.iterdir()) == []
 
@@ -186,6 +190,283 @@ def test_writer_rejects_bad_input(tmp_path: Path):
         write_wav_atomic(tmp_path / "a.wav", np.zeros((10, 2), dtype=np.float32))
     with pytest.raises(AudioError, match="non-finite"):
         write_wav_atomic(tmp_path / "a.wav", np.array([0.0, np.nan], dtype=np.float32))
-    with pytest.raises(AudioError, match="directory does not exist"):
+    with pytest.raises(OutputError, match="directory does not exist"):
         write_wav_atomic(tmp_path / "missing" / "a.wav", np.zeros(10, dtype=np.float32))
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- containers PyAV reads, in-memory audio, block reading ------------------------------------
+
+
+def _write_m4a(path: Path, x: np.ndarray, sr: int) -> Path:
+    """An AAC .m4a of (C, N) float32 samples, written with PyAV (libsndfile cannot read it)."""
+    import av
+
+    layout = "mono" if x.shape[0] == 1 else "stereo"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=sr, layout=layout)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x, np.float32), format="fltp", layout=layout)
+        frame.sample_rate = sr
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def _decode_reference(path: Path) -> tuple[np.ndarray, int]:
+    """(N,) mono float32 at the native rate, decoded independently with PyAV."""
+    import av
+
+    with av.open(str(path)) as c:
+        st = c.streams.audio[0]
+        frames = [f.to_ndarray() for f in c.decode(st)]
+        return np.concatenate(frames, axis=1).mean(axis=0, dtype=np.float32), st.rate
+
+
+@pytest.fixture
+def m4a(tmp_path: Path) -> Path:
+    sr = 44100
+    t = np.arange(int(sr * 1.5)) / sr
+    x = np.stack([0.4 * np.sin(2 * np.pi * 330 * t), 0.2 * np.sin(2 * np.pi * 550 * t)])
+    return _write_m4a(tmp_path / "voice.m4a", x.astype(np.float32), sr)
+
+
+def test_soundfile_cannot_read_the_m4a(m4a: Path):
+    with pytest.raises(sf.LibsndfileError):
+        sf.info(str(m4a))
+
+
+@pytest.mark.parametrize("sr", [16000, 24000])
+def test_m4a_decodes_through_pyav(m4a: Path, sr: int):
+    ref, native = _decode_reference(m4a)
+    ours = load_audio(m4a, sr)
+    assert native == 44100 and len(ref) > 44100
+    np.testing.assert_array_equal(ours, resample(ref, native, sr))
+    assert np.abs(ours).max() > 0.2  # real signal, not silence
+
+
+def test_m4a_probe_and_blocks_equal_whole_decoding(m4a: Path):
+    ref, native = _decode_reference(m4a)
+    info = audio.probe(m4a)
+    assert (info.frames, info.sample_rate, info.channels) == (len(ref), native, 2)
+    with audio.open_blocks(m4a) as src:
+        step = 7001
+        blocks = [src.read(a, a + step) for a in range(0, info.frames, step)]
+        np.testing.assert_array_equal(np.concatenate(blocks), ref)
+        # overlapping and backward reads (inside the kept window, and from the start again)
+        np.testing.assert_array_equal(src.read(50000, 52000), ref[50000:52000])
+        np.testing.assert_array_equal(src.read(10, 20), ref[10:20])
+        assert src.read(info.frames - 5, info.frames + 100).shape == (5,)
+
+
+def test_wav_blocks_equal_whole_file(tmp_path: Path):
+    rng = np.random.default_rng(7)
+    data = (rng.standard_normal((30011, 2)) * 0.2).astype(np.float32)
+    path = tmp_path / "st.wav"
+    sf.write(path, data, 22050, subtype="FLOAT")
+    with audio.open_blocks(path) as src:
+        assert (src.info.frames, src.info.sample_rate, src.info.channels) == (30011, 22050, 2)
+        np.testing.assert_array_equal(src.read(1000, 9000), data[1000:9000].mean(axis=1, dtype=np.float32))
+
+
+def test_container_without_audio_is_one_line(tmp_path: Path):
+    import av
+
+    path = tmp_path / "silent.mp4"
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("mpeg4", rate=25)
+        st.width, st.height, st.pix_fmt = 32, 32, "yuv420p"
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), i * 40, np.uint8), format="rgb24")
+            for p in st.encode(frame):
+                out.mux(p)
+        for p in st.encode(None):
+            out.mux(p)
+    with pytest.raises(AudioError, match="silent.mp4: no audio stream") as info:
+        load_audio(path, 16000)
+    assert "\n" not in str(info.value)
+
+
+def test_audio_array_equals_the_file(tmp_path: Path):
+    rng = np.random.default_rng(5)
+    data = (rng.standard_normal((22050, 2)) * 0.2).clip(-1, 1).astype(np.float32)
+    path = tmp_path / "a.wav"
+    sf.write(path, data, 22050, subtype="FLOAT")
+    arr = audio.AudioArray(data, 22050, name="upload.wav")
+    np.testing.assert_array_equal(load_audio(arr, 16000), load_audio(path, 16000))
+    np.testing.assert_array_equal(
+        load_audio(audio.AudioArray(data[:, 0], 22050), 24000),
+        load_audio(audio.AudioArray(data[:, :1].astype(np.float64), 22050), 24000),
+    )
+    pcm = (data[:, 0] * 32767).astype(np.int16)
+    sf.write(tmp_path / "pcm.wav", pcm, 22050, subtype="PCM_16")
+    np.testing.assert_array_equal(
+        load_audio(audio.AudioArray(pcm, 22050), 24000), load_audio(tmp_path / "pcm.wav", 24000)
+    )
+    with audio.open_blocks(arr) as src:
+        assert src.info == audio.AudioInfo(22050, 22050, 2, "upload.wav")
+        np.testing.assert_array_equal(src.read(100, 200), data[100:200].mean(axis=1, dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    ("samples", "sr", "message"),
+    [
+        (np.zeros(0, np.float32), 16000, "upload: audio has zero samples"),
+        (np.array([0.0, np.nan], np.float32), 16000, "upload: audio contains non-finite"),
+        (
+            np.zeros((2, 16000), np.float32),
+            16000,
+            r"upload: expected samples of shape \(N,\) or \(N, channels\)",
+        ),
+        (np.zeros((4, 4, 4), np.float32), 16000, "upload: expected samples of shape"),
+        (np.zeros(100, np.float32), 0, "upload: sample_rate must be a positive integer"),
+        (np.zeros(100, np.float32), 16000.5, "upload: sample_rate must be a positive integer"),
+        (np.array(["a", "b"]), 16000, "upload: unsupported sample type"),
+    ],
+)
+def test_bad_audio_arrays_are_one_line(samples, sr, message):
+    with pytest.raises(AudioError, match=message):
+        load_audio(audio.AudioArray(samples, sr, name="upload"), 24000)
+
+
+# -- output formats, names, failures ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ext", "fmt", "subtype"),
+    [
+        ("wav", "WAV", "PCM_16"),
+        ("flac", "FLAC", "PCM_16"),
+        ("ogg", "OGG", "VORBIS"),
+        ("mp3", "MP3", "MPEG_LAYER_III"),
+    ],
+)
+def test_extension_names_the_written_format(tmp_path: Path, ext: str, fmt: str, subtype: str):
+    if ext not in audio.writable_formats():
+        pytest.skip(f"this libsndfile cannot write {fmt}")
+    wav = (0.4 * np.sin(np.arange(24000) * 2 * np.pi * 440 / 24000)).astype(np.float32)
+    path = audio.write_audio_atomic(tmp_path / f"out.{ext}", wav, 24000)
+    info = sf.info(path)
+    assert (info.format, info.subtype, info.samplerate) == (fmt, subtype, 24000)
+    back = load_audio(path, 24000)
+    assert abs(len(back) - len(wav)) < 2400  # lossy codecs pad a little
+    n = min(len(back), len(wav), 12000)
+    if ext in ("wav", "flac"):
+        np.testing.assert_allclose(back[:n], wav[:n], atol=1e-4)
+    assert [p.name for p in tmp_path.iterdir()] == [f"out.{ext}"]
+
+
+def test_streaming_writer_follows_the_extension(tmp_path: Path):
+    path = tmp_path / "long.flac"
+    with AtomicWavWriter(path, sr=24000) as w:
+        for _ in range(3):
+            w.write(np.full(1000, 0.25, np.float32))
+    assert sf.info(path).format == "FLAC" and sf.info(path).frames == 3000
+
+
+def test_output_format():
+    assert audio.output_format("x.WAV") == "wav"
+    assert audio.output_format("dir/x.flac") == "flac"
+    assert audio.output_format("noext") == "wav"
+    with pytest.raises(audio.InputError, match=r"x.aac: cannot write \.aac audio \(writable: wav, flac, ogg"):
+        audio.output_format("x.aac")
+    with pytest.raises(audio.InputError, match="cannot write .aac"):
+        write_wav_atomic("x.aac", np.zeros(10, np.float32))
+
+
+def test_a_250_character_name_works(tmp_path: Path):
+    name = "n" * 246 + ".wav"
+    path = write_wav_atomic(tmp_path / name, np.zeros(100, np.float32))
+    assert path.name == name and sf.info(path).frames == 100
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_a_too_long_name_is_one_line_output_error(tmp_path: Path):
+    path = tmp_path / ("n" * 300 + ".wav")
+    with pytest.raises(OutputError, match="cannot write the output \\(file name too long\\)") as info:
+        write_wav_atomic(path, np.zeros(100, np.float32))
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_get_umask_permissions(tmp_path: Path):
+    old = os.umask(0o027)
+    try:
+        path = write_wav_atomic(tmp_path / "p.wav", np.zeros(10, np.float32))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path):
+    """A real 200 KiB tmpfs (root only); skipped with the reason where mounting is impossible."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.strip() or res.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac"])
+def test_full_filesystem_is_one_line_and_leaves_nothing(tiny_fs: Path, ext: str):
+    (tiny_fs / f"keep.{ext}").write_bytes(b"previous")
+    wav = np.random.default_rng(0).uniform(-0.5, 0.5, 24000 * 20).astype(np.float32)  # ~1 MB as PCM_16
+    with pytest.raises(
+        OutputError, match=f"big.{ext}: cannot write the output \\(no space left on device\\)"
+    ) as e:
+        write_wav_atomic(tiny_fs / f"big.{ext}", wav)
+    assert "\n" not in str(e.value)
+    assert sorted(p.name for p in tiny_fs.iterdir()) == [f"keep.{ext}"]
+    with pytest.raises(OutputError, match="no space left"):
+        with AtomicWavWriter(tiny_fs / "stream.wav") as w:
+            for _ in range(20):
+                w.write(wav[:24000])
+    assert sorted(p.name for p in tiny_fs.iterdir()) == [f"keep.{ext}"]
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit, MemoryError])
+def test_any_base_exception_removes_the_temp(tmp_path: Path, exc: type[BaseException]):
+    with pytest.raises(exc):
+        with AtomicWavWriter(tmp_path / "x.wav") as w:
+            w.write(np.zeros(100, np.float32))
+            assert len(list(tmp_path.iterdir())) == 1  # the hidden temporary file
+            raise exc()
+    assert list(tmp_path.iterdir()) == []
+    assert audio.remove_temp_files() == []
+
+
+_SIGTERM_CHILD = """
+import sys, numpy as np
+from metis_cli import audio
+with audio.cleanup_on_signal():
+    with audio.AtomicWavWriter(sys.argv[1]) as w:
+        w.write(np.zeros(24000, np.float32))
+        print("writing", flush=True)
+        while True:
+            w.write(np.zeros(2400, np.float32))
+"""
+
+
+def test_sigterm_while_streaming_exits_143_and_leaves_no_temp(tmp_path: Path):
+    out = tmp_path / "long.wav"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SIGTERM_CHILD, str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "writing"
+    assert any(p.name.startswith(".metis-") for p in tmp_path.iterdir())
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
