@@ -5,9 +5,9 @@ Files: `acoustic_codec/model.safetensors` (encoder, keys `block.*`) and
 24 kHz audio, hop 480 samples (50 frames/s), 12 codebooks. Metis stores acoustic codes as
 (B, T, 12); the quantizer works stage-major (12, B, T).
 
-Reference mode is float32. With bf16 weights (opt-in fast mode) the modules run in the
+Reference mode is float32. With bf16 / fp16 weights (opt-in fast modes) the modules run in the
 weights' dtype, but the VQ distance/argmin and the iSTFT head after the linear layer are
-computed in float32.
+computed in float32; a float64 model computes them in float64 (`numerics.compute_dtype`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from ..constants import NUM_ACOUSTIC_CODEBOOKS
 from ..errors import CheckpointError, MetisError
 from .convnext import ConvNeXtBackbone
+from .numerics import REDUCED_PRECISION, compute_dtype
 
 ISTFT_WINDOW_KEY = "model.head.istft.window"
 
@@ -216,8 +217,9 @@ class FactorizedVQ(nn.Module):
         """z: (B, D, T) -> (quantized (B, D, T), indices (B, T) int64)."""
         z_e = self.in_project(z)  # (B, d, T)
         B, d, T = z_e.shape
-        enc = z_e.transpose(1, 2).reshape(B * T, d).float()  # distances in float32
-        book = self.codebook.weight.float()  # (K, d)
+        cdt = compute_dtype(z_e.dtype)  # distances in float32 (float64 in a float64 evaluation)
+        enc = z_e.transpose(1, 2).reshape(B * T, d).to(cdt)
+        book = self.codebook.weight.to(cdt)  # (K, d)
         if self.use_l2_normlize:
             enc = F.normalize(enc, dim=1)
             book = F.normalize(book, dim=1)
@@ -286,11 +288,13 @@ class ISTFT(nn.Module):
         self.register_buffer("window", torch.hann_window(n_fft, periodic=True).clone())
 
     def forward(self, spec: Tensor) -> Tensor:
-        """spec: complex (B, n_fft//2 + 1, T) -> float32 waveform (B, T * hop_length)."""
+        """spec: complex (B, n_fft//2 + 1, T) -> waveform (B, T * hop_length).
+
+        float32 for a complex64 spec, float64 for complex128."""
         n_fft, hop = self.n_fft, self.hop_length
         pad = (n_fft - hop) // 2
         window = self.window
-        if window.dtype != torch.float32:  # fast modes: never use a rounded window
+        if window.dtype in REDUCED_PRECISION:  # fast modes: never use a rounded window
             window = torch.hann_window(n_fft, periodic=True, dtype=torch.float32, device=window.device)
         T = spec.shape[-1]
         frames = torch.fft.irfft(spec, n_fft, dim=1, norm="backward") * window[None, :, None]  # (B, n_fft, T)
@@ -311,7 +315,8 @@ class ISTFTHead(nn.Module):
         self.istft = ISTFT(n_fft, hop_length)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.out(x).transpose(1, 2).float()  # (B, n_fft + 2, T)
+        x = self.out(x).transpose(1, 2)
+        x = x.to(compute_dtype(x.dtype))  # (B, n_fft + 2, T), float32 unless float64
         logmag, phase = x.chunk(2, dim=1)  # (B, n_fft/2 + 1, T) each
         mag = torch.exp(logmag).clip(max=1e2)
         spec = torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))

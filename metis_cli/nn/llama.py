@@ -12,9 +12,13 @@ Two variants share the blocks:
   stripped from the output.
 * `DiffLlama` (S2A): additive per-frame condition, input `x + cond_mlp(cond)`.
 
-The fp32 eager path reproduces the official modules bit for bit; the op order below
-(rsqrt, float32 softmax, rotary halves) is part of that contract. bf16 weights work too:
-RMSNorm statistics and the softmax stay in float32.
+The fp32 eager path performs the official modules' operations in their order (rsqrt, float32
+softmax, rotary halves); on the CPU that made the goldens that is bit for bit, elsewhere GEMM
+accumulation order can move the last bits (README, Exactness). Numerically sensitive pieces
+(RMSNorm statistics, softmax, rotary and time tables, the key-padding bias) are computed in the
+activations' dtype, upcast to float32 only for bf16 / fp16 weights (`numerics.compute_dtype`):
+a `.double()` model is a true float64 evaluation. In fp16, eager attention scales q before the
+q k^T product so the unscaled scores cannot overflow fp16's range.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..constants import MLP_RATIO, RMS_NORM_EPS, ROPE_BASE, TIME_EMBED_MAX_PERIOD
+from .numerics import compute_dtype
 
 ATTN_IMPLS = ("eager", "sdpa")
 
@@ -36,18 +41,24 @@ def mlp(dim: int, hidden: int, out: int) -> nn.Sequential:
 
 
 def time_sinusoid(t: Tensor, dim: int) -> Tensor:
-    """Sinusoidal embedding of the raw diffusion time t (B,) in [0, 1] -> (B, dim), [sin ; cos]."""
+    """Sinusoidal embedding of the raw diffusion time t (B,) in [0, 1] -> (B, dim), [sin ; cos].
+
+    Computed in t's dtype (float32 for a float32 / bf16 / fp16 t, float64 for a float64 t).
+    """
     half = dim // 2
+    cdt = compute_dtype(t.dtype) if t.is_floating_point() else torch.float32
     scale = math.log(TIME_EMBED_MAX_PERIOD) / (half - 1)
-    freqs = torch.exp(torch.arange(half, device=t.device) * -scale)  # (half,) float32
-    ang = t.float()[:, None] * freqs[None, :] * 1.0  # (B, half)
+    freqs = torch.exp(torch.arange(half, device=t.device).to(cdt) * -scale)  # (half,)
+    ang = t.to(cdt)[:, None] * freqs[None, :] * 1.0  # (B, half)
     return torch.cat((ang.sin(), ang.cos()), dim=-1)
 
 
-def rotary_tables(n: int, head_dim: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """cos, sin tables (n, head_dim) in float32 for positions 0..n-1 (halves layout)."""
-    inv_freq = 1.0 / (ROPE_BASE ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
-    pos = torch.arange(n, device=device).float()
+def rotary_tables(
+    n: int, head_dim: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
+    """cos, sin tables (n, head_dim) in `dtype` for positions 0..n-1 (halves layout)."""
+    inv_freq = 1.0 / (ROPE_BASE ** (torch.arange(0, head_dim, 2, device=device).to(dtype) / head_dim))
+    pos = torch.arange(n, device=device).to(dtype)
     ang = pos[:, None] * inv_freq[None, :]  # (n, head_dim/2)
     emb = torch.cat((ang, ang), dim=-1)  # (n, head_dim)
     return emb.cos(), emb.sin()
@@ -58,15 +69,15 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def key_padding_bias(keep: Tensor) -> Tensor:
-    """(B, N) keep-mask (1 = keep) -> additive float32 bias (B, 1, 1, N): 0 or float32 min."""
-    bias = torch.zeros(keep.shape, dtype=torch.float32, device=keep.device)
-    bias = bias.masked_fill(keep == 0, torch.finfo(torch.float32).min)
+def key_padding_bias(keep: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(B, N) keep-mask (1 = keep) -> additive bias (B, 1, 1, N) in `dtype`: 0 or dtype's min."""
+    bias = torch.zeros(keep.shape, dtype=dtype, device=keep.device)
+    bias = bias.masked_fill(keep == 0, torch.finfo(dtype).min)
     return bias[:, None, None, :]
 
 
 class AdaptiveRMSNorm(nn.Module):
-    """x * rsqrt(mean(x^2) + eps) * to_weight(c); statistics in float32."""
+    """x * rsqrt(mean(x^2) + eps) * to_weight(c); statistics in x's dtype (float32 for bf16 / fp16)."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -74,7 +85,7 @@ class AdaptiveRMSNorm(nn.Module):
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         # x (B, N, H), c (B, H)
-        h = x.float()
+        h = x.to(compute_dtype(x.dtype))
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + RMS_NORM_EPS)
         w = self.to_weight(c)[:, None, :]  # (B, 1, H)
         return (w * h).to(x.dtype)
@@ -91,7 +102,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(dim, dim, bias=False)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, bias: Tensor | None, impl: str) -> Tensor:
-        # x (B, N, H); cos/sin (N, hd) float32; bias (B, 1, 1, N) float32 or None
+        # x (B, N, H); cos/sin (N, hd) and bias (B, 1, 1, N) or None in compute_dtype(x.dtype)
         B, N, H = x.shape
         q = self.q_proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, N, hd)
         k = self.k_proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
@@ -103,10 +114,14 @@ class Attention(nn.Module):
             mask = None if bias is None else bias.to(q.dtype)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
-            w = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(self.head_dim)  # (B, nh, N, N)
+            cdt = compute_dtype(q.dtype)
+            if q.dtype == torch.float16:  # scale first: unscaled fp16 scores can overflow
+                w = torch.matmul(q * (1.0 / math.sqrt(self.head_dim)), k.transpose(2, 3))
+            else:  # the official order: product, then divide
+                w = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(self.head_dim)  # (B, nh, N, N)
             if bias is not None:
-                w = w.float() + bias
-            w = F.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
+                w = w.to(cdt) + bias
+            w = F.softmax(w, dim=-1, dtype=cdt).to(q.dtype)
             y = torch.matmul(w, v)  # (B, nh, N, hd)
         y = y.transpose(1, 2).contiguous().reshape(B, N, H)
         return self.o_proj(y)
@@ -173,8 +188,9 @@ class _DiffLlamaBase(nn.Module):
         self.rows += h.shape[0]
         c = self.time_embedding(t, h.dtype)  # (B, H)
         hd = self.hidden_size // self.num_heads
-        cos, sin = rotary_tables(h.shape[1], hd, h.device)  # positions 0..N-1
-        bias = None if keep is None else key_padding_bias(keep)
+        cdt = compute_dtype(h.dtype)
+        cos, sin = rotary_tables(h.shape[1], hd, h.device, cdt)  # positions 0..N-1
+        bias = None if keep is None else key_padding_bias(keep, cdt)
         for layer in self.layers:
             h = layer(h, c, cos, sin, bias, self.attn_impl)
         return self.norm(h, c)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..constants import MLP_RATIO, PHONE_PAD_ID, PHONE_VOCAB_ROWS
 from .llama import DiffLlamaPrefix, mlp
+from .numerics import compute_dtype
 
 AdapterType = Literal["none", "gated", "plain"]
 FT_TYPES = (None, "tts", "vc", "tse", "se", "l2s", "omni")
@@ -154,7 +155,7 @@ def l2s_condition(video_feat: Tensor, prompt_len: int) -> Tensor:
     Linear ×2 upsampling along time (align_corners False), with `prompt_len` zero rows
     prepended for the prompt frames (spec §10).
     """
-    x = video_feat.float().t()[None]  # (1, D, T_v)
+    x = video_feat.to(compute_dtype(video_feat.dtype)).t()[None]  # (1, D, T_v), float32 unless float64
     up = F.interpolate(x, scale_factor=2, mode="linear", align_corners=False)[0].t()  # (2 T_v, D)
     zeros = torch.zeros(prompt_len, up.shape[1], dtype=up.dtype, device=up.device)
     return torch.cat([zeros, up], dim=0)

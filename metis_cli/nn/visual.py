@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .numerics import compute_dtype
+
 LAYER_NORM_EPS = 1e-12  # every LayerNorm of the encoder (spec §3.3)
 BATCH_NORM_EPS = 1e-5  # every BatchNorm (running statistics at inference)
 POS_BASE = 10_000.0  # sinusoid base of the relative positional table (spec §3.5)
@@ -164,18 +166,19 @@ class VisualFrontend(nn.Module):
 # ------------------------------------------------------------------------------------------
 
 
-def rel_positional_encoding(T: int, dim: int, device: torch.device | None = None) -> Tensor:
-    """Relative sinusoid table (2T-1, dim) in float32; row m is offset r = (T-1) - m.
+def rel_positional_encoding(
+    T: int, dim: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Relative sinusoid table (2T-1, dim) in `dtype`; row m is offset r = (T-1) - m.
 
     pe[r, 2i] = sin(r * w_i), pe[r, 2i+1] = cos(r * w_i), w_i = exp(-2i ln(10000) / dim).
-    Computed in float32 like upstream (spec §8) and cast by the caller to the activation dtype.
+    Computed in float32 like upstream (spec §8) for float32 / bf16 / fp16 activations (the
+    caller casts it), in float64 for a float64 evaluation.
     """
-    omega = torch.exp(
-        torch.arange(0, dim, 2, dtype=torch.float32, device=device) * -(math.log(POS_BASE) / dim)
-    )
-    r = torch.arange(T - 1, -T, -1, dtype=torch.float32, device=device)  # (2T-1,) from T-1 to -(T-1)
+    omega = torch.exp(torch.arange(0, dim, 2, dtype=dtype, device=device) * -(math.log(POS_BASE) / dim))
+    r = torch.arange(T - 1, -T, -1, dtype=dtype, device=device)  # (2T-1,) from T-1 to -(T-1)
     angle = r[:, None] * omega[None, :]  # (2T-1, dim/2)
-    pe = torch.empty(2 * T - 1, dim, dtype=torch.float32, device=device)
+    pe = torch.empty(2 * T - 1, dim, dtype=dtype, device=device)
     pe[:, 0::2] = torch.sin(angle)
     pe[:, 1::2] = torch.cos(angle)
     return pe
@@ -208,13 +211,17 @@ class RelPositionMultiHeadedAttention(nn.Module):
         p = self.linear_pos(pos_emb).view(1, 2 * T - 1, H, dk).transpose(1, 2)  # (1, H, 2T-1, dk)
         q_u = (q + self.pos_bias_u).transpose(1, 2)  # (B, H, T, dk)
         q_v = (q + self.pos_bias_v).transpose(1, 2)  # (B, H, T, dk)
+        fp16 = x.dtype == torch.float16
+        if fp16:  # scale before the products: unscaled fp16 scores can overflow
+            q_u, q_v = q_u * (1.0 / math.sqrt(dk)), q_v * (1.0 / math.sqrt(dk))
         ac = q_u @ k.transpose(-2, -1)  # (B, H, T, T) content term
         bd_raw = q_v @ p.transpose(-2, -1)  # (B, H, T, 2T-1), column m is offset (T-1) - m
         # relative shift: element [i, j] needs offset i - j, i.e. column (T-1) - i + j
         i = torch.arange(T, device=x.device)
         idx = (T - 1 - i)[:, None] + i[None, :]  # (T, T)
         bd = bd_raw.gather(-1, idx.expand(B, H, T, T))  # (B, H, T, T)
-        attn = torch.softmax((ac + bd) / math.sqrt(dk), dim=-1)
+        scores = ac + bd if fp16 else (ac + bd) / math.sqrt(dk)
+        attn = torch.softmax(scores, dim=-1, dtype=compute_dtype(scores.dtype)).to(scores.dtype)
         out = (attn @ v).transpose(1, 2).reshape(B, T, D)
         return self.linear_out(out)
 
@@ -295,7 +302,8 @@ class VisualEncoder(nn.Module):
 
     def pos_emb(self, T: int, like: Tensor) -> Tensor:
         """Relative positional table (1, 2T-1, adim) on `like`'s device and dtype."""
-        return rel_positional_encoding(T, self.cfg.adim, like.device).to(like.dtype)[None]
+        pe = rel_positional_encoding(T, self.cfg.adim, like.device, compute_dtype(like.dtype))
+        return pe.to(like.dtype)[None]
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, 1, T, 88, 88) normalised mouth crops -> (B, T, adim)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import math
@@ -15,7 +14,7 @@ from metis_cli.nn.s2a import S2A_TOLERATED_EXTRA, MaskGCTS2A, S2AConfig
 from metis_cli.nn.stage1 import MetisStage1, Stage1Config, l2s_condition
 from metis_cli.sampling import DecodeOptions, ReplayNoise, stage1_generate
 
-from .cases import FLOAT_ATOL, Case, assert_close
+from .cases import Case, assert_close, assert_golden_close, float64_eval
 
 STAGE1_FT = {"t2s_phone": "tts", "t2s_nophone": None}  # other stage-1 kinds: the task of the name
 
@@ -119,36 +118,16 @@ def check_stage1_fw(model: MetisStage1, case: Case, *, unmerged: MetisStage1 | N
         else:
             xt = io["mid.fw_xt"]
         args = (xt, io["mid.fw_t"], keep, ph, ph_keep)
-        assert_close_or_rounding(model, args, io["out.fw_logits"], "out.fw_logits")
+        what = f"{case.kind} out.fw_logits"
+        assert_golden_close(model(*args), io["out.fw_logits"], float64_eval(model, *args), what)
         if unmerged is not None:
-            assert_close_or_rounding(
-                unmerged, args, io["out.fw_logits_unmerged_lora"], "out.fw_logits_unmerged_lora"
+            assert_golden_close(
+                unmerged(*args),
+                io["out.fw_logits_unmerged_lora"],
+                float64_eval(unmerged, *args),
+                f"{case.kind} out.fw_logits_unmerged_lora",
             )
     check_fw_draws(case, floor=0.2)
-
-
-def assert_close_or_rounding(model, args: tuple, expected: torch.Tensor, what: str) -> None:
-    """`assert_close` at the README's 1e-5, unless float32 rounding alone explains the gap.
-
-    GEMM accumulation order differs between CPUs; where a case's float32 rounding noise is
-    itself about 1e-5 (metis_lora/vc: the golden file is 1.0e-5 from the exact value), a
-    different machine cannot meet 1e-5. Then the golden must be at least as close to our
-    float64 evaluation of the same model as our own float32 result is (a wrong op would put
-    the golden far from it).
-    """
-    actual = model(*args)
-    diff = (actual.double() - expected.double()).abs().max().item()
-    if diff <= FLOAT_ATOL:
-        return
-    exact = copy.deepcopy(model).double()(
-        *[a.double() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
-    )
-    ours = (actual.double() - exact).abs().max().item()
-    theirs = (expected.double() - exact).abs().max().item()
-    assert theirs <= FLOAT_ATOL + ours, (
-        f"{what}: max abs diff {diff:.3g} > {FLOAT_ATOL}; "
-        f"golden vs float64 {theirs:.3g}, ours vs float64 {ours:.3g}"
-    )
 
 
 def check_fw_draws(case: Case, *, floor: float | None) -> None:

@@ -9,7 +9,7 @@ import torch
 
 from metis_cli.sampling import ReplayNoise, TorchNoise, metis_semantic_to_acoustic, s2a_generate
 
-from .cases import all_cases, assert_close
+from .cases import all_cases, assert_close, assert_golden_close, float64_eval
 from .generator_helpers import check_fw_draws, decode_options, load_s2a, output_name, unknown_outputs
 
 CASES = [c for c in all_cases() if c.kind in ("s2a_1layer", "s2a_full")]
@@ -37,11 +37,15 @@ def test_every_output_is_checked(case):
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_backbone(case):
     io, model = case.io, load_s2a(case.path)
+    args = (io["in.bb_x"], io["in.bb_t"], io["in.bb_cond"], io["in.bb_x_mask"])
+    head = BB_HEAD[case.kind]
     with torch.no_grad():
-        emb = model.diff_estimator(io["in.bb_x"], io["in.bb_t"], io["in.bb_cond"], io["in.bb_x_mask"])
-        assert_close(emb, io["mid.bb_embeds"], what="mid.bb_embeds")
-        logits = model.to_logits[BB_HEAD[case.kind]](emb)
-        assert_close(logits, io["out.bb_logits"], what="out.bb_logits")
+        emb = model.diff_estimator(*args)
+        exact = float64_eval(model, *args, fn=lambda m, *a: m.diff_estimator(*a))
+        assert_golden_close(emb, io["mid.bb_embeds"], exact, f"{case.kind} mid.bb_embeds")
+        logits = model.to_logits[head](emb)
+        exact = float64_eval(model, *args, fn=lambda m, *a: m.to_logits[head](m.diff_estimator(*a)))
+        assert_golden_close(logits, io["out.bb_logits"], exact, f"{case.kind} out.bb_logits")
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
@@ -65,9 +69,13 @@ def test_forward(case):
             else:
                 xt = xt + (emb * is_prompt + mtok * (1 - is_prompt))
         assert_close(xt, io["mid.fw_xt"], what="mid.fw_xt")
-        cond = model.layer_cond(io["in.fw_cond_code"], ml)
-        logits = model(io["mid.fw_xt"], io["mid.fw_t"], cond, ml, io["in.bb_x_mask"])
-        assert_close(logits, io["out.fw_logits"], what="out.fw_logits")
+        args = (io["mid.fw_xt"], io["mid.fw_t"], io["in.fw_cond_code"], io["in.bb_x_mask"])
+
+        def forward(m, xt, t, code, keep):
+            return m(xt, t, m.layer_cond(code, ml), ml, keep)
+
+        exact = float64_eval(model, *args, fn=forward)
+        assert_golden_close(forward(model, *args), io["out.fw_logits"], exact, f"{case.kind} out.fw_logits")
     check_fw_draws(case, floor=None)
 
 

@@ -7,7 +7,7 @@ import torch
 
 from metis_cli.sampling import ReplayNoise, TorchNoise, stage1_generate
 
-from .cases import all_cases, assert_close
+from .cases import all_cases, assert_golden_close, float64_eval
 from .generator_helpers import (
     check_stage1_fw,
     decode_options,
@@ -39,13 +39,18 @@ def test_every_output_is_checked(case):
 @pytest.mark.parametrize("case", [c for c in CASES if "in.bb_x" in c.io], ids=str)
 def test_backbone(case):
     io, model = case.io, model_of(case)
-    ph = model.phone_emb(io["in.bb_phone_id"]) if "in.bb_phone_id" in io else None
+    ph_ids, ph_keep = io.get("in.bb_phone_id"), io.get("in.bb_phone_mask")
+    args = (io["in.bb_x"], io["in.bb_t"], io["in.bb_x_mask"], ph_ids, ph_keep)
+
+    def backbone(m, x, t, keep, ph_ids, ph_keep):
+        return m.diff_estimator(x, t, keep, None if ph_ids is None else m.phone_emb(ph_ids), ph_keep)
+
     with torch.no_grad():
-        emb = model.diff_estimator(
-            io["in.bb_x"], io["in.bb_t"], io["in.bb_x_mask"], ph, io.get("in.bb_phone_mask")
-        )
-        assert_close(emb, io["mid.bb_embeds"], what="mid.bb_embeds")
-        assert_close(model.to_logit(emb), io["out.bb_logits"], what="out.bb_logits")
+        emb = backbone(model, *args)
+        exact = float64_eval(model, *args, fn=backbone)
+        assert_golden_close(emb, io["mid.bb_embeds"], exact, f"{case.kind} mid.bb_embeds")
+        exact = float64_eval(model, *args, fn=lambda m, *a: m.to_logit(backbone(m, *a)))
+        assert_golden_close(model.to_logit(emb), io["out.bb_logits"], exact, f"{case.kind} out.bb_logits")
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
