@@ -28,9 +28,10 @@ _NOT_KEPT = re.compile(r"[^\u4e00-\u9fff_" + re.escape(MARKS) + "]")
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 _BARE_BOPOMOFO_END = re.compile(r"[\u3105-\u3129]$")
 _TONE_MARKS = {"1": "", "2": "ˊ", "3": "ˇ", "4": "ˋ", "5": "˙", "0": "˙"}
-_TONE_OF_MARK = {"ˊ": 2, "ˇ": 3, "ˋ": 4, "˙": 5}
 _DIGITS = "零一二三四五六七八九十"  # what counts as "followed by a numeral" for a leading 一
 _ER_EXCEPTIONS = {"女儿", "老儿", "男儿", "少儿", "小儿"}
+# After a non-final 一 these keep it in tone 1 (the official list; "…" and "_" are not in it).
+_YI_PUNCTUATION = set("：，；。？！“”‘’':,;.?!()（）{}【】[]-~`、 ")
 
 # Appendix B.1, applied in this order as plain substring replacements.
 _BOPOMOFO_IPA = [
@@ -96,65 +97,80 @@ def lexicon() -> dict[str, list[str]]:
 
 def normalise(text: str) -> str:
     """Numerals → Chinese numerals, full-width marks, delete everything but Han, ``_`` and marks."""
-    text = _require("cn2an").transform(text, "an2cn")
+    text = _require("cn2an").transform(text.strip(), "an2cn")
     for src, dst in _FULLWIDTH:
         text = text.replace(src, dst)
     text = re.sub(r"\s+", "", text)
     return _NOT_KEPT.sub("", text)
 
 
-def segment(text: str) -> list[str]:
-    """jieba segmentation followed by the official 一 / 不 / 儿 merges."""
-    words = _jieba().lcut(text, cut_all=False)
-    merged: list[str] = []
-    i = 0
-    while i < len(words):  # X 一 X → X一X
-        if 0 < i < len(words) - 1 and words[i] == "一" and merged and merged[-1] == words[i + 1]:
-            merged[-1] += "一" + words[i + 1]
-            i += 2
-            continue
-        merged.append(words[i])
-        i += 1
+def merge_yi(words: list[str]) -> list[str]:
+    """The official 一 merges: ``X 一 X`` → ``X一X``, then a word after a standalone 一 joins it.
+
+    Quirk kept from the official code: the merged word is written at index ``i - 1`` of the
+    output, which is only possible while no earlier merge shortened it; a later ``X 一 X`` is
+    therefore left as three words (and its 一 then takes the following X by the second rule).
+    """
+    out: list[str] = []
+    for i, word in enumerate(words):
+        if 0 < i < len(words) - 1 and word == "一" and words[i - 1] == words[i + 1]:
+            if i - 1 < len(out):
+                out[i - 1] = out[i - 1] + "一" + out[i - 1]
+            else:
+                out += [word, words[i + 1]]
+        elif i >= 2 and words[i - 1] == "一" and words[i - 2] == word:
+            continue  # the second X of an X 一 X, already written
+        else:
+            out.append(word)
     glued: list[str] = []
-    for word in merged:  # a word after a standalone 一 joins it
+    for word in out:
         if glued and glued[-1] == "一":
             glued[-1] += word
         else:
             glued.append(word)
+    return glued
+
+
+def merge_bu(words: list[str]) -> list[str]:
+    """A standalone 不 is glued onto the next word. Official quirks: of a run of standalone 不
+    only one is kept (不 不 好 → 不好), and a final standalone 不 is dropped."""
     out: list[str] = []
-    pending_bu = ""
-    for word in glued:  # a standalone 不 joins the next word (a final one is dropped)
-        if word == "不":
-            pending_bu += word
-            continue
-        out.append(pending_bu + word)
-        pending_bu = ""
-    final: list[str] = []
-    for word in out:  # a standalone 儿 (not first) joins the previous word
-        if word == "儿" and final:
-            final[-1] += word
+    last = ""
+    for word in words:
+        if word != "不":
+            if last == "不":
+                word = last + word
+            out.append(word)
+        last = word
+    return out
+
+
+def merge_er(words: list[str]) -> list[str]:
+    """A standalone 儿 (not the first word) is glued onto the previous word."""
+    out: list[str] = []
+    for i, word in enumerate(words):
+        if i > 0 and word == "儿":
+            out[-1] += word
         else:
-            final.append(word)
-    return final
+            out.append(word)
+    return out
+
+
+def segment(text: str) -> list[str]:
+    """jieba segmentation followed by the official 一 / 不 / 儿 merges (in that order)."""
+    return merge_er(merge_bu(merge_yi(_jieba().lcut(text, cut_all=False))))
 
 
 def _bopomofo(pinyin: str) -> str | None:
-    tone = pinyin[-1] if pinyin[-1:].isdigit() else "5"
-    base = pinyin[:-1] if pinyin[-1:].isdigit() else pinyin
-    letters = _pinyin_to_bopomofo().get(base)
-    return None if letters is None else letters + _TONE_MARKS.get(tone, "˙")
-
-
-def _tone(syllable: str) -> int:
-    return _TONE_OF_MARK.get(syllable[-1:], 1)
-
-
-def _base(syllable: str) -> str:
-    return syllable.rstrip("ˊˇˋ˙")
+    """Numbered pinyin → bopomofo + tone mark; None unless the last character is a tone digit
+    and the rest a known syllable (the official test ``py[:-1] in table and py[-1] in tones``)."""
+    letters = _pinyin_to_bopomofo().get(pinyin[:-1])
+    tone = _TONE_MARKS.get(pinyin[-1:])
+    return None if letters is None or tone is None else letters + tone
 
 
 def _word_syllables(word: str, start: int, model: PolyphoneModel) -> list[str]:
-    """Bopomofo syllables of one word starting at ``start`` in the run."""
+    """Bopomofo syllables of one word whose first character is at ``start`` in the run."""
     lex = lexicon()
     poly = polyphonic_chars()
     if word in lex and word not in poly:
@@ -174,75 +190,95 @@ def _word_syllables(word: str, start: int, model: PolyphoneModel) -> list[str]:
         elif ch in lex:
             bpmf = _bopomofo(lex[ch][0])
         else:
-            bpmf = None
-        syllables.append(bpmf if bpmf is not None else ch)
+            bpmf = ch
+        if bpmf is None:
+            raise TextError(f"Chinese: no bopomofo for the pinyin of {ch!r} in {word!r}")
+        syllables.append(bpmf)
     return syllables
 
 
+def change_tone(syllable: str, tone: str) -> str:
+    """Replace the syllable's tone mark (one trailing ``˙ˊˇˋ``) by ``tone`` ('' = tone 1)."""
+    if syllable[-1:] in ("˙", "ˊ", "ˇ", "ˋ"):
+        return syllable[:-1] + tone
+    return syllable + tone
+
+
 def _sandhi(word: str, syl: list[str]) -> list[str]:
-    """Official tone rules: 3-3 sandhi (with its 3-syllable quirk), 不, 一 and 儿."""
+    """Official tone rules in order: 3-3 sandhi (with its 3-syllable quirk), 不, 一, 儿.
+
+    Index errors of the official code (a word with fewer syllables than characters) become a
+    one-line ``TextError``.
+    """
     syl = list(syl)
-    n = len(syl)
-    if len(word) == 3 and n >= 3 and _tone(syl[0]) == 3 and _tone(syl[1]) == 3 and _tone(syl[-1]) == 3:
-        syl[0] += "ˊ"
-        syl[1] += "ˊ"
-    elif len(word) == 2 and n == 2 and _tone(syl[0]) == 3 and _tone(syl[1]) == 3:
-        syl[0] = _base(syl[0]) + "ˊ"
-    if "不" in word and set(word) != {"不"} and word != "不字" and n == len(word):
-        if len(word) == 3 and word[1] == "不" and _base(syl[1]) == "ㄅㄨ":
-            syl[1] = "ㄅㄨ˙"
-        else:
-            for i, ch in enumerate(word[:-1]):
-                if ch == "不" and _tone(syl[i + 1]) == 4:
-                    syl[i] = _base(syl[i]) + "ˊ"
-    if "一" in word and n == len(word):
+    try:
+        if len(word) == 3 and syl[0][-1:] == "ˇ" and syl[1][-1:] == "ˇ" and syl[-1][-1:] == "ˇ":
+            syl[0] += "ˊ"  # appended, not replaced (official quirk)
+            syl[1] += "ˊ"
+        if len(word) == 2 and syl[0][-1:] == "ˇ" and syl[-1][-1:] == "ˇ":
+            syl[0] = syl[0][:-1] + "ˊ"
+        syl = _bu_sandhi(word, syl)
         syl = _yi_sandhi(word, syl)
-    if len(word) > 1 and word.endswith("儿") and word not in _ER_EXCEPTIONS and n == len(word):
-        syl[-1] = _base(syl[-1]) + "˙"
+        if len(word) > 1 and word[-1] == "儿" and word not in _ER_EXCEPTIONS:
+            syl[-1] = change_tone(syl[-1], "˙")
+    except IndexError:
+        raise TextError(f"Chinese: the syllables of {word!r} do not match its characters") from None
+    return syl
+
+
+def _bu_sandhi(word: str, syl: list[str]) -> list[str]:
+    if set(word) == {"不"} or word == "不字":
+        return syl
+    if len(word) == 3 and word[1] == "不" and syl[1][:-1] == "ㄅㄨ":
+        syl[1] = syl[1][:-1] + "˙"
+        return syl
+    for i, ch in enumerate(word):
+        if ch == "不" and i + 1 < len(syl) and i + 1 < len(word) and syl[i + 1][-1:] == "ˋ":
+            syl[i] = syl[i][:-1] + "ˊ"  # drops the last character whatever it is (official)
     return syl
 
 
 def _yi_sandhi(word: str, syl: list[str]) -> list[str]:
-    numerals = [i for i, ch in enumerate(word) if ch.isnumeric()]
-    if len(numerals) > 1:
+    if "一" in word and any(ch.isnumeric() for ch in word if ch != "一"):
         for i, ch in enumerate(word):
-            if ch != "一":
-                continue
-            if i == 0 and len(word) > 1 and word[1] not in _DIGITS:
-                syl[0] = _base(syl[0]) + ("ˊ" if _tone(syl[1]) in (4, 5) else "ˋ")
-            else:
-                syl[i] = _base(syl[i])
+            if i == 0 and ch == "一" and len(word) > 1 and word[1] not in _DIGITS:
+                syl[0] = change_tone(syl[0], "ˊ" if syl[0] and syl[1][-1:] in ("ˋ", "˙") else "ˋ")
+            elif ch == "一":
+                syl[i] = change_tone(syl[i], "")
         return syl
-    if len(word) == 3 and word[1] == "一" and word[0] == word[2]:
-        syl[1] = _base(syl[1]) + "˙"
+    if len(word) == 3 and word[1] == "一" and word[0] == word[-1]:
+        syl[1] = change_tone(syl[1], "˙")
     elif word.startswith("第一"):
-        syl[1] = _base(syl[1])
-    elif word[:2] in ("一月", "一日", "一号"):
-        syl[0] = _base(syl[0])
+        syl[1] = change_tone(syl[1], "")
+    elif word.startswith(("一月", "一日", "一号")):
+        syl[0] = change_tone(syl[0], "")
     else:
-        for i, ch in enumerate(word[:-1]):
-            if ch != "一":
+        for i, ch in enumerate(word):
+            if ch != "一" or i + 1 >= len(word):
                 continue
-            if _tone(syl[i + 1]) == 4:
-                syl[i] = _base(syl[i]) + "ˊ"
-            elif word[i + 1] not in MARKS:
-                syl[i] = _base(syl[i]) + "ˋ"
+            if len(syl) > i + 1 and syl[i + 1][-1:] == "ˋ":
+                syl[i] = change_tone(syl[i], "ˊ")
+            elif word[i + 1] not in _YI_PUNCTUATION:
+                syl[i] = change_tone(syl[i], "ˋ")
     return syl
 
 
 def to_bopomofo(run: str) -> str:
-    """Bopomofo string of a normalised run: ``|``-joined syllables with tone marks."""
+    """Bopomofo string of a normalised run: ``|``-joined syllables with tone marks.
+
+    A word's position for the polyphone model is the summed length of the words before it (as
+    the official code counts), which differs from its place in the run once a merge dropped a 不.
+    """
     model = PolyphoneModel(run)
     out = ""
     start = 0
     for word in segment(run):
-        pos = run.find(word, start)
-        pos = start if pos < 0 else pos
-        start = pos + len(word)
+        pos = start
+        start += len(word)
+        syllables = _sandhi(word, _word_syllables(word, pos, model))
         if not _CJK.search(word):
             out += "|" + word
             continue
-        syllables = _sandhi(word, _word_syllables(word, pos, model))
         syllables = [s + "ˉ" if _BARE_BOPOMOFO_END.search(s) else s for s in syllables]
         out += ("|" if out else "") + "|".join(syllables)
     return out

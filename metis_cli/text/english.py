@@ -21,8 +21,8 @@ _COMMA_NUMBER = re.compile(r"([0-9][0-9,]+[0-9])")
 _POUNDS = re.compile(r"£([0-9,]*[0-9]+)")
 _DOLLARS = re.compile(r"\$([0-9.,]*[0-9]+)")
 _FRACTION = re.compile(r"([0-9]+)/([0-9]+)")
-_DECIMAL = re.compile(r"([0-9]+)\.([0-9]+)")
-_PERCENT = re.compile(r"([0-9.,]*[0-9]+)%")
+_DECIMAL = re.compile(r"([0-9]+\.[0-9]+)")
+_PERCENT = re.compile(r"([0-9.,]*[0-9]+%)")
 _ORDINAL = re.compile(r"[0-9]+(st|nd|rd|th)")
 _NUMBER = re.compile(r"[0-9]+")
 
@@ -63,12 +63,20 @@ def _dollars(m: re.Match[str]) -> str:
 
 
 def _fraction(m: re.Match[str]) -> str:
+    """``a/b`` in words. The numerator is spelled by ``number_to_words`` with its defaults
+    (``and``, commas), not by the integer rule: 1999/3 reads "one thousand, nine hundred and
+    ninety-nine third", not "nineteen ninety-nine third" (official)."""
     num, den = int(m.group(1)), int(m.group(2))
+    eng = _inflect()
+    if num == 1 and den == 2:
+        return " one half "
+    if num == 1 and den == 4:
+        return " one quarter "
     if den == 2:
-        return " one half " if num == 1 else f" {num} halves "
+        return f" {eng.number_to_words(num)} halves "
     if den == 4:
-        return " one quarter " if num == 1 else f" {num} quarters "
-    return f" {num} {_inflect().ordinal(_inflect().number_to_words(den))} "
+        return f" {eng.number_to_words(num)} quarters "
+    return f" {eng.number_to_words(num)} {eng.ordinal(eng.number_to_words(den))} "
 
 
 def _number(m: re.Match[str]) -> str:
@@ -91,8 +99,9 @@ def normalise_numbers(text: str) -> str:
     text = _POUNDS.sub(r"\1 pounds", text)
     text = _DOLLARS.sub(_dollars, text)
     text = _FRACTION.sub(_fraction, text)
-    text = _DECIMAL.sub(r" \1 point \2 ", text)
-    text = _PERCENT.sub(r" \1 percent ", text)
+    # Not padded: "3.5%" must stay "3 point 5%" so that the percent rule still sees a number.
+    text = _DECIMAL.sub(lambda m: m.group(1).replace(".", " point "), text)
+    text = _PERCENT.sub(lambda m: m.group(1).replace("%", " percent "), text)
     text = _ORDINAL.sub(lambda m: " " + _inflect().number_to_words(m.group(0)) + " ", text)
     return _NUMBER.sub(_number, text)
 

@@ -29,7 +29,7 @@ _FULLWIDTH = [
 _MARK_CLASS = "[" + re.escape(MARKS) + "]"
 _NOT_KEPT = re.compile(r"[^\w\s_" + re.escape(MARKS) + "]")
 _SPACE_AROUND_MARK = re.compile(r"\s*(" + _MARK_CLASS + r")\s*")
-_SPACES = re.compile(r" +")
+_WHITESPACE = re.compile(r"\s+")
 _MARK = re.compile("(" + _MARK_CLASS + ")")
 _BARS = re.compile(r"\|+")
 
@@ -110,26 +110,33 @@ def espeak_info() -> dict[str, str]:
     }
 
 
-def normalise(text: str) -> str:
-    """Steps 1-3 of the common phonemiser: full-width marks, deletions, spacing."""
-    text = text.strip()
+def normalise(line: str) -> str:
+    """Steps 1-3 of the common phonemiser for one line: full-width marks, deletions, spacing."""
+    line = line.strip()
     for src, dst in _FULLWIDTH:
-        text = text.replace(src, dst)
-    text = _NOT_KEPT.sub("", text)
-    text = _SPACE_AROUND_MARK.sub(r"\1", text)
-    return _SPACES.sub(" ", text)
+        line = line.replace(src, dst)
+    line = _NOT_KEPT.sub("", line)
+    line = _SPACE_AROUND_MARK.sub(r"\1", line)
+    return _WHITESPACE.sub(" ", line)
+
+
+def split_lines(text: str) -> list[str]:
+    """The lines phonemizer's ``str2list`` makes: newlines stripped at both ends, then split."""
+    return text.strip("\n").split("\n")
 
 
 def phonemise(text: str, language: str) -> str:
     """Run the common phonemiser of spec §9.4 (steps 1-5) on ``text`` with an espeak voice.
 
-    Each line is phonemised separately and the results are joined with a newline (official).
+    As the official tokenizer: the text is split into lines first (``split_lines``), each line is
+    normalised and phonemised on its own, and the lines' phones are joined with a newline (so a
+    mark next to a line break never merges the two lines).
     """
     from phonemizer.separator import Separator
 
-    text = normalise(text)
+    lines = [normalise(line) for line in split_lines(text)]
     separator = Separator(phone="|", syllable="-", word="|_|")
-    lines = _backend(language).phonemize(text.split("\n"), separator=separator, strip=True, njobs=1)
-    phones = "\n".join(lines)
+    phonemised = _backend(language).phonemize(lines, separator=separator, strip=True, njobs=1)
+    phones = "\n".join(phonemised)
     phones = _MARK.sub(r"|\1|", phones)
     return _BARS.sub("|", phones).rstrip("|")

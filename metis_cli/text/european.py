@@ -18,7 +18,16 @@ _FR_ABBREVIATIONS = [
     ("ex", "exemple"), ("excl", "exclusivement"), ("boul", "boulevard"),
 ]  # fmt: skip
 _FR_ABBREVIATION_RES = [(re.compile(rf"\b{a}\.", re.IGNORECASE), b) for a, b in _FR_ABBREVIATIONS]
-_FR_BARE = [("Mlle", "mademoiselle"), ("Mlles", "mesdemoiselles"), ("Mme", "Madame"), ("Mmes", "Mesdames")]
+# Then case-sensitively, without a period, but still after a word boundary (\bMlle).
+_FR_BARE = [
+    (re.compile(rf"\b{a}"), b)
+    for a, b in [
+        ("Mlle", "mademoiselle"),
+        ("Mlles", "mesdemoiselles"),
+        ("Mme", "Madame"),
+        ("Mmes", "Mesdames"),
+    ]  # fmt: skip
+]
 
 _PUNCTUATION_MAP = {
     "：": ",", "；": ",", "，": ",", "·": ",", "、": ",",
@@ -51,8 +60,8 @@ def french_normalise(text: str) -> str:
     """Expand French abbreviations and rewrite punctuation."""
     for pattern, expansion in _FR_ABBREVIATION_RES:
         text = pattern.sub(expansion, text)
-    for abbr, expansion in _FR_BARE:
-        text = text.replace(abbr, expansion)
+    for pattern, expansion in _FR_BARE:
+        text = pattern.sub(expansion, text)
     return _punctuation(text, ampersand=True)
 
 

@@ -33,22 +33,32 @@ def split_runs(text: str) -> list[tuple[str, str]]:
 
 
 def mixed_g2p(text: str) -> tuple[str, list[int]]:
-    """Phones and ids of a text through the mixed zh/en path."""
+    """Phones and ids of a text through the mixed zh/en path.
+
+    Each run's phone string is followed by ``|`` and its ids are appended. When the last run is
+    English and its phones end with the word boundary ``_`` (``...|_|`` once joined), the last two
+    characters ``_|`` are cut and the last id (that ``_``) dropped: the string then ends with a
+    single ``|`` (``h|aɪ|``), never a doubled one.
+    """
     runs = split_runs(text)
     if not runs:
         raise TextError("empty text: nothing to phonemise")
     phones = ""
-    for lang, chunk in runs:
+    ids: list[int] = []
+    for index, (lang, chunk) in enumerate(runs):
         if lang == "zh":
             from metis_cli.text.chinese import chinese_phones
 
-            phones += chinese_phones(chunk) + "|"
+            run_phones = chinese_phones(chunk)
         elif lang == "en":
             from metis_cli.text.english import english_phones
 
-            phones += english_phones(chunk) + "|"
+            run_phones = english_phones(chunk)
         else:
             raise TextError(f"text {text[:40]!r} has no letters or Chinese characters to phonemise")
-    if runs[-1][0] == "en" and len(phones) >= 2 and phones[-2] == "_":
-        phones = phones[:-2] + phones[-1]
-    return phones, phones_to_ids(phones)
+        phones += run_phones + "|"
+        ids += phones_to_ids(run_phones)
+        if lang == "en" and index == len(runs) - 1 and phones[-2:-1] == "_":
+            phones = phones[:-2]
+            ids = ids[:-1]
+    return phones, ids
