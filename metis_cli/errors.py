@@ -31,5 +31,9 @@ class VideoError(InputError):
     """A video cannot be read or no face/mouth can be found in it."""
 
 
+class UsageError(InputError):
+    """A bad option value or command line (the CLI exits 2): `--steps: must be >= 1 (got 0)`."""
+
+
 class OutputError(MetisError):
     """An output file cannot be written (full filesystem, name too long, no permission...)."""

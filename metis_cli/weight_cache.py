@@ -35,6 +35,7 @@ import torch
 
 from .checkpoint import _ST_DTYPES, check_keys, read_header, read_tensors
 from .errors import CheckpointError
+from .fsutil import apply_umask
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +179,7 @@ def _write_atomic(path: Path, tensors: dict[str, torch.Tensor], identity: str) -
                 raise OSError("checksum field not found in the written header")
             fh.seek(8 + at + 1)
             fh.write(value)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
+        apply_umask(tmp)  # mkstemp and save_file create 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

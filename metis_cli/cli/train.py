@@ -7,6 +7,7 @@ processes with DistributedDataParallel (`metis_cli.train.dist`); only rank 0 pri
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,8 +114,39 @@ def _report(res, as_json: bool) -> None:
 
 
 def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
+    """One line `metis: error: ...` on stderr and the exit code (2 usage, 1 run failure)."""
+    typer.echo(f"metis: error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _check(task: str | None, opts, lora_r: int | None = None, lora_alpha: float | None = None) -> None:
+    """Usage errors (exit 2) for bad values before anything loads."""
+    from metis_cli.train.loop import check_options
+    from metis_cli.train.run import FINETUNE_TASKS
+
+    if task is not None and task not in FINETUNE_TASKS:
+        _fail(f"--task: fine-tuning supports {', '.join(FINETUNE_TASKS)}, not '{task}'", 2)
+    try:
+        check_options(opts, lora_r=lora_r, lora_alpha=lora_alpha)
+    except MetisError as exc:
+        _fail(str(exc), 2)
+
+
+@contextmanager
+def _signals_save():
+    """SIGTERM (what schedulers send before killing) stops training like Ctrl-C: the loop saves
+    a checkpoint at the last finished step; the command then exits 128 + signal (143, 130)."""
+    received: list[int] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -153,14 +185,26 @@ def _progress(label: str, quiet: bool):
 
 
 def _call(fn, **kw):
+    from metis_cli.errors import UsageError
     from metis_cli.train.loop import Interrupted
 
-    try:
-        return fn(**kw)
-    except MetisError as exc:
-        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    except Interrupted as exc:
-        _fail(f"interrupted at step {exc.step} (checkpoint saved; continue with --resume)", 130)
+    with _signals_save() as received:
+        try:
+            return fn(**kw)
+        except MetisError as exc:
+            _fail(
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                2 if isinstance(exc, UsageError) else 1,
+            )
+        except Interrupted as exc:
+            signum = received[0] if received else signal.SIGINT
+            name = signal.Signals(signum).name
+            _fail(
+                f"{name}: stopped at step {exc.step} (checkpoint saved; continue with --resume)", 128 + signum
+            )
+        except KeyboardInterrupt:  # before training started: nothing to save
+            signum = received[0] if received else signal.SIGINT
+            _fail(f"{signal.Signals(signum).name}: stopped before training started", 128 + signum)
 
 
 def register(app: typer.Typer) -> None:
@@ -242,6 +286,7 @@ def register(app: typer.Typer) -> None:
             bf16=bf16,
             stop_after=stop_after,
         )
+        _check(task, opts, lora_r, lora_alpha)
         with _progress(f"finetune {task}", quiet) as (on_step, on_skip):
             res = _call(
                 finetune,
@@ -325,6 +370,7 @@ def register(app: typer.Typer) -> None:
             bf16=bf16,
             stop_after=stop_after,
         )
+        _check(None, opts)
         with _progress("pretrain", quiet) as (on_step, _):
             res = _call(
                 pretrain,

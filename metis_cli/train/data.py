@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..cards import get_card
-from ..errors import InputError
+from ..errors import InputError, UsageError
+from ..fsutil import apply_umask
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +172,7 @@ def read_manifest(path: Path, task: str) -> tuple[list[Example], list[str]]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the manifest ({exc})") from None
+        raise UsageError(f"{path}: cannot read the manifest ({exc})") from None
     examples, problems = [], []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -192,7 +194,7 @@ def read_folder(path: Path) -> list[Example]:
     """Examples of a folder with input/ (or noisy/), target/ (or clean/) [and prompt/]."""
     inp, tgt, prm = (_role_dir(path, r) for r in ("input", "target", "prompt"))
     if inp is None or tgt is None:
-        raise InputError(f"{path}: needs input/ (or noisy/) and target/ (or clean/) subfolders")
+        raise UsageError(f"{path}: needs input/ (or noisy/) and target/ (or clean/) subfolders")
     out = []
     for f in _audio_files(inp):
         rel = f.relative_to(inp)
@@ -214,9 +216,9 @@ def read_examples(path: Path, task: str = "se") -> tuple[list[Example], list[str
     elif path.is_dir() and task in ("se", "tse", "vc"):
         examples, problems = read_folder(path), []
     elif path.is_dir():
-        raise InputError(f"{path}: {task} training data must be a JSON-lines manifest, not a folder")
+        raise UsageError(f"{path}: {task} training data must be a JSON-lines manifest, not a folder")
     else:
-        raise InputError(f"{path}: no such manifest or data folder")
+        raise UsageError(f"{path}: no such manifest or data folder")
     if not examples:
         extra = f" ({len(problems)} bad line(s) skipped)" if problems else ""
         raise InputError(f"{path}: no usable training examples{extra}")
@@ -234,7 +236,7 @@ def read_audio_list(path: Path) -> list[Path]:
         if missing:
             raise InputError(f"{path}: audio file {missing[0]} does not exist")
     else:
-        raise InputError(f"{path}: no such audio folder or list file")
+        raise UsageError(f"{path}: no such audio folder or list file")
     if not files:
         raise InputError(f"{path}: no audio files found")
     return files
@@ -258,6 +260,20 @@ def _file_identity(path: Path) -> dict:
         "mtime_ns": st.st_mtime_ns,
         "head": hashlib.sha256(head).hexdigest(),
     }
+
+
+def _write_entry(path: Path, x: torch.Tensor) -> None:
+    """Write one cache entry atomically. The temporary name is unique per process: ranks of a
+    torchrun launch fill the same cache at once and may compute the same entry (a shared
+    prompt); the last rename wins and every reader sees a complete file."""
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+    try:
+        save_file({"x": x.contiguous()}, str(tmp))
+        apply_umask(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class FeatureCache:
@@ -353,9 +369,7 @@ class FeatureCache:
             x = feat
         else:
             x = self.engine.tokenizers.semantic_codes(feat).to(torch.long).cpu().clone()
-        tmp = path.with_suffix(".tmp")
-        save_file({"x": x.contiguous()}, str(tmp))
-        tmp.replace(path)
+        _write_entry(path, x)
         return x
 
     def ssl(self, files: Sequence[Path]) -> torch.Tensor:
@@ -376,9 +390,7 @@ class FeatureCache:
         self.misses += 1
         self.visual_misses += 1
         x = self.engine.tokenizers.visual_features(Path(video), landmarks).float().cpu().clone()
-        tmp = path.with_suffix(".tmp")
-        save_file({"x": x.contiguous()}, str(tmp))
-        tmp.replace(path)
+        _write_entry(path, x)
         return x
 
 

@@ -13,7 +13,11 @@ each rank then runs the forward and backward of its contiguous share of the rows
 global masked-token sum, scaled so that the average equals the single-process token mean, so
 N processes train the same model as one process with the same `--batch-size` (up to float
 summation order). Only rank 0 writes files (checkpoints, exports, `log.jsonl`), evaluates the
-held-out set and reports progress; rank 0 computes the feature cache while the others wait.
+held-out set and reports progress; every rank computes its share of the feature cache first.
+
+Devices: each process uses `cuda:LOCAL_RANK`; where a launcher gives each task one visible GPU
+(SLURM with `--gpus-per-task=1`, or `CUDA_VISIBLE_DEVICES` set per process) and LOCAL_RANK is
+past the visible count, the process uses `cuda:0`, its own GPU.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ import torch.distributed as dist
 from ..engine import resolve_device
 from ..errors import InputError
 
-# Collectives wait this long: rank 0 may compute the whole feature cache (or evaluate a large
-# held-out set) while the other ranks wait at a barrier.
+# Collectives wait this long: a rank may compute a large share of the feature cache (or rank 0
+# evaluate a large held-out set) while the other ranks wait at a barrier.
 TIMEOUT = datetime.timedelta(hours=6)
 
 
@@ -80,6 +84,24 @@ class DistContext:
 SINGLE = DistContext()
 
 
+def cuda_index(local_rank: int, visible: int) -> int:
+    """The CUDA device a rank uses: its LOCAL_RANK, or 0 when it sees exactly one GPU.
+
+    With one GPU per task (SLURM `--gpus-per-task=1`, per-process CUDA_VISIBLE_DEVICES) every
+    process sees its own GPU as cuda:0 while LOCAL_RANK counts the tasks of the node.
+    """
+    if visible < 1:
+        raise InputError("--device cuda but no CUDA device is visible to this process")
+    if local_rank < visible:
+        return local_rank
+    if visible == 1:
+        return 0
+    raise InputError(
+        f"LOCAL_RANK {local_rank} but only {visible} CUDA device(s) are visible: start at most "
+        f"{visible} processes per node, or give each process one GPU"
+    )
+
+
 @contextlib.contextmanager
 def session(device: str) -> Iterator[tuple[DistContext, str]]:
     """(context, this process's device name) for a run launched with `device`.
@@ -97,11 +119,9 @@ def session(device: str) -> Iterator[tuple[DistContext, str]]:
     if dev.type not in ("cpu", "cuda"):
         raise InputError(f"multi-process training runs on cuda or cpu, not '{dev.type}'")
     if dev.type == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if local >= torch.cuda.device_count():
-            raise InputError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA device(s)")
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
+        index = cuda_index(int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        device = f"cuda:{index}"
     owns = not dist.is_initialized()
     if owns:
         kw = {"device_id": torch.device(device)} if dev.type == "cuda" else {}

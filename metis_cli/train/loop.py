@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from ..constants import PHONE_PAD_ID
-from ..errors import InputError
+from ..errors import InputError, UsageError
 from . import objective
 from .data import Item
 from .dist import SINGLE, DistContext
@@ -73,6 +73,53 @@ class TrainOptions:
     cfg_scale: float | None = None  # probability of a micro-batch without prompt; None = model config's
     bf16: bool | None = None  # bf16 autocast; None = on for CUDA
     stop_after: int | None = None  # stop (checkpointed, resumable) after this step
+
+
+SEED_MAX = 2**63 - 1
+
+
+def check_options(opts: TrainOptions, *, lora_r: int | None = None, lora_alpha: float | None = None) -> None:
+    """Raise UsageError naming the option for any value out of range (before anything loads)."""
+
+    def bad(flag: str, rule: str, value: object) -> None:
+        raise UsageError(f"{flag} must be {rule}, got {value}")
+
+    def at_least(flag: str, value: int | None, low: int, optional: bool = False) -> None:
+        if value is None and optional:
+            return
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            bad(flag, f"an integer >= {low}", value)
+
+    def finite(flag: str, value: float | None, *, positive: bool = False, optional: bool = False) -> None:
+        if value is None and optional:
+            return
+        try:
+            v = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            bad(flag, "a number", value)
+        if not math.isfinite(v) or v < 0 or (positive and v == 0):
+            bad(flag, "a finite number > 0" if positive else "a finite number >= 0", value)
+
+    at_least("--epochs", opts.epochs, 1)
+    at_least("--max-steps", opts.max_steps, 1, optional=True)
+    at_least("--batch-size", opts.batch_size, 1)
+    at_least("--grad-accum", opts.grad_accum, 1)
+    finite("--lr", opts.lr, positive=True)
+    at_least("--warmup", opts.warmup, 0)
+    finite("--weight-decay", opts.weight_decay)
+    finite("--grad-clip", opts.grad_clip)
+    at_least("--max-frames", opts.max_frames, 2)
+    if not isinstance(opts.seed, int) or not 0 <= opts.seed <= SEED_MAX:
+        bad("--seed", f"an integer in 0..{SEED_MAX} (2**63 - 1)", opts.seed)
+    at_least("--save-every", opts.save_every, 0)
+    at_least("--val-every", opts.val_every, 0)
+    if opts.cfg_scale is not None:
+        finite("--cfg-scale", opts.cfg_scale)
+        if opts.cfg_scale > 1:
+            bad("--cfg-scale", "a probability between 0 and 1", opts.cfg_scale)
+    at_least("--stop-after", opts.stop_after, 1, optional=True)
+    at_least("--lora-r", lora_r, 1, optional=True)
+    finite("--lora-alpha", lora_alpha, positive=True, optional=True)
 
 
 @dataclass
@@ -111,7 +158,7 @@ def resolve_cfg_scale(tr: Trainable, opts: TrainOptions) -> float:
     value = opts.cfg_scale if opts.cfg_scale is not None else tr.block.get("cfg_scale", 0.15)
     value = float(value)
     if not 0.0 <= value <= 1.0:
-        raise InputError(f"--cfg-scale must be between 0 and 1, got {value:g}")
+        raise UsageError(f"--cfg-scale must be between 0 and 1, got {value:g}")
     return value
 
 
@@ -149,7 +196,7 @@ def crop(item: Item, max_frames: int, gen: torch.Generator) -> Item:
     if n <= max_frames or item.phones is not None:
         return item
     if max_frames <= p:
-        raise InputError(f"--max-frames {max_frames} leaves no target frame after a {p}-frame prompt")
+        raise UsageError(f"--max-frames {max_frames} leaves no target frame after a {p}-frame prompt")
     width = max_frames - p
     off = p + int(torch.randint(0, n - p - width + 1, (1,), generator=gen))
     idx = torch.cat([torch.arange(p), torch.arange(off, off + width)])
@@ -356,8 +403,7 @@ def train(
     """
     if not items:
         raise InputError("no training items")
-    if opts.batch_size < 1 or opts.grad_accum < 1:
-        raise InputError("--batch-size and --grad-accum must be at least 1")
+    check_options(opts)
     main = dist.is_main
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -365,7 +411,7 @@ def train(
     spe = steps_per_epoch(n, opts.batch_size, opts.grad_accum)
     total = total_steps(n, opts)
     if total < 1:
-        raise InputError("nothing to train: --epochs and --max-steps must be at least 1")
+        raise UsageError("nothing to train: --epochs and --max-steps must be at least 1")
     warmup = effective_warmup(opts.warmup, total)
     cfg_scale = resolve_cfg_scale(tr, opts)
     params = tr.named_trainable()
@@ -376,14 +422,17 @@ def train(
     info = dict(run_info or {})
     if resume:
         if not state_path.is_file():
-            raise InputError(f"{state_path}: no training state to resume from")
-        state = torch.load(state_path, weights_only=True)  # our own file, but never run pickles
+            raise UsageError(f"{state_path}: no training state to resume from")
+        # our own file, but never run pickles; map_location: a checkpoint saved on a GPU resumes
+        # on the CPU, and under torchrun no rank loads another's state onto cuda:0 (parameters
+        # and optimizer state move to this rank's device below, the generator stays on the CPU)
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
         names = [n_ for n_, _ in params]
         if list(state["params"]) != names:
-            raise InputError(f"{state_path}: trained parameters differ from this model's (other options?)")
+            raise UsageError(f"{state_path}: trained parameters differ from this model's (other options?)")
         for k, v in info.items():
             if state.get("info", {}).get(k, v) != v:
-                raise InputError(
+                raise UsageError(
                     f"{state_path}: the run was started with {k} {state['info'][k]!r}, not {v!r}"
                 )
         if state.get("items", n) != n:
@@ -448,7 +497,7 @@ def train(
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
-        losses = []
+        losses = []  # (1,) tensors on the device: read back once per optimizer step
         for j in micro:
             idx = order[j * opts.batch_size : (j + 1) * opts.batch_size]
             chosen = [crop(items[i], opts.max_frames, gen) for i in idx]
@@ -461,18 +510,25 @@ def train(
             with sync:
                 with _autocast(dev, opts.bf16):
                     loss, ce_sum, count = shard_loss(net, batch, gen, explicit_prompt, cfg_scale, dist)
-                value = (dist.all_sum(ce_sum) / count).item() if dist.enabled else loss.detach().item()
-                if not math.isfinite(value):
-                    raise InputError(f"training diverged at step {step + 1} (loss {value}); lower --lr")
                 (loss / len(micro)).backward()
-            losses.append(value)
+            # dist: this rank's summed CE and the global token count; else the micro-batch mean
+            losses.append(torch.stack([ce_sum, count]) if dist.enabled else loss.detach().reshape(1))
+        # one reduction and one host read per optimizer step, not per micro-batch
+        if dist.enabled:
+            sums = dist.all_sum(torch.stack(losses)[:, 0])
+            values = (sums / torch.stack(losses)[:, 1]).tolist()
+        else:
+            values = torch.cat(losses).tolist()
+        bad = [v for v in values if not math.isfinite(v)]
+        if bad:
+            raise InputError(f"training diverged at step {step + 1} (loss {bad[0]}); lower --lr")
         max_norm = opts.grad_clip if opts.grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in params], max_norm))
         opt.step()
         return {
             "step": step + 1,
             "epoch": epoch + 1,
-            "loss": sum(losses) / len(losses),
+            "loss": sum(values) / len(values),
             "lr": lr,
             "grad_norm": grad_norm,
         }

@@ -37,7 +37,8 @@ from torch import nn
 
 from .. import checkpoint
 from ..cards import DEFAULT_MODEL, FileSpec, ModelCard, ModelStore, get_card
-from ..errors import InputError
+from ..errors import InputError, UsageError
+from ..fsutil import apply_umask
 from ..lora import (
     ADAPTER_PREFIX,
     LoraLinear,
@@ -160,7 +161,7 @@ def build_finetune(
             raise InputError(f"model '{start.name}' is a {start.stage1.get('ft_type')} model, not {task}")
         r, a = int(block["lora_r"]), float(block["lora_alpha"])
         if (rank is not None and rank != r) or (alpha is not None and alpha != a):
-            raise InputError(
+            raise UsageError(
                 f"model '{start.name}' has LoRA rank {r}, alpha {a:g}; start from metis-base to change them"
             )
         (bt, bs), (at, as_), (lt, ls) = (_tensors(store, start, x) for x in ("base", "adapter", "lora"))
@@ -207,7 +208,7 @@ def _fresh_rank(task: str, rank: int | None, alpha: float | None) -> tuple[int, 
     r0, a0 = DEFAULT_LORA[task]
     r = r0 if rank is None else int(rank)
     if r <= 0:
-        raise InputError(f"LoRA rank must be positive, got {r}")
+        raise UsageError(f"--lora-r must be at least 1, got {r}")
     a = float((a0 if r == r0 else 2 * r) if alpha is None else alpha)
     return r, a
 
@@ -288,8 +289,13 @@ def plain_state(model: MetisStage1) -> dict[str, torch.Tensor]:
 
 def _save(path: Path, state: dict[str, torch.Tensor]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in state.items()}, str(tmp))
-    tmp.replace(path)
+    try:
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in state.items()}, str(tmp))
+        apply_umask(tmp)  # save_file creates 0600; exported weights are shared like any output
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _spec_dict(spec: FileSpec) -> dict[str, Any]:

@@ -3,9 +3,10 @@
 The folder written is a drop-in model: `metis enhance --model DIR` (or `api.load("se",
 model=DIR)`) loads it through the same strict loaders as the released files.
 
-Under torchrun (`WORLD_SIZE` > 1) both join the process group (`dist.session`): rank 0 builds
-the feature cache while the other ranks wait at a barrier (then read it), and only rank 0
-reports skipped examples, evaluates and writes the folder.
+Under torchrun (`WORLD_SIZE` > 1) both join the process group (`dist.session`): every rank
+computes the features of its share of the examples into the shared cache, all meet at a
+barrier and then read the cache; only rank 0 reports skipped examples, evaluates and writes
+the folder.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 from ..cards import DEFAULT_MODEL, ModelStore, get_card
 from ..engine import Engine, EngineOptions, resolve_device
-from ..errors import InputError
+from ..errors import InputError, UsageError
 from . import data as D
 from .dist import DistContext, session
 from .loop import STATE_FILE, History, TrainOptions, evaluate, resolve_cfg_scale, total_steps, train
@@ -54,11 +55,21 @@ class FinetuneResult:
     total_steps: int = 0  # the run's planned total (the schedule's)
 
 
+def _start_card(name: str):
+    """The start model's card; an unknown name is a usage error (exit 2 in the CLI)."""
+    try:
+        return get_card(name)
+    except UsageError:
+        raise
+    except InputError as exc:
+        raise UsageError(f"--base: {exc}") from None
+
+
 def _check_out(out: Path, resume: bool) -> None:
     if resume:
         return
     if (out / STATE_FILE).exists():
-        raise InputError(f"{out}: holds a training run already (use --resume to continue it)")
+        raise UsageError(f"{out}: holds a training run already (use --resume to continue it)")
 
 
 def _engine(task: str, store: ModelStore, device: str, visual_checkpoint: Path | None = None) -> Engine:
@@ -128,15 +139,41 @@ def _run(
     )
 
 
-def _rank0_first(ctx: DistContext, build: Callable[[], Any]) -> Any:
-    """`build()` on rank 0 first (it fills the feature cache), then on the other ranks."""
-    if ctx.is_main:
-        result = build()
-        ctx.barrier()
-    else:
-        ctx.barrier()
-        result = build()
+def _build_shared(
+    ctx: DistContext,
+    cache: D.FeatureCache,
+    device: str,
+    warm: Callable[[int, int], None],
+    build: Callable[[], Any],
+) -> Any:
+    """`build()` after every rank computed its share of the feature cache.
+
+    Under torchrun each rank first runs `warm(rank, world)` (the features of every world-th
+    example, starting at its rank; problems are ignored there and reported by `build`), then all
+    wait at a barrier and `build()` reads the cache. The cache counters then describe the whole
+    group: `misses` = features computed by any rank, `hits` = the rest of this rank's lookups.
+    """
+    if not ctx.enabled:
+        return build()
+    m0 = cache.misses
+    warm(ctx.rank, ctx.world)
+    mine = cache.misses - m0
+    log.info("rank %d computed %d feature(s) of its share", ctx.rank, mine)
+    ctx.barrier()
+    h1, m1 = cache.hits, cache.misses
+    result = build()
+    lookups = (cache.hits - h1) + (cache.misses - m1)
+    dev = torch.device(device) if torch.device(device).type == "cuda" else torch.device("cpu")
+    computed = int(ctx.all_sum(torch.tensor([float(mine)], device=dev)).item()) + (cache.misses - m1)
+    cache.hits, cache.misses = max(0, lookups - computed), computed
     return result
+
+
+def _ignore_problems(fn: Callable[[], Any]) -> None:
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 - reported by the full build that follows
+        pass
 
 
 def _skip_reporter(on_skip: Callable[[str], None] | None, skipped: list[str]) -> Callable[[str], None]:
@@ -225,13 +262,13 @@ def _finetune(
     on_skip: Callable[[str], None] | None,
 ) -> FinetuneResult:
     if task not in FINETUNE_TASKS:
-        raise InputError(f"fine-tuning supports tasks {', '.join(FINETUNE_TASKS)}, not '{task}'")
+        raise UsageError(f"fine-tuning supports tasks {', '.join(FINETUNE_TASKS)}, not '{task}'")
     visual = _visual_checkpoint(task, visual_checkpoint)
     opts = options or TrainOptions()
     out = Path(out)
     _check_out(out, resume)
     store = ModelStore(checkpoint_dir, offline)
-    start = get_card(base or DEFAULT_MODEL.get(task, "metis-base"))
+    start = _start_card(base or DEFAULT_MODEL.get(task, "metis-base"))
     skipped: list[str] = []
     report = _skip_reporter(on_skip if ctx.is_main else (lambda line: None), skipped)
     examples, problems = D.read_examples(Path(data), task)
@@ -248,7 +285,11 @@ def _finetune(
     def build() -> tuple[list[D.Item], list[D.Item]]:
         return D.build_items(cache, examples, task, report), D.build_items(cache, val_examples, task, report)
 
-    items, val_items = _rank0_first(ctx, build)
+    def warm(rank: int, world: int) -> None:
+        for share in (examples[rank::world], val_examples[rank::world]):
+            D.build_items(cache, share, task, lambda line: None)
+
+    items, val_items = _build_shared(ctx, cache, device, warm, build)
     engine.release("ssl", "semantic_codec", "visual")
     if not items:
         raise InputError(f"{data}: no usable training examples ({len(skipped)} skipped)")
@@ -305,12 +346,12 @@ def _visual_checkpoint(task: str, path: str | Path | None) -> Path | None:
     if task != "l2s":
         return None
     if path is None:
-        raise InputError(
+        raise UsageError(
             "l2s fine-tuning needs the visual encoder: pass --visual-checkpoint model.pth "
             "(or set METIS_VISUAL_CHECKPOINT; see `metis models`)"
         )
     if not Path(path).is_file():
-        raise InputError(f"{path}: visual encoder checkpoint not found (--visual-checkpoint)")
+        raise UsageError(f"{path}: visual encoder checkpoint not found (--visual-checkpoint)")
     return Path(path)
 
 
@@ -319,12 +360,12 @@ def read_config_block(path: Path) -> dict[str, Any]:
     try:
         d = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the config ({exc})") from None
+        raise UsageError(f"{path}: cannot read the config ({exc})") from None
     if isinstance(d, dict):
         for block in (d.get("t2s_model"), (d.get("model") or {}).get("t2s_model"), d):
             if isinstance(block, dict) and "hidden_size" in block:
                 return block
-    raise InputError(f"{path}: no t2s_model block (hidden_size, num_layers, ...) found")
+    raise UsageError(f"{path}: no t2s_model block (hidden_size, num_layers, ...) found")
 
 
 def pretrain(
@@ -393,8 +434,16 @@ def _pretrain(
     cache = D.FeatureCache(engine, Path(cache_dir) if cache_dir else default_cache_dir())
     files = D.read_audio_list(Path(data))
     val_files = D.read_audio_list(Path(val)) if val else []
-    items, val_items = _rank0_first(
+
+    def warm(rank: int, world: int) -> None:
+        for f in files[rank::world] + val_files[rank::world]:
+            _ignore_problems(lambda f=f: D.pretrain_item(cache, f))
+
+    items, val_items = _build_shared(
         ctx,
+        cache,
+        device,
+        warm,
         lambda: ([D.pretrain_item(cache, f) for f in files], [D.pretrain_item(cache, f) for f in val_files]),
     )
     engine.release("ssl", "semantic_codec")
@@ -410,7 +459,7 @@ def _pretrain(
             )
         start_name = f"scratch ({Path(config).name})"
     else:
-        start = get_card(base or "metis-base")
+        start = _start_card(base or "metis-base")
         tr = build_pretrain(store, start, dev)
         start_name = start.name
     torch.manual_seed(opts.seed)

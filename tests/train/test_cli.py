@@ -90,7 +90,7 @@ def test_resume_through_the_cli_is_bit_identical(train_env, tmp_path):
     assert first.exit_code == 0, first.output
     assert len(log_records(split)) == 3
     again = cli(train_env, *common, "--out", str(split))
-    assert again.exit_code == 1 and "--resume" in again.stderr
+    assert again.exit_code == 2 and again.stderr.startswith("metis: error: ") and "--resume" in again.stderr
     res = cli(train_env, *common, "--out", str(split), "--resume")
     assert res.exit_code == 0, res.output
     for f in ("lora.safetensors", "adapter.safetensors"):
@@ -106,7 +106,7 @@ def test_resume_through_the_cli_is_bit_identical(train_env, tmp_path):
     # the run's start model is fixed
     rank4 = [("4" if a == "2" and common[i - 1] == "--lora-r" else a) for i, a in enumerate(common)]
     other = cli(train_env, *rank4, "--out", str(split), "--resume", "--base", "metis-se")
-    assert other.exit_code == 1 and "started with" in other.stderr
+    assert other.exit_code == 2 and "started with" in other.stderr
 
 
 def test_cosine_schedule_values():
@@ -197,7 +197,7 @@ def test_unknown_task_is_a_clear_error(train_env, tmp_path):
     manifest = tmp_path / "omni.jsonl"
     manifest.write_text(json.dumps({"video": "a.mp4", "target": "a.wav"}) + "\n")
     res = cli(train_env, "finetune", "--task", "omni", "--data", str(manifest), "--out", str(tmp_path / "o"))
-    assert res.exit_code == 1
+    assert res.exit_code == 2 and res.stderr.startswith("metis: error: --task")
     assert "se, tse, vc, tts, l2s, not 'omni'" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 

@@ -131,10 +131,14 @@ def test_torchrun_two_processes_equal_one_process(train_env, tmp_path):
     cmd += ["-m", "metis_cli.cli", "--verbose", *_common(train_env, cache), "--out", str(ddp)]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    # only rank 0 prints the summary; rank 0 filled the cache, rank 1 then read it
+    # only rank 0 prints the summary; each rank computed the features of half the examples
+    # (5 x 3 each), then both read all 30 from the cache; the counts describe the whole group
     summaries = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
     assert len(summaries) == 1 and summaries[0]["steps"] == 3
-    assert "(cache: 0 hits, 30 computed)" in res.stderr and "(cache: 30 hits, 0 computed)" in res.stderr
+    assert summaries[0]["features"] == {"cached": 0, "computed": 30}
+    assert "rank 0 computed 15 feature(s) of its share" in res.stderr, res.stderr[-3000:]
+    assert "rank 1 computed 15 feature(s) of its share" in res.stderr
+    assert res.stderr.count("(cache: 0 hits, 30 computed)") == 2
     # one output folder, written once
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "ddp"]
     assert sorted(p.name for p in ddp.iterdir()) == [

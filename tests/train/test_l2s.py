@@ -241,14 +241,14 @@ def test_cli_needs_the_visual_checkpoint(l2s_env, tmp_path, monkeypatch):
         str(l2s_env["cache"]),
     )
     res = _cli(l2s_env, *common, "--out", str(tmp_path / "o"))
-    assert res.exit_code == 1  # the train commands' exit code for every refused run
+    assert res.exit_code == 2  # a usage error: nothing was run
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "--visual-checkpoint" in lines[0], res.stderr
     assert not (tmp_path / "o").exists()
     res = _cli(
         l2s_env, *common, "--out", str(tmp_path / "o"), "--visual-checkpoint", str(tmp_path / "no.pth")
     )
-    assert res.exit_code == 1 and "no.pth" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert res.exit_code == 2 and "no.pth" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 def test_cli_finetune_then_metis_l2s_model_out(l2s_env, tmp_path, monkeypatch):
