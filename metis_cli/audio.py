@@ -454,27 +454,6 @@ def output_format(path: str | os.PathLike) -> str:
     return ext
 
 
-def _umask() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def apply_umask(path: str | os.PathLike) -> None:
-    """Give a file the permissions a newly created file gets (0666 & ~umask).
-
-    For files written by libraries that create them 0600 (mkstemp, safetensors' save_file).
-    """
-    os.chmod(path, 0o666 & ~_umask())
-
-
 # temporary files of writers that are open now (removed by `remove_temp_files`)
 _ACTIVE: set[Path] = set()
 _ACTIVE_LOCK = threading.Lock()
