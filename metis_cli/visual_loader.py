@@ -21,6 +21,7 @@ import logging
 import math
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -69,8 +70,19 @@ def _read_pth(path: Path) -> dict[str, torch.Tensor]:
     Files in the zip format are memory-mapped, so unused decoder/CTC tensors are never read.
     """
     try:
-        mmap = zipfile.is_zipfile(path)
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with path.open("rb") as fh:
+            head = fh.read(2)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    mmap = zipfile.is_zipfile(path)
+    if not head:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (empty file)")
+    if not mmap and head[:1] != b"\x80":  # neither torch.save's zip nor its legacy pickle
+        raise CheckpointError(f"{path}: not a torch checkpoint (expected a .pth written by torch.save)")
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the errors below say it
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         detail = re.search(r"Unsupported (global|operand)[^\n]*", str(exc))
         why = f" ({detail.group(0).split('. ')[0].strip()})" if detail else ""
@@ -79,7 +91,7 @@ def _read_pth(path: Path) -> dict[str, torch.Tensor]:
         ) from None
     except EOFError:
         raise CheckpointError(f"{path}: not a readable torch checkpoint (empty or truncated)") from None
-    except (RuntimeError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - corrupt data makes the unpickler fail in any way
         first = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({first})") from None
     for wrapper in ("state_dict", "model"):

@@ -191,3 +191,39 @@ def test_legacy_torch_save_format_loads(tiny, clip, tmp_path: Path) -> None:
     torch.testing.assert_close(
         _run(load_visual_encoder(old, tiny[1]), clip), _run(load_visual_encoder(tiny[0]), clip)
     )
+
+
+def _not_checkpoints(tmp_path: Path) -> dict[str, Path]:
+    """Files of other kinds given as --visual-checkpoint (each once raised IndexError/KeyError)."""
+    import zipfile
+
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    out = {}
+    out["text"] = tmp_path / "notes.pth"
+    out["text"].write_text("hello world\nthis is not a checkpoint\n")
+    out["wav"] = tmp_path / "speech.wav"
+    sf.write(out["wav"], np.zeros(1600, np.float32), 16000)
+    out["random"] = tmp_path / "random.pth"
+    out["random"].write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    out["pickle_like"] = tmp_path / "p80.pth"  # starts like a pickle, then garbage
+    out["pickle_like"].write_bytes(b"\x80\x04" + rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    out["zip"] = tmp_path / "archive.pth"
+    with zipfile.ZipFile(out["zip"], "w") as z:
+        z.writestr("readme.txt", "not torch")
+    out["json"] = tmp_path / "model.json.pth"
+    out["json"].write_text(json.dumps({"adim": 32}))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["text", "wav", "random", "pickle_like", "zip", "json"])
+def test_a_file_that_is_not_a_checkpoint_is_one_line(kind: str, tiny, tmp_path: Path, capsys) -> None:
+    path = _not_checkpoints(tmp_path)[kind]
+    with pytest.raises(CheckpointError) as info:
+        load_visual_encoder(path, tiny[1])
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: ") and "\n" not in msg
+    assert "checkpoint" in msg
+    assert capsys.readouterr().err == ""  # no warnings from the unpickler either
