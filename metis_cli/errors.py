@@ -37,3 +37,7 @@ class UsageError(InputError):
 
 class OutputError(MetisError):
     """An output file cannot be written (full filesystem, name too long, no permission...)."""
+
+
+class NonFiniteError(MetisError):
+    """A model produced inf/NaN values (e.g. an fp16 overflow); the message names the stage and step."""

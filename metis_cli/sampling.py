@@ -1,14 +1,32 @@
 """Masked-generative decoding loops of stage 1 (spec §6.4) and S2A (spec §7.3).
 
-Reference mode (the default) reproduces the official loops bit for bit at batch size 1:
-float32, separate conditional / unconditional passes, one unpadded sequence per forward.
-Batches (B > 1) keep every item independent of the others: each item's valid positions
-are 0..N_i-1 ([phones ; prompt ; target], or [target] for the unconditional branch) with
-padding after them masked as keys; CFG std, re-mask counts, early stops and noise draws are
-per item, from the item's own `NoiseSource` with its own unpadded shapes.
+Two sets of loops, side by side:
+
+* the **reference loops** `stage1_reference` and `s2a_reference`: one item, written out step by
+  step (a comment per step, shapes in comments). They are the official loops: float32, separate
+  conditional / unconditional passes, one unpadded sequence per forward.
+* the **batched loops** `stage1_generate` and `s2a_generate` (what the engine calls): B items in
+  padded batches. At B = 1 they perform exactly the reference's operations (tested bit for bit);
+  for B > 1 every item stays independent of the others: each item's valid positions are
+  0..N_i-1 ([phones ; prompt ; target], or [target] for the unconditional branch) with padding
+  after them masked as keys; CFG std, re-mask counts, early stops and noise draws are per item,
+  from the item's own `NoiseSource` with its own unpadded shapes (tokens equal the item's
+  reference run in fp32; floats may differ in the last bits through the padding).
 
 Randomness goes through `NoiseSource.uniform(shape, kind, device)`; per step an item draws
 one "sample" tensor (1, L, V) (not on a greedy last step) and then one "choice" tensor (1, L).
+
+Opt-in fast paths (`DecodeOptions`): `fused_cfg` (both CFG passes in one padded forward),
+`static_shapes` (every forward of a loop has the same batch and length: finished items stay in
+the batch as padding, and the re-mask selection is a fixed-shape rank mask instead of
+`topk(n)` with an n that changes every step; tokens equal the default loop's, tested on the
+tiny models and the golden noise) and `cuda_graphs` (the backbone forward compiled with
+`torch.compile(mode="reduce-overhead")`, i.e. CUDA graphs; only on CUDA devices, a no-op
+elsewhere; meant for use with `static_shapes`).
+
+Non-finite logits (an fp16 overflow, a broken checkpoint) raise `NonFiniteError` naming the
+stage, the step and the item. The check costs one host sync per loop (after its last step),
+none per step.
 """
 
 from __future__ import annotations
@@ -24,7 +42,7 @@ import torch
 from torch import Tensor
 
 from .constants import GUMBEL_EPS, MIN_TEMPERATURE, SINGLE_STEP_TEMPERATURE
-from .errors import InputError
+from .errors import InputError, NonFiniteError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +66,12 @@ class DecodeOptions:
     filter_thres: float = 0.98
     # fast mode: conditional and unconditional passes in one padded forward
     fused_cfg: bool = False
+    # fast mode: fixed forward shapes per loop (finished items ride along as padding) and a
+    # fixed-shape re-mask selection; tokens equal the default loop's (see the module docstring)
+    static_shapes: bool = False
+    # fast mode, CUDA only: backbone forward through torch.compile(mode="reduce-overhead")
+    # (CUDA graphs); ignored on other devices
+    cuda_graphs: bool = False
 
 
 # ----------------------------------------------------------------------------- noise
@@ -150,6 +174,21 @@ def next_mask_count(t_next: float, length: int) -> int:
     return int((torch.sin(t * math.pi / 2) * length).long()[0].item())
 
 
+def remask_topk(scores: Tensor, n: int) -> Tensor:
+    """(1, L) bool mask of the n highest scores (the official `topk(n)` selection)."""
+    idx = scores.topk(n, dim=-1).indices
+    return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter(1, idx, True)
+
+
+def remask_static(scores: Tensor, n: int | Tensor) -> Tensor:
+    """The same set as `remask_topk` (barring exactly tied scores) with shapes fixed for every n:
+    the rank of each score in a stable descending sort, kept where rank < n."""
+    order = scores.argsort(dim=-1, descending=True, stable=True)  # (B, L)
+    pos = torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(-1, order, pos)  # rank[b, order[b, j]] = j
+    return rank < n
+
+
 def cfg_combine(g_c: Tensor, g_u: Tensor, cfg: float, rescale_cfg: float) -> Tensor:
     """CFG with std rescale over all elements of g_c (one item), computed in float32."""
     dtype = g_c.dtype
@@ -170,6 +209,7 @@ class _Slot:
     mask: Tensor | None = None  # (1, L) bool, True = still masked
     seq: Tensor | None = None  # (1, L) int64
     done: bool = False
+    finite: list[Tensor] | None = None  # per sampled step: 0-dim bool, all logits finite
 
 
 def _sample_step(slot: _Slot, logits: Tensor, i: int, t_list: list[float], opts: DecodeOptions) -> None:
@@ -193,21 +233,34 @@ def _sample_step(slot: _Slot, logits: Tensor, i: int, t_list: list[float], opts:
         slot.seq, slot.done = seq, True
         return
     scores = scores.masked_fill(~mask, -torch.finfo(scores.dtype).max)
-    idx = scores.topk(n, dim=-1).indices
-    slot.mask = torch.zeros_like(mask).scatter(1, idx, True)
+    slot.mask = remask_static(scores, n) if opts.static_shapes else remask_topk(scores, n)
     slot.seq = seq.masked_fill(slot.mask, 0)
 
 
-def _run_padded(net, seqs: list[Tensor], t: float) -> list[Tensor]:
-    """One backbone pass (`net.run`) over assembled sequences (1, N_b, H) -> list of (1, N_b, H).
+def backbone_forward(net, opts: DecodeOptions, device: torch.device) -> Callable:
+    """`net.run`, or with `opts.cuda_graphs` on a CUDA device its torch.compile'd form
+    (mode "reduce-overhead": CUDA graphs, one per input shape; cached on the module).
+    On any other device this is `net.run` itself: the flag is a no-op there."""
+    if not (opts.cuda_graphs and device.type == "cuda"):
+        return net.run
+    fn = net.__dict__.get("_metis_compiled_run")
+    if fn is None:
+        fn = torch.compile(net.run, mode="reduce-overhead", dynamic=False)
+        net.__dict__["_metis_compiled_run"] = fn
+    return fn
+
+
+def _run_padded(net, seqs: list[Tensor], t: float, run: Callable | None = None) -> list[Tensor]:
+    """One backbone pass (`net.run`, or `run`) over sequences (1, N_b, H) -> list of (1, N_b, H).
 
     A single sequence runs unpadded (reference mode); several are right-padded and the
     padding is masked as keys.
     """
+    run = net.run if run is None else run
     dev = seqs[0].device
     tt = torch.full((len(seqs),), t, dtype=torch.float32, device=dev)
     if len(seqs) == 1:
-        return [net.run(seqs[0], tt)]
+        return [run(seqs[0], tt)]
     lens = [s.shape[1] for s in seqs]
     n = max(lens)
     h = seqs[0].new_zeros(len(seqs), n, seqs[0].shape[2])
@@ -215,7 +268,7 @@ def _run_padded(net, seqs: list[Tensor], t: float) -> list[Tensor]:
     for b, s in enumerate(seqs):
         h[b, : lens[b]] = s[0]
         keep[b, : lens[b]] = 1
-    out = net.run(h, tt, None if min(lens) == n else keep)
+    out = run(h, tt, None if min(lens) == n else keep)
     return [out[b : b + 1, : lens[b]] for b in range(len(seqs))]
 
 
@@ -230,35 +283,226 @@ def _decode(
     embed: Callable[[int, _Slot], Tensor],
     passes: PassFn,
     head: Callable[[Tensor], Tensor],
+    stage: str = "decoding",
 ) -> None:
-    """The masked decoding loop shared by stage 1 and every S2A layer; fills slot.seq."""
+    """The masked decoding loop shared by stage 1 and every S2A layer; fills slot.seq.
+
+    Default: the forward runs the unfinished items only. `opts.static_shapes`: every item in
+    every forward (finished ones as padding: computed, not sampled, no noise drawn).
+    """
     if steps < 1:
         raise InputError(f"decoding needs at least one step, got {steps}")
     t_list = time_grid(steps)
     for s in slots:
         s.done = False
+        s.finite = []
     for i in range(steps):
         active = [b for b, s in enumerate(slots) if not s.done]
         if not active:
             break
-        curs = [embed(b, slots[b]) for b in active]
-        g_c, g_u = passes(active, curs, t_list[i])
-        for k, b in enumerate(active):
+        rows = list(range(len(slots))) if opts.static_shapes else active
+        curs = [embed(b, slots[b]) for b in rows]
+        g_c, g_u = passes(rows, curs, t_list[i])
+        for k, b in enumerate(rows):
+            if slots[b].done:
+                continue
             g = g_c[k] if g_u is None else cfg_combine(g_c[k], g_u[k], opts.cfg, opts.rescale_cfg)
             logits = head(g).float()  # (1, L, V)
+            slots[b].finite.append(torch.isfinite(logits).all())  # stays on the device
             _sample_step(slots[b], logits, i, t_list, opts)
+    check_finite(slots, stage)
 
 
-def _split_passes(net, cond_seqs, cond_offs, uncond_seqs, lens, t, fused):
+def check_finite(slots: list[_Slot], stage: str) -> None:
+    """Raise NonFiniteError for the first item and step whose logits were not all finite
+    (one host sync for the whole loop)."""
+    flags = [(b, torch.stack(s.finite)) for b, s in enumerate(slots) if s.finite]
+    if not flags:
+        return
+    ok = torch.cat([f for _, f in flags]).cpu()
+    if bool(ok.all()):
+        return
+    at = 0
+    for b, f in flags:
+        bad = (~ok[at : at + f.numel()]).nonzero()
+        if bad.numel():
+            raise NonFiniteError(
+                f"{stage}: non-finite logits (inf/NaN) at step {int(bad[0, 0]) + 1}, batch item {b} "
+                "(fp16 overflow or a broken checkpoint; try --dtype bfloat16 or float32)"
+            )
+        at += f.numel()
+
+
+def _split_passes(net, cond_seqs, cond_offs, uncond_seqs, lens, t, fused, run=None):
     """Run conditional (and unconditional) passes; slice each item's target part."""
     if uncond_seqs is not None and fused:
-        outs = _run_padded(net, cond_seqs + uncond_seqs, t)
+        outs = _run_padded(net, cond_seqs + uncond_seqs, t, run)
         oc, ou = outs[: len(cond_seqs)], outs[len(cond_seqs) :]
     else:
-        oc = _run_padded(net, cond_seqs, t)
-        ou = None if uncond_seqs is None else _run_padded(net, uncond_seqs, t)
+        oc = _run_padded(net, cond_seqs, t, run)
+        ou = None if uncond_seqs is None else _run_padded(net, uncond_seqs, t, run)
     g_c = [o[:, off : off + n] for o, off, n in zip(oc, cond_offs, lens, strict=True)]
     return g_c, ou
+
+
+# ----------------------------------------------------------------------------- reference loops
+#
+# One item, batch size 1, written out. The batched loops below perform the same operations
+# (tests/test_sampling.py checks the two against each other bit for bit at B = 1).
+
+
+@torch.no_grad()
+def stage1_reference(
+    model,
+    prompt: Tensor,
+    target_len: int,
+    phones: Tensor | None,
+    finetune_cond: Tensor | None,
+    opts: DecodeOptions,
+    noise: NoiseSource,
+) -> Tensor:
+    """Stage-1 reverse diffusion (spec §6.4) of one item -> generated codes (L,) int64.
+
+    prompt (Lp,) semantic prompt codes; target_len L; phones (P,) or None; finetune_cond
+    (Lp + L, cond_dim) or None (the adapter input).
+    """
+    steps = opts.steps if isinstance(opts.steps, int) else _single(opts.steps)
+    dev, dt = model.cond_emb.weight.device, model.dtype
+    net = model.diff_estimator
+    L, Lp = target_len, prompt.shape[0]
+    # fixed across steps: the prompt embedding, the phone prefix, the adapter output
+    prompt_emb = model.cond_emb(prompt.to(dev).long()[None])  # (1, Lp, H)
+    prefix = None
+    if phones is not None and model.has_phones:
+        prefix = net.cond_mlp(model.phone_emb(phones.to(dev).long()[None]))  # (1, P, H)
+    adapted = None if finetune_cond is None else model.adapt(finetune_cond.to(dev)[None])  # (1, Lp + L, H)
+    mask_tok = model.mask_token().to(dt)  # (H,)
+    # start: every target position masked
+    seq = torch.zeros(1, L, dtype=torch.long, device=dev)  # (1, L)
+    mask = torch.ones(1, L, dtype=torch.bool, device=dev)  # (1, L), True = masked
+    t_list = time_grid(steps)  # 1, 1 - 1/N, ..., 1/N, 0
+    for i in range(steps):
+        t = t_list[i]
+        tt = torch.full((1,), t, dtype=torch.float32, device=dev)  # (1,)
+        # 1. the current target: [MASK] where masked, the token's embedding elsewhere
+        cur = torch.where(mask[..., None], mask_tok, model.cond_emb(seq))  # (1, L, H)
+        # 2. conditional pass over [prefix ; prompt ; target] (+ adapter), keep the target part
+        x = torch.cat([prompt_emb, cur], dim=1)  # (1, Lp + L, H)
+        if adapted is not None:
+            x = x + adapted
+        off = Lp
+        if prefix is not None:
+            x = torch.cat([prefix, x], dim=1)  # (1, P + Lp + L, H)
+            off += prefix.shape[1]
+        g = net.run(x, tt)[:, off : off + L]  # (1, L, H)
+        # 3. classifier-free guidance: unconditional pass over the target alone, std-rescaled mix
+        if opts.cfg > 0:
+            g_u = net.run(cur if adapted is None else cur + adapted[:, Lp:], tt)  # (1, L, H)
+            g = cfg_combine(g, g_u, opts.cfg, opts.rescale_cfg)
+        logits = model.to_logit(g).float()  # (1, L, V)
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteError(f"stage 1: non-finite logits (inf/NaN) at step {i + 1}, batch item 0")
+        # 4-11. sample, then choose which positions stay masked
+        seq, mask = _reference_step(logits, seq, mask, i, t_list, opts, noise)
+        if mask is None:
+            break
+    return seq[0]
+
+
+@torch.no_grad()
+def s2a_reference(
+    model,
+    semantic: Tensor,
+    prompt: Tensor,
+    opts: DecodeOptions,
+    noise: NoiseSource,
+    gt: Tensor | None = None,
+) -> Tensor:
+    """S2A reverse diffusion (spec §7.3) of one item -> codes (L, Q) int64.
+
+    semantic (T,) = [prompt ; target] semantic codes; prompt (Lp, >=Q) acoustic prompt codes;
+    gt (L, g) given codes of the first g codebooks (the full model after the 1-layer one).
+    opts.steps: one step count per codebook.
+    """
+    Q = model.num_quantizer
+    steps = (opts.steps,) * Q if isinstance(opts.steps, int) and Q == 1 else tuple(opts.steps)
+    dev, dt = model.cond_emb.weight.device, model.dtype
+    net = model.diff_estimator
+    Lp = prompt.shape[0]
+    L = semantic.shape[0] - Lp
+    cond = model.cond_emb(semantic.to(dev).long()[None])  # (1, T, H), T = Lp + L
+    prompt_emb = model.embed_codes(prompt.to(dev).long()[None, :, :Q])  # (1, Lp, H), all codebooks
+    mask_tok = model.mask_token().to(dt)  # (H,)
+    out = torch.zeros(1, L, Q, dtype=torch.long, device=dev)  # (1, L, Q)
+    cum = torch.zeros(1, L, model.cfg.hidden_size, dtype=dt, device=dev)  # embeddings of done codebooks
+    start = 0
+    if gt is not None:
+        start = gt.shape[-1]
+        out[..., :start] = gt.to(dev).long()[None]
+        cum = cum + model.embed_codes(gt.to(dev).long()[None])  # (1, L, H)
+    for layer in range(start, Q):  # codebook by codebook, coarse to fine
+        emb, head = model.token_emb[layer], model.to_logits[layer]
+        # the condition (semantic codes + layer index) through cond_mlp, fixed for the layer
+        cond_l = cond + model.layer_emb.weight[layer]  # (1, T, H)
+        cond_h = net.cond_mlp(cond_l)  # (1, T, H)
+        uncond_h = net.cond_mlp(cond_l[:, Lp:]) if opts.cfg > 0 else None  # (1, L, H), target only
+        higher = mask_tok * (Q - 1 - layer)  # one [MASK] per codebook not predicted yet
+        seq = torch.zeros(1, L, dtype=torch.long, device=dev)  # (1, L)
+        mask = torch.ones(1, L, dtype=torch.bool, device=dev)  # (1, L), True = masked
+        t_list = time_grid(steps[layer])
+        for i in range(steps[layer]):
+            t = t_list[i]
+            tt = torch.full((1,), t, dtype=torch.float32, device=dev)  # (1,)
+            # 1. current target: codebooks below + this one ([MASK] where masked) + masks above
+            cur = cum + torch.where(mask[..., None], mask_tok, emb(seq)) + higher  # (1, L, H)
+            # 2. conditional pass over [prompt ; target] + condition, keep the target part
+            x = torch.cat([prompt_emb, cur], dim=1) + cond_h  # (1, T, H)
+            g = net.run(x, tt)[:, Lp : Lp + L]  # (1, L, H)
+            # 3. classifier-free guidance: the target with its condition only
+            if uncond_h is not None:
+                g = cfg_combine(g, net.run(cur + uncond_h, tt), opts.cfg, opts.rescale_cfg)
+            logits = head(g).float()  # (1, L, V)
+            if not bool(torch.isfinite(logits).all()):
+                raise NonFiniteError(
+                    f"S2A ({'1-layer' if Q == 1 else 'full'} model) codebook {layer}: "
+                    f"non-finite logits (inf/NaN) at step {i + 1}, batch item 0"
+                )
+            # 4-11. sample, then choose which positions stay masked
+            seq, mask = _reference_step(logits, seq, mask, i, t_list, opts, noise)
+            if mask is None:
+                break
+        cum = cum + emb(seq)  # this codebook is decided: part of every later input
+        out[..., layer] = seq
+    return out[0]
+
+
+def _reference_step(logits, seq, mask, i, t_list, opts, noise) -> tuple[Tensor, Tensor | None]:
+    """Steps 4-11 of spec §6.4 for one item: (seq, mask) after step i; mask None = finished."""
+    steps, t = len(t_list) - 1, t_list[i]
+    # 4. top-k filter: the k = ceil(0.02 V) largest logits per position survive
+    logits = top_k_filter(logits, opts.filter_thres)  # (1, L, V), -inf elsewhere
+    # 5. tokens: greedy on the last of several steps, else Gumbel-max at an annealed temperature
+    if i == steps - 1 and steps > 1:
+        ids = logits.argmax(dim=-1)  # (1, L)
+    else:
+        temp = SINGLE_STEP_TEMPERATURE if steps == 1 else max(opts.temperature * t, MIN_TEMPERATURE)
+        u = noise.uniform(tuple(logits.shape), "sample", logits.device)  # (1, L, V)
+        ids = (logits / max(temp, 1e-10) + gumbel(u)).argmax(dim=-1)  # (1, L)
+    # 6. only masked positions take the new tokens
+    seq = torch.where(mask, ids, seq)  # (1, L)
+    # 7. confidence: the chosen token's probability plus t-scaled Gumbel noise
+    p = logits.softmax(dim=-1).gather(-1, ids[..., None])[..., 0]  # (1, L)
+    u = noise.uniform(tuple(p.shape), "choice", p.device)  # (1, L)
+    scores = 1 - (t * gumbel(u) + p)  # high score = low confidence
+    # 8. how many positions stay masked after this step: int(sin(t_next * pi / 2) * L)
+    n = next_mask_count(t_list[i + 1], seq.shape[1])
+    if n == 0:  # 9. nothing left to re-mask: finished (possibly before the last step)
+        return seq, None
+    # 10. re-mask the n least confident of the positions decided in this step
+    scores = scores.masked_fill(~mask, -torch.finfo(scores.dtype).max)  # kept tokens stay kept
+    mask = remask_topk(scores, n)  # (1, L)
+    # 11. masked positions are reset to token 0
+    return seq.masked_fill(mask, 0), mask
 
 
 # ----------------------------------------------------------------------------- stage 1
@@ -296,6 +540,7 @@ def stage1_generate(
         raise InputError("stage 1: a finetune condition was given but the model has no adapter")
     dev, dt = model.cond_emb.weight.device, model.dtype
     net = model.diff_estimator
+    run = backbone_forward(net, opts, dev)
 
     prompt_emb = [model.cond_emb(p.to(dev).long()[None]) for p in prompts]  # (1, Lp, H)
     lp = [p.shape[0] for p in prompts]
@@ -336,9 +581,11 @@ def stage1_generate(
             lens.append(cur.shape[1])
             if opts.cfg > 0:
                 uncond.append(cur if adapted[b] is None else cur + adapted[b][:, lp[b] :])
-        return _split_passes(net, cond_seqs, offs, uncond if opts.cfg > 0 else None, lens, t, opts.fused_cfg)
+        return _split_passes(
+            net, cond_seqs, offs, uncond if opts.cfg > 0 else None, lens, t, opts.fused_cfg, run
+        )
 
-    _decode(slots, steps, opts, embed, passes, model.to_logit)
+    _decode(slots, steps, opts, embed, passes, model.to_logit, "stage 1")
     return [s.seq[0] for s in slots]
 
 
@@ -375,6 +622,7 @@ def s2a_generate(
         raise InputError(f"S2A: {B} semantic sequences, {len(prompts)} prompts, {len(noise)} noise sources")
     dev, dt = model.cond_emb.weight.device, model.dtype
     net = model.diff_estimator
+    run = backbone_forward(net, opts, dev)
 
     lp = [p.shape[0] for p in prompts]
     lens = [s.shape[0] - n for s, n in zip(semantic, lp, strict=True)]
@@ -424,9 +672,12 @@ def s2a_generate(
                     uncond.append(cur + uncond_h[b])
             offs = [lp[b] for b in active]
             n = [lens[b] for b in active]
-            return _split_passes(net, cond_seqs, offs, uncond if opts.cfg > 0 else None, n, t, opts.fused_cfg)
+            return _split_passes(
+                net, cond_seqs, offs, uncond if opts.cfg > 0 else None, n, t, opts.fused_cfg, run
+            )
 
-        _decode(slots, steps[layer], opts, embed, passes, head)
+        stage = f"S2A ({'1-layer' if Q == 1 else 'full'} model) codebook {layer}"
+        _decode(slots, steps[layer], opts, embed, passes, head, stage)
         for b, s in enumerate(slots):
             cum[b] = cum[b] + emb(s.seq)
             out[b][..., layer] = s.seq
@@ -448,6 +699,8 @@ def metis_semantic_to_acoustic(
     filter_thres: float = 0.98,
     rescale_cfg: float = 0.75,
     fused_cfg: bool = False,
+    static_shapes: bool = False,
+    cuda_graphs: bool = False,
 ) -> list[Tensor]:
     """Metis stage 2 (spec §1.5): 1-layer S2A for codebook 0, then the full S2A for 1..Q-1.
 
@@ -461,6 +714,8 @@ def metis_semantic_to_acoustic(
         temperature=temperature,
         filter_thres=filter_thres,
         fused_cfg=fused_cfg,
+        static_shapes=static_shapes,
+        cuda_graphs=cuda_graphs,
     )
     first = s2a_generate(s2a_1layer, semantic, prompts, base, noise)  # (L, 1)
     full = replace(base, steps=tuple(steps_full), cfg=cfg_full)

@@ -1,5 +1,6 @@
-"""Sampler unit tests on tiny random models: schedule arithmetic, noise sources, per-item
-batch invariance, fast modes, pass counting and bf16 weights."""
+"""Sampler unit tests on tiny random models: schedule arithmetic, noise sources, the reference
+loops against the batched loops, per-item batch invariance, fast modes (static shapes, the
+CUDA-graph flag), the non-finite guard, pass counting and bf16 weights."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import math
 import pytest
 import torch
 
-from metis_cli.errors import InputError
+from metis_cli import sampling
+from metis_cli.errors import InputError, MetisError, NonFiniteError
 from metis_cli.nn.s2a import MaskGCTS2A, S2AConfig
 from metis_cli.nn.stage1 import MetisStage1, Stage1Config, l2s_condition
 from metis_cli.sampling import (
@@ -17,10 +19,15 @@ from metis_cli.sampling import (
     ReplayNoise,
     TorchNoise,
     _run_padded,
+    backbone_forward,
     gumbel,
     next_mask_count,
+    remask_static,
+    remask_topk,
     s2a_generate,
+    s2a_reference,
     stage1_generate,
+    stage1_reference,
     time_grid,
     top_k_count,
 )
@@ -282,3 +289,262 @@ def test_decode_options_frozen():
     opts = DecodeOptions(steps=3)
     with pytest.raises(dataclasses.FrozenInstanceError):
         opts.cfg = 1.0  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------- reference loops
+
+
+class LogitTap:
+    """Records every output of the given Linear heads (the per-step logits), in call order."""
+
+    def __init__(self, *heads):
+        self.out: list[torch.Tensor] = []
+        self.handles = [h.register_forward_hook(lambda m, a, y: self.out.append(y.clone())) for h in heads]
+
+    def close(self) -> list[torch.Tensor]:
+        for h in self.handles:
+            h.remove()
+        return self.out
+
+
+def _noise(seed):
+    return TorchNoise(torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("steps", [1, 4, 10])
+@pytest.mark.parametrize("cfg", [0.0, 2.5])
+@pytest.mark.parametrize("with_phones,with_cond", [(True, True), (False, False), (True, False)])
+def test_stage1_batch_1_equals_reference_bit_for_bit(stage1, steps, cfg, with_phones, with_cond):
+    """Same tokens, same draws, and the same logits at every step (torch.equal)."""
+    prompts, lens, phones, cond = _stage1_items()
+    opts = DecodeOptions(steps=steps, cfg=cfg)
+    ph = phones[0] if with_phones else None
+    c = cond[0] if with_cond else None
+    tap = LogitTap(stage1.to_logit)
+    ref_noise = _noise(1)
+    ref = stage1_reference(stage1, prompts[0], lens[0], ph, c, opts, ref_noise)
+    ref_logits = tap.out[:]
+    tap.out.clear()
+    noise = _noise(1)
+    (out,) = stage1_generate(
+        stage1, prompts[:1], lens[:1], None if ph is None else [ph], None if c is None else [c], opts, [noise]
+    )
+    got_logits = tap.close()
+    assert torch.equal(out, ref)
+    assert noise.draws == ref_noise.draws > 0
+    assert len(got_logits) == len(ref_logits) >= 1
+    assert all(torch.equal(a, b) for a, b in zip(got_logits, ref_logits, strict=True))
+
+
+@pytest.mark.parametrize("cfg", [0.0, 2.5])
+def test_stage1_batch_items_equal_reference(stage1, cfg):
+    """fp32, B = 3 padded: every item's tokens and draw count equal its reference run."""
+    prompts, lens, phones, cond = _stage1_items()
+    opts = DecodeOptions(steps=10, cfg=cfg)
+    noises = [_noise(30 + b) for b in range(3)]
+    batched = stage1_generate(stage1, prompts, lens, phones, cond, opts, noises)
+    for b in range(3):
+        alone = _noise(30 + b)
+        ref = stage1_reference(stage1, prompts[b], lens[b], phones[b], cond[b], opts, alone)
+        assert torch.equal(batched[b], ref), f"item {b}"
+        assert alone.draws == noises[b].draws
+
+
+def _s2a_items(seed=4, gt=False):
+    g = torch.Generator().manual_seed(seed)
+    specs = [(4, 9), (0, 5), (2, 14)]  # (prompt, target)
+    sem = [torch.randint(0, V, (lp + n,), generator=g) for lp, n in specs]
+    prompts = [torch.randint(0, 40, (lp, 12), generator=g) for lp, _ in specs]
+    gts = [torch.randint(0, 40, (n, 1), generator=g) for _, n in specs] if gt else None
+    return sem, prompts, gts
+
+
+@pytest.mark.parametrize("cfg", [0.0, 2.5])
+@pytest.mark.parametrize("gt", [False, True])
+def test_s2a_batch_1_equals_reference_bit_for_bit(s2a, cfg, gt):
+    sem, prompts, gts = _s2a_items(gt=gt)
+    opts = DecodeOptions(steps=(6, 3, 1), cfg=cfg, temperature=1.5)
+    tap = LogitTap(*s2a.to_logits)
+    ref_noise = _noise(2)
+    ref = s2a_reference(s2a, sem[0], prompts[0], opts, ref_noise, None if gts is None else gts[0])
+    ref_logits = tap.out[:]
+    tap.out.clear()
+    noise = _noise(2)
+    (out,) = s2a_generate(s2a, sem[:1], prompts[:1], opts, [noise], None if gts is None else gts[:1])
+    got_logits = tap.close()
+    assert torch.equal(out, ref) and out.shape == (9, 3)
+    assert noise.draws == ref_noise.draws > 0
+    assert len(got_logits) == len(ref_logits) >= 3 - gt
+    assert all(torch.equal(a, b) for a, b in zip(got_logits, ref_logits, strict=True))
+
+
+@pytest.mark.parametrize("gt", [False, True])
+def test_s2a_batch_items_equal_reference(s2a, gt):
+    sem, prompts, gts = _s2a_items(gt=gt)
+    opts = DecodeOptions(steps=(6, 3, 1), cfg=2.5, temperature=1.5)
+    noises = [_noise(40 + b) for b in range(3)]
+    out = s2a_generate(s2a, sem, prompts, opts, noises, gts)
+    for b in range(3):
+        alone = _noise(40 + b)
+        ref = s2a_reference(s2a, sem[b], prompts[b], opts, alone, None if gts is None else gts[b])
+        assert torch.equal(out[b], ref), f"item {b}"
+        assert alone.draws == noises[b].draws
+
+
+# ----------------------------------------------------------------------------- static shapes
+
+
+def test_remask_static_selects_the_topk_set():
+    g = torch.Generator().manual_seed(0)
+    for L in (1, 2, 7, 64):
+        scores = torch.rand(1, L, generator=g)
+        masked = torch.rand(1, L, generator=g) < 0.6
+        scores = scores.masked_fill(~masked, -torch.finfo(scores.dtype).max)
+        for n in range(1, int(masked.sum()) + 1):  # the sampler's n never exceeds the masked count
+            assert torch.equal(remask_static(scores, n), remask_topk(scores, n)), (L, n)
+            assert remask_static(scores, torch.tensor(n)).shape == (1, L)
+
+
+class ShapeTap:
+    """Wraps net.run; records the (B, N) of every backbone forward."""
+
+    def __init__(self, monkeypatch, net):
+        self.shapes: list[tuple[int, int]] = []
+        orig = net.run
+
+        def run(h, t, keep=None):
+            self.shapes.append(tuple(h.shape[:2]))
+            return orig(h, t, keep)
+
+        monkeypatch.setattr(net, "run", run)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_stage1_static_shapes_equal_default_tokens(stage1, fused, monkeypatch):
+    """Item 1 (target 4) finishes early: the default loop drops it from the batch, the static
+    loop keeps every forward at one shape; tokens and draws are the same."""
+    prompts, lens, phones, cond = _stage1_items()
+    opts = DecodeOptions(steps=10, cfg=2.5, fused_cfg=fused)
+    tap = ShapeTap(monkeypatch, stage1.diff_estimator)
+    noises = [_noise(50 + b) for b in range(3)]
+    ref = stage1_generate(stage1, prompts, lens, phones, cond, opts, noises)
+    default_shapes, tap.shapes = tap.shapes, []
+    fast_noises = [_noise(50 + b) for b in range(3)]
+    fast = stage1_generate(
+        stage1, prompts, lens, phones, cond, dataclasses.replace(opts, static_shapes=True), fast_noises
+    )
+    assert all(torch.equal(a, b) for a, b in zip(fast, ref, strict=True))
+    assert [n.draws for n in fast_noises] == [n.draws for n in noises]
+    per_step = 1 if fused else 2  # forwards per step
+    assert len(set(default_shapes)) > per_step  # the default loop's shapes change ...
+    assert len(set(tap.shapes)) == per_step  # ... the static loop's repeat every step
+    assert len(set(tap.shapes[0::per_step])) == 1 and len(set(tap.shapes[per_step - 1 :: per_step])) == 1
+    assert tap.shapes[0][0] == (6 if fused else 3)
+
+
+def test_s2a_static_shapes_equal_default_tokens(s2a, monkeypatch):
+    sem, prompts, _ = _s2a_items()
+    opts = DecodeOptions(steps=(10, 4, 1), cfg=2.5, temperature=1.5)
+    tap = ShapeTap(monkeypatch, s2a.diff_estimator)
+    noises = [_noise(60 + b) for b in range(3)]
+    ref = s2a_generate(s2a, sem, prompts, opts, noises)
+    tap.shapes = []
+    fast_noises = [_noise(60 + b) for b in range(3)]
+    fast = s2a_generate(s2a, sem, prompts, dataclasses.replace(opts, static_shapes=True), fast_noises)
+    assert all(torch.equal(a, b) for a, b in zip(fast, ref, strict=True))
+    assert [n.draws for n in fast_noises] == [n.draws for n in noises]
+    first_layer = tap.shapes[: 2 * 10]  # 10 steps x (cond, uncond) of codebook 0
+    assert len(set(first_layer[0::2])) == 1 and len(set(first_layer[1::2])) == 1
+
+
+# ----------------------------------------------------------------------------- CUDA graphs flag
+
+
+def test_cuda_graphs_flag_is_a_no_op_on_cpu(stage1, monkeypatch):
+    def no_compile(*a, **k):
+        raise AssertionError("torch.compile must not be called on the CPU")
+
+    monkeypatch.setattr(torch, "compile", no_compile)
+    net = stage1.diff_estimator
+    opts = DecodeOptions(steps=6, cfg=2.5, static_shapes=True, cuda_graphs=True)
+    assert backbone_forward(net, opts, torch.device("cpu")) == net.run
+    prompts, lens, phones, cond = _stage1_items()
+    a = stage1_generate(stage1, prompts, lens, phones, cond, opts, [_noise(b) for b in range(3)])
+    b = stage1_generate(
+        stage1,
+        prompts,
+        lens,
+        phones,
+        cond,
+        dataclasses.replace(opts, cuda_graphs=False),
+        [_noise(b) for b in range(3)],
+    )
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_cuda_graphs_flag_compiles_once_per_module_on_cuda(monkeypatch):
+    """The device guard, both ways, without a GPU: a 'cuda' device gets the compiled forward."""
+    calls = []
+
+    def fake_compile(fn, **kw):
+        calls.append(kw)
+        return lambda *a, **k: fn(*a, **k)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+
+    class Net(torch.nn.Module):
+        def run(self, h, t, keep=None):
+            return h
+
+    net = Net()
+    on = DecodeOptions(steps=1, cuda_graphs=True)
+    f1 = backbone_forward(net, on, torch.device("cuda"))
+    f2 = backbone_forward(net, on, torch.device("cuda"))
+    assert f1 is f2 and f1 != net.run and calls == [{"mode": "reduce-overhead", "dynamic": False}]
+    assert backbone_forward(net, DecodeOptions(steps=1), torch.device("cuda")) == net.run
+    assert backbone_forward(net, on, torch.device("mps")) == net.run
+
+
+# ----------------------------------------------------------------------------- non-finite guard
+
+
+def test_non_finite_logits_fail_with_stage_step_and_item(stage1, s2a):
+    import copy
+
+    assert issubclass(NonFiniteError, MetisError)
+    prompts, lens, phones, cond = _stage1_items()
+    bad = [c.clone() for c in cond]
+    bad[1][0, 0] = float("inf")  # item 1's adapter input: its logits are NaN from step 1
+    with pytest.raises(NonFiniteError, match=r"^stage 1: .* at step 1, batch item 1 "):
+        stage1_generate(
+            stage1, prompts, lens, phones, bad, DecodeOptions(steps=4), [_noise(b) for b in range(3)]
+        )
+    with pytest.raises(NonFiniteError, match=r"^stage 1: .* at step 1, batch item 0"):
+        stage1_reference(stage1, prompts[1], lens[1], phones[1], bad[1], DecodeOptions(steps=4), _noise(0))
+    broken = copy.deepcopy(s2a)
+    with torch.no_grad():
+        broken.to_logits[2].bias[3] = float("nan")
+    sem, prompts, _ = _s2a_items()
+    opts = DecodeOptions(steps=(3, 2, 2), cfg=2.5)
+    with pytest.raises(NonFiniteError, match=r"^S2A \(full model\) codebook 2: .* at step 1, batch item 0"):
+        s2a_generate(broken, sem, prompts, opts, [_noise(b) for b in range(3)])
+    with pytest.raises(NonFiniteError, match=r"codebook 2: .* at step 1"):
+        s2a_reference(broken, sem[0], prompts[0], opts, _noise(0))
+    s2a_generate(s2a, sem, prompts, opts, [_noise(b) for b in range(3)])  # the intact model passes
+
+
+def test_non_finite_guard_costs_one_host_sync_per_loop(stage1, monkeypatch):
+    """The per-step flags stay on the device; one transfer after the loop."""
+    calls = []
+    orig = sampling.check_finite
+
+    def counting(slots, stage):
+        calls.append(stage)
+        return orig(slots, stage)
+
+    monkeypatch.setattr(sampling, "check_finite", counting)
+    prompts, lens, phones, cond = _stage1_items()
+    stage1_generate(
+        stage1, prompts, lens, phones, cond, DecodeOptions(steps=5), [_noise(b) for b in range(3)]
+    )
+    assert calls == ["stage 1"]

@@ -7,7 +7,13 @@ import dataclasses
 import pytest
 import torch
 
-from metis_cli.sampling import ReplayNoise, TorchNoise, metis_semantic_to_acoustic, s2a_generate
+from metis_cli.sampling import (
+    ReplayNoise,
+    TorchNoise,
+    metis_semantic_to_acoustic,
+    s2a_generate,
+    s2a_reference,
+)
 
 from .cases import all_cases, assert_close, assert_golden_close, float64_eval
 from .generator_helpers import check_fw_draws, decode_options, load_s2a, output_name, unknown_outputs
@@ -80,25 +86,32 @@ def test_forward(case):
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if "rd" in c.meta["calls"]], ids=str)
-@pytest.mark.parametrize("fused", [False, True])
-def test_rd_replay(case, fused):
+@pytest.mark.parametrize("mode", ["default", "fused_cfg", "static_shapes", "reference_loop"])
+def test_rd_replay(case, mode):
     io, model, call = case.io, load_s2a(case.path), case.call("rd")
     with torch.no_grad():
         assert_close(model.cond_emb(io["in.rd_semantic_code"]), io["mid.rd_cond"], what="mid.rd_cond")
     noise = ReplayNoise.from_file(case.path / call["noise_file"])
-    opts = dataclasses.replace(decode_options(call), fused_cfg=fused)
-    gt = [io["in.rd_gt_code"][0]] if "in.rd_gt_code" in io else None
-    (out,) = s2a_generate(model, [io["in.rd_semantic_code"][0]], [io["in.rd_prompt"][0]], opts, [noise], gt)
+    opts = decode_options(call)
+    if mode in ("fused_cfg", "static_shapes"):
+        opts = dataclasses.replace(opts, **{mode: True})
+    sem, prompt = io["in.rd_semantic_code"][0], io["in.rd_prompt"][0]
+    gt = io["in.rd_gt_code"][0] if "in.rd_gt_code" in io else None
+    if mode == "reference_loop":  # the written-out batch-1 loop (sampling.s2a_reference)
+        out = s2a_reference(model, sem, prompt, opts, noise, gt)
+    else:
+        (out,) = s2a_generate(model, [sem], [prompt], opts, [noise], None if gt is None else [gt])
     assert torch.equal(out, io[output_name(call)][0])
     assert noise.consumed, f"{noise.remaining} noise tensors left"
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if "rd" in c.meta["calls"]], ids=str)
-def test_rd_batched(case):
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_rd_batched(case, static):
     """Golden item second in a batch with a shorter item: golden codes, all noise consumed;
     the other item equals its own B=1 run with an equally seeded generator."""
     io, model, call = case.io, load_s2a(case.path), case.call("rd")
-    opts = decode_options(call)
+    opts = dataclasses.replace(decode_options(call), static_shapes=static)
     sem, prompt = io["in.rd_semantic_code"][0], io["in.rd_prompt"][0]
     gt = io["in.rd_gt_code"][0] if "in.rd_gt_code" in io else None
     sem_b, prompt_b = sem[1:-2], prompt[:-1]  # prompt one shorter, target one shorter
@@ -117,14 +130,15 @@ def test_rd_batched(case):
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if "pipe" in c.meta["calls"]], ids=str)
-def test_pipe_replay(case):
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_pipe_replay(case, static):
     """Metis stage 2 with the fixed settings (spec §1.5); the 1-layer model from ../s2a_1layer."""
     io, call = case.io, case.call("pipe")
     full, one = load_s2a(case.path), load_s2a(case.path.parent / "s2a_1layer")
     noise = ReplayNoise.from_file(case.path / call["noise_file"])
     passes = full.diff_estimator.passes + one.diff_estimator.passes
     (out,) = metis_semantic_to_acoustic(
-        one, full, [io["in.pipe_semantic_code"][0]], [io["in.pipe_prompt"][0]], [noise]
+        one, full, [io["in.pipe_semantic_code"][0]], [io["in.pipe_prompt"][0]], [noise], static_shapes=static
     )
     assert torch.equal(out, io[output_name(call)][0])
     assert noise.consumed, f"{noise.remaining} noise tensors left"

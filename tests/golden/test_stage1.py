@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from metis_cli.sampling import ReplayNoise, TorchNoise, stage1_generate
+from metis_cli.sampling import ReplayNoise, TorchNoise, stage1_generate, stage1_reference
 
 from .cases import all_cases, assert_golden_close, float64_eval
 from .generator_helpers import (
@@ -67,13 +69,30 @@ def test_replay(case, run):
 
 
 @pytest.mark.parametrize("case,run", RUNS, ids=lambda x: x if isinstance(x, str) else str(x))
-@pytest.mark.parametrize("mode", ["fused_cfg", "sdpa"])
+def test_reference_loop_replay(case, run):
+    """The written-out batch-1 loop (sampling.stage1_reference) gives the golden tokens."""
+    model, call = model_of(case), case.call(run)
+    x = stage1_rd_inputs(case, run)
+    noise = ReplayNoise.from_file(case.path / call["noise_file"])
+    out = stage1_reference(
+        model, x["prompt"], x["target_len"], x["phones"], x["cond"], decode_options(call), noise
+    )
+    expected = case.io[output_name(call)][0]
+    if expected.shape[0] != x["target_len"]:
+        out = torch.cat([x["prompt"], out])
+    assert torch.equal(out, expected)
+    assert noise.consumed
+
+
+@pytest.mark.parametrize("case,run", RUNS, ids=lambda x: x if isinstance(x, str) else str(x))
+@pytest.mark.parametrize("mode", ["fused_cfg", "static_shapes", "sdpa"])
 def test_replay_fast_modes(case, run, mode):
-    """Fast modes change floats by ~1e-6; the tiny goldens keep identical tokens (spec §12)."""
+    """Fast modes change floats by ~1e-6 (static shapes: not at all at batch 1); the tiny goldens
+    keep identical tokens (spec §12)."""
     model = model_of(case)
     opts = decode_options(case.call(run))
-    if mode == "fused_cfg":
-        run_stage1_replay(model, case, run, opts.__class__(**{**opts.__dict__, "fused_cfg": True}))
+    if mode != "sdpa":
+        run_stage1_replay(model, case, run, dataclasses.replace(opts, **{mode: True}))
     else:
         model.diff_estimator.attn_impl = "sdpa"
         try:
@@ -96,13 +115,14 @@ def _other_item(x: dict) -> dict:
 
 @pytest.mark.parametrize("case,run", RUNS, ids=lambda x: x if isinstance(x, str) else str(x))
 @pytest.mark.parametrize("fused", [False, True])
-def test_batched_replay(case, run, fused):
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_batched_replay(case, run, fused, static):
     """The golden item batched with another: golden tokens, all noise consumed, and the other
-    item equals its own B=1 run with an equally seeded generator."""
+    item equals its own B=1 run with an equally seeded generator (also with static shapes,
+    where the shorter item rides along as padding after it finished)."""
     model = model_of(case)
     call = case.call(run)
-    opts = decode_options(call)
-    opts = opts.__class__(**{**opts.__dict__, "fused_cfg": fused})
+    opts = dataclasses.replace(decode_options(call), fused_cfg=fused, static_shapes=static)
     a = stage1_rd_inputs(case, run)
     b = _other_item(a)
     items = [b, a]  # the golden item second: its positions must not depend on the first
