@@ -293,7 +293,7 @@ class ISTFT(nn.Module):
         float32 for a complex64 spec, float64 for complex128."""
         n_fft, hop = self.n_fft, self.hop_length
         pad = (n_fft - hop) // 2
-        window = self.window
+        window = self.window.to(spec.device)  # the CPU fallback of an MPS model (ISTFTHead)
         if window.dtype in REDUCED_PRECISION:  # fast modes: never use a rounded window
             window = torch.hann_window(n_fft, periodic=True, dtype=torch.float32, device=window.device)
         T = spec.shape[-1]
@@ -317,10 +317,13 @@ class ISTFTHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.out(x).transpose(1, 2)
         x = x.to(compute_dtype(x.dtype))  # (B, n_fft + 2, T), float32 unless float64
+        dev = x.device
+        if dev.type == "mps":  # complex / irfft on MPS: macOS 14 only, known silent bugs (devices.py)
+            x = x.cpu()
         logmag, phase = x.chunk(2, dim=1)  # (B, n_fft/2 + 1, T) each
         mag = torch.exp(logmag).clip(max=1e2)
         spec = torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
-        return self.istft(spec)
+        return self.istft(spec).to(dev)
 
 
 class Vocos(nn.Module):
