@@ -224,7 +224,7 @@ def worker(cfg: dict) -> dict:
         "rows": rec.rows,
         "rss_start_bytes": rss0,
         "rss_ready_bytes": rss_ready,
-        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_bytes": max(peak_rss_bytes(), rss_ready, _rss_now()),  # the kernel updates maxrss lazily
         "peak_anon_bytes": peak_anon,
         "semantic_frames": [int(s.shape[0]) for s in rec.semantic],
         "torch_threads": torch.get_num_threads(),
@@ -233,8 +233,9 @@ def worker(cfg: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------ logit error
-def logit_error(cache: str, task: str, seconds: float, seed: int = 0) -> dict:
-    """One forward of stage 1 and each S2A model, float32 vs bfloat16, on identical inputs."""
+def logit_error(cache: str, task: str, seconds: float, seed: int = 0, device: str = "auto") -> dict:
+    """One forward of stage 1 and each S2A model, float32 vs bfloat16, on identical inputs
+    (drawn on the CPU from `seed`, then moved to the engine's device)."""
     import torch
 
     from metis_cli.cards import ModelStore
@@ -245,11 +246,12 @@ def logit_error(cache: str, task: str, seconds: float, seed: int = 0) -> dict:
     out: dict[str, dict] = {}
     logits: dict[str, dict[str, torch.Tensor]] = {}
     for dtype in ("float32", "bfloat16"):
-        eng = Engine(task, store=ModelStore(cache, offline=True), options=EngineOptions(dtype=dtype))
+        opts = EngineOptions(dtype=dtype, device=device)
+        eng = Engine(task, store=ModelStore(cache, offline=True), options=opts)
         for name in ("stage1", "s2a_1layer", "s2a_full"):
             model = eng.component(name)
             g.manual_seed(seed)
-            logits.setdefault(name, {})[dtype] = _one_forward(name, model, frames, g).float()
+            logits.setdefault(name, {})[dtype] = _one_forward(name, model, frames, g).float().cpu()
             eng.release(name)
     for name, d in logits.items():
         ref, fast = d["float32"], d["bfloat16"]
@@ -265,31 +267,37 @@ def logit_error(cache: str, task: str, seconds: float, seed: int = 0) -> dict:
 
 
 def _one_forward(name: str, model, frames: int, g) -> Any:
-    """Logits (1, L, V) of one mid-schedule step (t=0.5, half the target masked)."""
+    """Logits (1, L, V) of one mid-schedule step (t=0.5, half the target masked), on the model's
+    device; the random inputs come from the CPU generator `g` (the same numbers on any device)."""
     import torch
+
+    dev = model.cond_emb.weight.device
+
+    def on(x):
+        return x.to(dev)
 
     with torch.inference_mode():
         dt = model.dtype
         lp, L = frames // 3, frames
         net = model.diff_estimator
-        t = torch.full((1,), 0.5)
-        masked = torch.rand(1, L, generator=g) < 0.5
+        t = torch.full((1,), 0.5, device=dev)
+        masked = on(torch.rand(1, L, generator=g) < 0.5)
         if name == "stage1":
             V = model.cfg.cond_codebook_size
-            prompt = torch.randint(0, V, (1, lp), generator=g)
-            seq = torch.randint(0, V, (1, L), generator=g)
+            prompt = on(torch.randint(0, V, (1, lp), generator=g))
+            seq = on(torch.randint(0, V, (1, L), generator=g))
             cur = torch.where(masked[..., None], model.mask_token().to(dt), model.cond_emb(seq))
             x = torch.cat([model.cond_emb(prompt), cur], dim=1)
             if model.has_adapter:
-                feat = torch.randn(1, lp + L, model.cfg.cond_dim, generator=g)
+                feat = on(torch.randn(1, lp + L, model.cfg.cond_dim, generator=g))
                 x = x + model.adapt(feat)
             return model.to_logit(net.run(x, t)[:, lp:])
         V, Q = model.cfg.codebook_size, model.num_quantizer
         layer = 0 if Q == 1 else 1
-        sem = torch.randint(0, model.cfg.cond_codebook_size, (1, lp + L), generator=g)
-        prompt = torch.randint(0, V, (1, lp, Q), generator=g)
-        gt = torch.randint(0, V, (1, L, layer), generator=g)
-        seq = torch.randint(0, V, (1, L), generator=g)
+        sem = on(torch.randint(0, model.cfg.cond_codebook_size, (1, lp + L), generator=g))
+        prompt = on(torch.randint(0, V, (1, lp, Q), generator=g))
+        gt = on(torch.randint(0, V, (1, L, layer), generator=g))
+        seq = on(torch.randint(0, V, (1, L), generator=g))
         cum = model.embed_codes(gt) if layer else 0
         cur = cum + torch.where(masked[..., None], model.mask_token().to(dt), model.token_emb[layer](seq))
         cur = cur + model.mask_token().to(dt) * (Q - 1 - layer)
@@ -419,12 +427,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", nargs="*", default=[], help="options for every config, key=value")
     p.add_argument("--compare", nargs=2, metavar="KEY=VAL[,KEY=VAL]", help="two configurations")
     p.add_argument("--logit-error", action="store_true", help="fp32 vs bf16 logits per stage")
+    p.add_argument("--device", default="auto", help="--logit-error: the engine's device (auto, cpu, cuda...)")
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
     if not args.cache.is_dir():
         raise SystemExit(f"{args.cache}: no checkpoints; run benchmarks/make_full_size.py first")
     if args.logit_error:
-        res = logit_error(str(args.cache), args.task, args.seconds, args.seed)
+        res = logit_error(str(args.cache), args.task, args.seconds, args.seed, args.device)
         print(json.dumps(res, indent=1))
         if args.json:
             args.json.write_text(json.dumps(res, indent=1))

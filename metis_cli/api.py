@@ -3,30 +3,34 @@
 >>> import metis_cli
 >>> se = metis_cli.load("se")                      # official Metis SE LoRA, fp32 reference mode
 >>> wav = se("noisy.wav", seed=0).wav              # (N,) float32 at 24 kHz
+>>> wav = se(metis_cli.AudioArray(samples, 16000)).wav   # in-memory audio
 >>> for report in se.run(jobs): ...                # many jobs, one model load, atomic outputs
+
+`load` takes the same option names as the CLI (`metis_cli.options`): steps, cfg, temperature,
+s2a_steps ("N" or "A,B"), s2a_temperature, device, dtype, attention, fused_cfg, batch_size,
+low_memory, chunk_seconds, overlap_seconds, context_seconds, max_chars, model, checkpoint_dir,
+offline, visual_checkpoint; plus the finer `engine.Decoding` fields (rescale_cfg, ...).
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import audio
+from . import jobs as J
+from . import options as O
 from .cards import ModelStore
 from .constants import CODEC_SAMPLE_RATE
-from .engine import Decoding, Engine, EngineOptions, JobResult
-from .errors import InputError, MetisError
-from .tasks import TASKS, Job
+from .engine import Decoding, Engine, JobResult
+from .errors import InputError, MetisError, UsageError
+from .tasks import Job
 
-
-def random_seed() -> int:
-    return secrets.randbelow(2**31 - 1)
+random_seed = J.random_seed
+TEXT_IN_REPORT = 80  # characters of a TTS text shown in its report
 
 
 @dataclass
@@ -35,17 +39,26 @@ class Report:
 
     inputs: dict[str, str]
     output: str
-    seed: int
+    seed: int | None
     status: str  # "ok" | "error" | "skipped"
     error: str | None = None
     steps: int | None = None
-    audio_seconds: float | None = None
+    audio_seconds: float | None = None  # the main input's length (None: never read)
     output_seconds: float | None = None
     processing_seconds: float | None = None
+    origin: str | None = None  # manifest line ("jobs.csv:3") for manifest jobs
+    id: str | None = None  # the manifest's "id" field
+    text: str | None = None  # TTS: the first 80 characters of the text
     info: dict[str, Any] = field(default_factory=dict)
+    error_type: type[BaseException] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("error_type")
+        for k in ("origin", "id", "text"):
+            if d[k] is None:
+                d.pop(k)
+        return d
 
 
 @dataclass
@@ -56,6 +69,10 @@ class Result:
     sample_rate: int
     seed: int
     info: dict[str, Any]
+
+
+def _inputs_text(inputs: Mapping[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in inputs.items()}
 
 
 class Pipeline:
@@ -69,7 +86,7 @@ class Pipeline:
     # -- one job ------------------------------------------------------------------------------------
     def __call__(
         self,
-        *inputs: str | Path,
+        *inputs: Any,
         seed: int | None = None,
         text: str | None = None,
         prompt_text: str | None = None,
@@ -78,20 +95,21 @@ class Pipeline:
         duration: float | None = None,
         **decoding: Any,
     ) -> Result:
-        """Run one job. Inputs in the task's order (se: noisy; vc: source, reference;
-        tse: mix, enrolment; tts: prompt; l2s: video[, prompt]). Raises MetisError on bad input."""
-        job = self.make_job(
-            inputs, Path(os.devnull), seed, text, prompt_text, language, prompt_language, duration
-        )
+        """Run one job and return its waveform (nothing is written). Inputs in the task's order
+        (se: noisy; vc: source, reference; tse: mix, enrolment; tts: prompt; l2s: video[, prompt]):
+        paths or `AudioArray`s (a (N,) numpy array needs a sample rate: wrap it in `AudioArray`).
+        Raises the job's own `MetisError` subclass on bad input."""
+        job = self.make_job(inputs, "<memory>", seed, text, prompt_text, language, prompt_language, duration)
         dec = self._decoding(**decoding)
-        (res,) = list(self.engine.run([job], dec))
+        (res,) = list(self.engine.run([job], dec, write=False))
         if not res.ok:
-            raise MetisError(res.error)
+            cls = res.error_type if res.error_type and issubclass(res.error_type, MetisError) else MetisError
+            raise cls(res.error)
         return Result(res.wav, CODEC_SAMPLE_RATE, job.seed, res.info)
 
     def make_job(
         self,
-        inputs: Iterable[str | Path] | Mapping[str, str | Path],
+        inputs: Iterable[Any] | Mapping[str, Any],
         output: str | Path,
         seed: int | None = None,
         text: str | None = None,
@@ -100,50 +118,29 @@ class Pipeline:
         prompt_language: str | None = None,
         duration: float | None = None,
     ) -> Job:
-        """A job for this task. `inputs`: files in the task's role order, or {role: file}."""
-        spec = TASKS[self.task]
-        roles = spec.inputs + spec.optional_inputs
-        if isinstance(inputs, Mapping):
-            by_role = {r: Path(p) for r, p in inputs.items() if p not in (None, "")}
-        else:
-            files = [Path(p) for p in inputs]
-            if len(files) > len(roles):
-                raise InputError(
-                    f"task '{self.task}' takes inputs {', '.join(roles)}; got {len(files)} file(s)"
-                )
-            by_role = dict(zip(roles[: len(files)], files, strict=True))  # trailing optional roles absent
-        unknown = [r for r in by_role if r not in roles]
-        missing = [r for r in spec.inputs if r not in by_role]
-        if unknown or missing:
+        """A validated job for this task (`jobs.make_job`). `inputs`: files or `AudioArray`s in
+        the task's role order, or {role: file}."""
+        if isinstance(inputs, np.ndarray) or (
+            not isinstance(inputs, Mapping) and any(isinstance(p, np.ndarray) for p in inputs)
+        ):
             raise InputError(
-                f"task '{self.task}' takes inputs {', '.join(roles)}"
-                + (f"; missing {', '.join(missing)}" if missing else "")
-                + (f"; unknown {', '.join(unknown)}" if unknown else "")
+                "a numpy array input needs its sample rate: pass AudioArray(samples, sample_rate)"
             )
-        return Job(
-            task=self.task,
-            inputs=by_role,
-            output=Path(output),
-            seed=random_seed() if seed is None else int(seed),
-            text=text,
-            prompt_text=prompt_text,
-            language=None if language in (None, "auto") else language,
-            prompt_language=None if prompt_language in (None, "auto") else prompt_language,
-            duration=duration,
+        return J.make_job(
+            self.task, inputs, output, seed, text, prompt_text, language, prompt_language, duration
         )
 
     def _decoding(self, **overrides: Any) -> Decoding:
-        from dataclasses import replace
-
-        bad = [k for k in overrides if k not in Decoding.__dataclass_fields__]
-        if bad:
-            raise InputError(f"unknown decoding option(s): {', '.join(bad)}")
-        return replace(self.decoding, **{k: v for k, v in overrides.items() if v is not None})
+        return replace(self.decoding, **_decoding_overrides(overrides))
 
     # -- many jobs ------------------------------------------------------------------------------------
+    def plan(self, request: J.Request) -> J.Plan:
+        """Plan a request with the CLI's rules (`jobs.plan`)."""
+        return J.plan(request)
+
     def run(
         self,
-        jobs: Iterable[Job],
+        jobs: Iterable[Job] | J.Plan,
         existing: str = "error",
         on_report: Callable[[Report], None] | None = None,
         on_chunk: Callable[[Any], None] | None = None,
@@ -151,26 +148,21 @@ class Pipeline:
     ) -> Iterator[Report]:
         """Run jobs with one model load; write each output atomically as it finishes.
 
-        existing: what to do when an output file exists: "error" (default: the job fails,
-        the file is kept), "overwrite", or "skip". An output that is one of the job's inputs
-        always fails. A failed job never stops the others. Long inputs (docs/LONGFORM.md) are
-        written chunk by chunk as they finish; `on_chunk` gets a `longform.ChunkProgress` per chunk.
+        jobs: `Job`s (checked here like the CLI's: two jobs writing one file, or a job writing
+        another's input, raise UsageError before anything runs) or a `jobs.Plan`.
+        existing: what to do when an output file exists: "error" (default: the job fails, the
+        file is kept), "overwrite", or "skip". An output that is one of the job's inputs always
+        fails. A failed job never stops the others. Long inputs (docs/LONGFORM.md) are written
+        chunk by chunk; `on_chunk` gets a `longform.ChunkProgress` per chunk.
         """
         dec = self._decoding(**decoding)
-        todo: list[Job] = []
-        early: dict[int, Report] = {}
-        jobs = list(jobs)
-        for i, job in enumerate(jobs):
-            problem = self._check_output(job, existing)
-            if problem is not None:
-                early[i] = problem
-            else:
-                todo.append(job)
+        plan = jobs if isinstance(jobs, J.Plan) else J.plan_jobs(self.task, jobs, existing)
+        runnable = plan.jobs
         self.engine.on_chunk = on_chunk
         try:
-            results = self.engine.run(todo, dec, stream=True)
-            for i in range(len(jobs)):
-                rep = early.get(i) or self._finish(next(results), dec)
+            results = self.engine.run(runnable, dec)
+            for item in plan.items:
+                rep = self._finish(next(results), dec) if isinstance(item, Job) else self._rejected(item)
                 if on_report is not None:
                     on_report(rep)
                 yield rep
@@ -179,92 +171,83 @@ class Pipeline:
 
     def _report(self, job: Job, status: str, error: str | None = None) -> Report:
         return Report(
-            inputs={k: str(v) for k, v in job.inputs.items()},
+            inputs=_inputs_text(job.inputs),
             output=str(job.output),
             seed=job.seed,
             status=status,
             error=error,
             steps=self.decoding.steps,
+            origin=job.origin,
+            id=job.job_id,
+            text=job.text[:TEXT_IN_REPORT] if job.text else None,
         )
 
-    def _check_output(self, job: Job, existing: str) -> Report | None:
-        out = job.output.resolve()
-        if any(out == Path(p).resolve() for p in job.inputs.values()):
-            return self._report(job, "error", f"{job.output}: output would overwrite an input file")
-        if out.exists():
-            if existing == "skip":
-                return self._report(job, "skipped")
-            if existing != "overwrite":
-                return self._report(
-                    job, "error", f"{job.output}: exists (use --overwrite or --skip-existing)"
-                )
-        if not out.parent.is_dir():
-            return self._report(job, "error", f"{job.output}: output folder does not exist")
-        if not os.access(out.parent, os.W_OK):
-            return self._report(job, "error", f"{job.output}: output folder is not writable")
-        return None
+    def _rejected(self, item: J.Rejected) -> Report:
+        if item.job is not None:
+            rep = self._report(item.job, item.status, item.error or None)
+        else:
+            rep = Report(item.inputs, item.output or "", None, item.status, item.error, origin=item.origin)
+        rep.error_type = item.error_type if item.status == "error" else None
+        return rep
 
     def _finish(self, res: JobResult, dec: Decoding) -> Report:
         rep = self._report(res.job, "ok" if res.ok else "error", res.error)
+        rep.error_type = res.error_type
         rep.steps = dec.steps
         rep.processing_seconds = round(res.seconds, 3)
-        rep.audio_seconds = round(res.audio_seconds, 3)
+        rep.audio_seconds = None if res.audio_seconds is None else round(res.audio_seconds, 3)
+        if res.output_samples is not None:
+            rep.output_seconds = round(res.output_samples / CODEC_SAMPLE_RATE, 3)
         rep.info = res.info
-        if res.ok and res.info.get("streamed"):  # long input: the engine wrote it chunk by chunk
-            rep.output_seconds = round(res.info["output_samples"] / CODEC_SAMPLE_RATE, 3)
-        elif res.ok:
-            try:
-                audio.write_wav_atomic(res.job.output, res.wav, CODEC_SAMPLE_RATE)
-                rep.output_seconds = round(len(res.wav) / CODEC_SAMPLE_RATE, 3)
-            except (OSError, MetisError) as exc:
-                rep.status, rep.error = "error", f"{res.job.output}: cannot write ({exc})"
         return rep
 
 
-def load(
-    task: str,
-    model: str | None = None,
-    *,
-    device: str = "auto",
-    dtype: str = "float32",
-    checkpoint_dir: str | Path | None = None,
-    offline: bool | None = None,
-    attention: str = "eager",
-    fused_cfg: bool = False,
-    batch_size: int = 1,
-    low_memory: bool = False,
-    bf16_cache: bool = True,
-    visual_checkpoint: str | Path | None = None,
-    chunk_seconds: float = 20.0,
-    overlap_seconds: float = 1.0,
-    context_seconds: float = 2.0,
-    max_chars: int = 300,
-    **decoding: Any,
-) -> Pipeline:
+def _decoding_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Decoding keywords (CLI names and `Decoding` fields) → validated `Decoding` overrides."""
+    cli = {k: v for k, v in values.items() if k in O.DecodingOptions.__dataclass_fields__}
+    fine = {k: v for k, v in values.items() if k not in cli}
+    bad = [k for k in fine if k not in Decoding.__dataclass_fields__]
+    if bad:
+        raise UsageError(f"unknown decoding option(s): {', '.join(bad)}")
+    out = {k: v for k, v in fine.items() if v is not None}
+    for k in ("s2a_steps_1layer", "s2a_steps_full"):
+        if k in out:
+            out[k] = tuple(out[k])
+            for s in out[k]:
+                O.at_least(1, int, O.MAX_STEPS)(k, s)
+    out.update(O.build(O.DecodingOptions, cli).overrides())
+    return out
+
+
+_LOAD_GROUPS = (O.ModelOptions, O.EngineOptions, O.LongformOptions)
+
+
+def load(task: str, model: str | None = None, **kwargs: Any) -> Pipeline:
     """Build a pipeline for `task` ("tts", "vc", "tse", "se", "l2s").
 
     model: a card name (`metis models` lists them) or a fine-tuned model folder; default: the
-    task's official model. Defaults are the exact reference mode (fp32, eager attention,
-    separate CFG passes, batch size 1). `decoding` overrides the card's defaults
-    (steps, cfg, temperature, s2a_steps_1layer, ...). Long inputs (docs/LONGFORM.md): SE/TSE/VC
-    inputs longer than `chunk_seconds` (0 = never) run in chunks joined by `overlap_seconds`
-    crossfades (SE carries `context_seconds` of output tokens as the next prompt); TTS texts
-    longer than `max_chars` are split at sentence boundaries. `bf16_cache`: with
-    `dtype="bfloat16"`, keep converted weights in `$METIS_CACHE_DIR/bf16` (`weight_cache`).
+    task's official model. Keywords: the CLI's option names (module docstring; each documented
+    in `metis_cli.options`), validated before anything loads (a bad value or an unknown name is
+    a `UsageError`). Defaults are the exact reference mode (fp32, eager attention, separate CFG
+    passes, batch size 1). Long inputs (docs/LONGFORM.md): SE/TSE/VC inputs longer than
+    `chunk_seconds` (0 = never) run in chunks; TTS texts longer than `max_chars` are split at
+    sentence boundaries. `bf16_cache`: with `dtype="bfloat16"`, keep converted weights in
+    `$METIS_CACHE_DIR/bf16` (`weight_cache`).
     """
-    options = EngineOptions(
-        device=device,
-        dtype=dtype,
-        attention=attention,
-        fused_cfg=fused_cfg,
-        batch_size=max(1, int(batch_size)),
-        low_memory=low_memory,
-        bf16_cache=bf16_cache,
-        visual_checkpoint=Path(visual_checkpoint) if visual_checkpoint else None,
-        chunk_seconds=float(chunk_seconds),
-        overlap_seconds=float(overlap_seconds),
-        context_seconds=float(context_seconds),
-        max_chars=int(max_chars),
+    if model is not None:
+        kwargs["model"] = model
+    known = {n for g in _LOAD_GROUPS for n in O.names(g)}
+    decoding = {k: kwargs.pop(k) for k in list(kwargs) if k not in known}
+    dec_overrides = _decoding_overrides(decoding)
+    groups = O.split(kwargs, _LOAD_GROUPS)
+    m: O.ModelOptions = groups[O.ModelOptions]
+    eng_opts: O.EngineOptions = groups[O.EngineOptions]
+    if eng_opts.visual_checkpoint is not None:
+        eng_opts = replace(eng_opts, visual_checkpoint=Path(eng_opts.visual_checkpoint))
+    engine = Engine(
+        task, m.model, ModelStore(m.checkpoint_dir, m.offline), eng_opts, groups[O.LongformOptions]
     )
-    engine = Engine(task, model, ModelStore(checkpoint_dir, offline), options)
-    return Pipeline(engine, Decoding.from_card(engine.card, task, **decoding))
+    return Pipeline(engine, Decoding.from_card(engine.card, task, **dec_overrides))
+
+
+__all__ = ["Pipeline", "Report", "Result", "load", "fields"]

@@ -13,13 +13,14 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import soundfile as sf
 
 from .audio import resample, resampled_length
 from .constants import CODEC_SAMPLE_RATE, FRAME_RATE, HOP_SAMPLES, SSL_SAMPLE_RATE
 from .errors import AudioError, InputError
+from .options import LongformOptions  # noqa: F401  (re-exported: it used to live here)
 
 log = logging.getLogger(__name__)
 
@@ -28,35 +29,6 @@ TRAIN_MIN_SECONDS = 3.0  # Metis was trained on 3-30 s clips
 TRAIN_MAX_SECONDS = 30.0
 RESAMPLE_MARGIN_SECONDS = 0.05  # native audio read beyond each block edge before resampling
 ENERGY_BLOCK_FRAMES = 3000  # frames per read in the energy pass (60 s)
-
-
-@dataclass(frozen=True)
-class LongformOptions:
-    """How long inputs are cut (seconds). `chunk_seconds == 0` disables chunking."""
-
-    chunk_seconds: float = 20.0  # longest chunk, overlaps included
-    overlap_seconds: float = 1.0  # crossfade length at each join
-    context_seconds: float = 2.0  # SE: previous output tokens carried as the next chunk's prompt
-    search_seconds: float = 2.0  # window around each nominal cut searched for low energy
-    max_chars: int = 300  # TTS: longest text piece (characters)
-
-    def validate(self) -> LongformOptions:
-        c, o = self.chunk_seconds, self.overlap_seconds
-        if c and not TRAIN_MIN_SECONDS <= c <= TRAIN_MAX_SECONDS:
-            raise InputError(f"--chunk-seconds must be 0 (off) or within 3-30 s (got {c})")
-        if c and not 0.02 <= o <= c / 4:
-            raise InputError(f"--overlap-seconds must be within 0.02 s and chunk/4 = {c / 4:g} s (got {o})")
-        if not 0 <= self.context_seconds <= 10:
-            raise InputError(f"--context-seconds must be within 0-10 s (got {self.context_seconds})")
-        if self.search_seconds < 0:
-            raise InputError(f"search window must be >= 0 s (got {self.search_seconds})")
-        if self.max_chars < 20:
-            raise InputError(f"--max-chars must be at least 20 (got {self.max_chars})")
-        return self
-
-    @property
-    def enabled(self) -> bool:
-        return self.chunk_seconds > 0
 
 
 def seconds_to_frames(seconds: float) -> int:
@@ -139,21 +111,28 @@ class BlockReader:
     samples agree with whole-file resampling to ~3e-7 (float rounding) at the usual rates.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise AudioError(f"{self.path}: no such audio file")
-        try:
-            info = sf.info(str(self.path))
-        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-            raise AudioError(f"{self.path}: unreadable or unsupported audio format ({exc})") from None
-        self.sr = int(info.samplerate)
-        self.n_native = int(info.frames)
+    def __init__(self, path: Any) -> None:
+        from .audio import open_blocks
+
+        self.path = path  # a file path or an `audio.AudioArray`
+        self._src = open_blocks(path)  # AudioError naming the source if unreadable
+        self.sr = int(self._src.info.sample_rate)
+        self.n_native = int(self._src.info.frames)
         if self.n_native <= 0:
+            self._src.close()
             raise AudioError(f"{self.path}: audio file has zero samples")
         self.n_out = resampled_length(self.n_native, self.sr, CODEC_SAMPLE_RATE)  # 24 kHz samples
         self.n_frames = math.ceil(self.n_out / HOP_SAMPLES)
         self.max_block = 0  # longest native block read so far (samples)
+
+    def close(self) -> None:
+        self._src.close()
+
+    def __enter__(self) -> BlockReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def seconds(self) -> float:
@@ -165,13 +144,7 @@ class BlockReader:
         if b <= a:
             return np.zeros(0, np.float32)
         self.max_block = max(self.max_block, b - a)
-        with sf.SoundFile(str(self.path)) as f:
-            f.seek(a)
-            data = f.read(frames=b - a, dtype="float32", always_2d=True)
-        mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-        if not np.isfinite(mono).all():
-            raise AudioError(f"{self.path}: audio contains non-finite samples (NaN or Inf)")
-        return np.ascontiguousarray(mono, dtype=np.float32)
+        return self._src.read(a, b)
 
     def frame_energy(self) -> np.ndarray:
         """(n_frames,) mean square per 20 ms frame (one pass in 60 s blocks)."""

@@ -244,13 +244,16 @@ def test_vc_manifest_jsonl_and_csv(tiny_bundle, wav_factory, tmp_path):
     np.testing.assert_array_equal(read(tmp_path / "c1.wav")[0], read(tmp_path / "o1.wav")[0])
 
 
-def test_manifest_errors_are_usage_errors(tiny_bundle, tmp_path):
+def test_manifest_bad_lines_fail_and_unreadable_manifests_are_usage_errors(tiny_bundle, tmp_path):
     bad = tmp_path / "jobs.jsonl"
     bad.write_text("{not json}\n")
     res = run(["vc", "--manifest", str(bad)], tiny_bundle)
-    assert res.exit_code == 2 and "jobs.jsonl:1" in res.stderr
+    assert res.exit_code == 1 and "jobs.jsonl:1: not valid JSON" in res.stderr
     res = run(["vc", "--manifest", str(tmp_path / "absent.jsonl")], tiny_bundle)
-    assert res.exit_code == 2
+    assert res.exit_code == 2 and "manifest not found" in res.stderr
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    res = run(["vc", "--manifest", str(tmp_path / "empty.jsonl")], tiny_bundle)
+    assert res.exit_code == 2 and "no jobs" in res.stderr
 
 
 # -- TTS ------

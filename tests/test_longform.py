@@ -195,7 +195,7 @@ def test_long_se_streams_with_bounded_calls_and_continuous_joins(bundle, tmp_pat
 
 
 def _replan(src, pipe):
-    lf = pipe.engine.longform_options()
+    lf = pipe.engine.longform.options
     r = L.BlockReader(src)
     frames = L.seconds_to_frames(min(lf.chunk_seconds, L.TRAIN_MAX_SECONDS - lf.context_seconds))
     return L.plan_chunks(
@@ -257,7 +257,7 @@ def test_shorter_than_a_chunk_equals_unchunked(bundle, tmp_path):
 def test_a_failing_chunk_leaves_no_output(bundle, tmp_path):
     src = _wav(tmp_path / "mid.wav", 16.0)
     pipe = _load(bundle)
-    real, calls = pipe.engine._generate_codes, []
+    real, calls = pipe.engine.generator.codes, []
 
     def flaky(ready, decoding):
         calls.append(1)
@@ -265,7 +265,7 @@ def test_a_failing_chunk_leaves_no_output(bundle, tmp_path):
             raise MetisError("boom")
         return real(ready, decoding)
 
-    pipe.engine._generate_codes = flaky
+    pipe.engine.generator.codes = flaky
     (rep,) = list(pipe.run([pipe.make_job([src], tmp_path / "out.wav", seed=0)]))
     assert rep.status == "error" and "boom" in rep.error
     assert list(tmp_path.iterdir()) == [src]

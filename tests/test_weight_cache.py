@@ -42,7 +42,7 @@ def _enhance(bundle: Path, noisy: Path, out: Path, **options) -> tuple[np.ndarra
     pipe = api.load("se", checkpoint_dir=bundle, offline=True, dtype="bfloat16", **options, **FAST_API)
     pipe.engine.load_all()
     state = {k: v.clone() for k, v in pipe.engine.component("stage1").state_dict().items()}
-    (res,) = pipe.engine.run([pipe.make_job([str(noisy)], out, seed=5)], pipe.decoding)
+    (res,) = pipe.engine.run([pipe.make_job([str(noisy)], out, seed=5)], pipe.decoding, keep=True)
     assert res.ok, res.error
     return res.wav, state
 

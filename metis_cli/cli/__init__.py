@@ -1,25 +1,64 @@
-"""The `metis` command: parses arguments, calls the API, prints results (stdout) and
-progress/errors (stderr). It never touches tensors.
+"""The `metis` command: parses arguments, calls the job layer and the API, prints results
+(stdout) and progress/errors (stderr). It never touches tensors.
 
-Exit codes: 0 every job succeeded (or was skipped); 1 some jobs failed (the others still
-ran and were written); 2 usage errors.
+Exit codes (docs/CLI.md): 0 every job succeeded (or was skipped); 1 some jobs failed (the others
+still ran and were written); 2 usage errors (one line `metis: error: ...`); 130 SIGINT;
+141 stdout closed by its reader; 143 SIGTERM.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from .. import __version__
 
+# Typer's click exceptions (recent Typer releases vendor click: take the classes from Typer itself)
+_EXC = sys.modules[typer.BadParameter.__module__]
+_NO_ARGS = getattr(_EXC, "NoArgsIsHelpError", None) or type("_Never", (Exception,), {})
+
+
+class MetisGroup(TyperGroup):
+    """Usage errors as one line `metis: error: ...` with exit code 2, for every command."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except _NO_ARGS as exc:
+            typer.echo(exc.ctx.get_help(), err=True)
+            sys.exit(2)
+        except _EXC.UsageError as exc:
+            sys.stderr.write(f"metis: error: {_usage_message(exc)}\n")
+            sys.exit(2)
+        except _EXC.ClickException as exc:
+            sys.stderr.write(f"metis: error: {exc.format_message()}\n")
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            sys.stderr.write("metis: error: interrupted\n")
+            sys.exit(130)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _usage_message(exc: Exception) -> str:
+    if isinstance(exc, typer.BadParameter) and exc.param is not None:
+        names = "/".join(getattr(exc.param, "opts", []) or [exc.param.name or "?"])
+        return f"{names}: {exc.message}"
+    return exc.format_message().replace("\n", " ")
+
+
 app = typer.Typer(
     name="metis",
+    cls=MetisGroup,
     help=(
         "Metis speech generation from the official checkpoints: TTS, voice conversion, target speaker "
         "extraction, speech enhancement and lip-to-speech.\n\n"
-        "Exit codes: 0 all jobs succeeded, 1 some jobs failed (the rest were written), 2 usage error."
+        "Exit codes: 0 all jobs succeeded, 1 some jobs failed (the rest were written), 2 usage error, "
+        "130/143 interrupted (SIGINT/SIGTERM), 141 stdout closed."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -40,13 +79,13 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Show the version."
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging on stderr."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Debug logging on stderr (tracebacks of failed jobs)."
+    ),
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from .logs import configure
+
+    configure(verbose=verbose)
 
 
 def _register() -> None:

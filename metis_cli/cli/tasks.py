@@ -1,562 +1,235 @@
-"""Task commands: tts, vc, tse, enhance, l2s. One shared runner; each command only maps its
-arguments to jobs."""
+"""Task commands: enhance, tse, vc, tts, l2s. Each maps its arguments to a `jobs.Request`; the
+shared options come from `metis_cli.options`; planning is `metis_cli.jobs`; this module parses
+and prints.
+
+stdout carries results only (an output path per job, or a JSON object per job with --json);
+progress, warnings and the summary go to stderr. Exit codes: docs/CLI.md.
+"""
 
 from __future__ import annotations
 
-import csv
-import glob
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from ..errors import InputError, MetisError
+from .. import options as O
+from ..errors import InputError, MetisError, UsageError
+from .params import command, group_params, param
+from .report import Printer, fail_usage, run_guarded, text_from
 
-# ---- options shared by every task command ------------------------------------------------------
-
-_MODEL = typer.Option(
-    None, "--model", "-m", help="Model card name (see `metis models`) or a fine-tuned model folder."
-)
-_STEPS = typer.Option(
-    None, "--steps", help="Stage-1 decoding steps (default: the model card's official value)."
-)
-_CFG = typer.Option(None, "--cfg", help="Stage-1 classifier-free guidance scale (0 disables).")
-_TEMP = typer.Option(None, "--temperature", help="Stage-1 start temperature (official 0.9).")
-_S2A_STEPS = typer.Option(
-    None,
-    "--s2a-steps",
-    help="S2A steps: N or A,B = steps of the 1-layer model, steps of the full model's layer 1 "
-    "(official 40,16; the remaining layers take one step each).",
-)
-_S2A_TEMP = typer.Option(None, "--s2a-temperature", help="S2A temperature (official 1.5).")
-_SEED = typer.Option(None, "--seed", help="Random seed (default: random; the seed used is always reported).")
-_DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
-_DTYPE = typer.Option(
-    "float32", "--dtype", help="float32 (exact reference mode), bfloat16 (fast mode) or float16 (GPU only)."
-)
-_BATCH = typer.Option(
-    1, "--batch-size", min=1, help="Jobs per padded batch (per-item tokens equal batch size 1)."
-)
-_ATTN = typer.Option("eager", "--attention", help="eager (reference) or sdpa (fast mode).")
-_FUSED = typer.Option(False, "--fused-cfg", help="Fast mode: both CFG passes in one batched forward.")
-_LOWMEM = typer.Option(
-    False, "--low-memory", help="Free each stage's models as soon as the batch is past it."
-)
-_CKPT = typer.Option(
-    None,
-    "--checkpoint-dir",
-    envvar="METIS_CHECKPOINT_DIR",
-    help="Local weights laid out as <org>/<repo>/<path-in-repo> (default: the Hugging Face cache).",
-)
-_OFFLINE = typer.Option(False, "--offline", help="Never download (also HF_HUB_OFFLINE=1).")
-_OVERWRITE = typer.Option(False, "--overwrite", help="Replace existing output files.")
-_SKIP = typer.Option(False, "--skip-existing", help="Skip jobs whose output file exists.")
-_JSON = typer.Option(False, "--json", help="Print one JSON object per job on stdout.")
-_QUIET = typer.Option(False, "--quiet", "-q", help="No progress or summary on stderr.")
-_CHUNK = typer.Option(
-    20.0,
-    "--chunk-seconds",
-    help="Inputs longer than this run in chunks of at most this length (3-30 s; 0 = never).",
-)
-_OVERLAP = typer.Option(
-    1.0, "--overlap-seconds", help="Overlap of neighbouring chunks, joined by an equal-power crossfade."
-)
-_CONTEXT = typer.Option(
-    2.0,
-    "--context-seconds",
-    help="Enhancement: seconds of the previous chunk's output carried as the next chunk's prompt.",
-)
-_MAX_CHARS = typer.Option(300, "--max-chars", help="Texts longer than this are spoken sentence by sentence.")
-_MANIFEST = typer.Option(
-    None, "--manifest", help="Jobs file (.jsonl or .csv), one job per line: input roles, output, text, seed."
-)
+OUTPUT_HELP = {
+    "se": "Output file (one input) or folder (default: next to each input, <stem>.enhanced.wav).",
+    "tse": "Output file or folder (default <mix>.tse.wav); '-' writes the WAV to stdout.",
+    "vc": "Output file or folder (default <source>.vc.wav); '-' writes the WAV to stdout.",
+    "tts": "Output file or folder (default tts.wav); '-' writes the WAV to stdout.",
+    "l2s": "Output file or folder (default <video>.l2s.wav).",
+}
+MANIFEST_HELP = "Jobs file (.jsonl or .csv), one job per line: input roles, output, seed (docs/CLI.md)."
 
 
-def _err(msg: str) -> None:
-    typer.echo(f"metis: error: {msg}", err=True)
+def _common(task: str) -> list:
+    return [
+        param("output", Path | None, typer.Option(None, "-o", "--output", help=OUTPUT_HELP[task])),
+        param("manifest", Path | None, typer.Option(None, "--manifest", help=MANIFEST_HELP)),
+        *group_params(O.COMMAND_GROUPS, task),
+    ]
 
 
-def _parse_s2a_steps(value: str | None) -> dict[str, Any]:
-    if value is None:
-        return {}
-    try:
-        parts = [int(p) for p in value.split(",")]
-    except ValueError:
-        raise typer.BadParameter(f"--s2a-steps must be N or A,B (got {value!r})") from None
-    if not 1 <= len(parts) <= 2 or min(parts) < 1:
-        raise typer.BadParameter(f"--s2a-steps must be N or A,B with positive integers (got {value!r})")
-    a, b = parts[0], parts[-1]
-    return {"s2a_steps_1layer": (a,), "s2a_steps_full": (a, b) + (1,) * 10}
-
-
-def _expand(paths: list[str]) -> list[Path]:
-    """Expand globs the shell left alone; keep plain names (a missing file fails per job)."""
-    out: list[Path] = []
-    for p in paths:
-        hits = sorted(glob.glob(p)) if any(ch in p for ch in "*?[") else [p]
-        if not hits:
-            raise InputError(f"{p}: no file matches")
-        out.extend(Path(h) for h in hits)
-    return out
-
-
-def _read_manifest(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise InputError(f"{path}: manifest not found")
-    rows: list[dict[str, Any]] = []
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="") as fh:
-            rows = [dict(r) for r in csv.DictReader(fh)]
-    else:
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{n}: each line must be a JSON object")
-            rows.append(row)
-    if not rows:
-        raise InputError(f"{path}: no jobs")
-    return rows
-
-
-class Runner:
-    """Builds the pipeline once and runs a list of jobs through it, printing as it goes."""
-
-    def __init__(self, task: str, **kw: Any) -> None:
-        self.task = task
-        self.kw = kw
-
-    def run(
-        self, make_jobs: Callable[[Any], list], manifest: Path | None, manifest_job: Callable | None
-    ) -> None:
-        kw = self.kw
-        as_json, quiet = kw.pop("json_out"), kw.pop("quiet")
-        overwrite, skip = kw.pop("overwrite"), kw.pop("skip_existing")
-        if overwrite and skip:
-            _err("give --overwrite or --skip-existing, not both")
-            raise typer.Exit(2)
-        existing = "overwrite" if overwrite else ("skip" if skip else "error")
-        kw["offline"] = kw["offline"] or None  # None: honour HF_HUB_OFFLINE
-        decoding = {k: kw.pop(k) for k in ("steps", "cfg", "temperature", "s2a_temperature")}
-        decoding.update(_parse_s2a_steps(kw.pop("s2a_steps")))
-        if decoding.get("s2a_temperature") is None:
-            decoding.pop("s2a_temperature")
-        if quiet or not sys.stderr.isatty():  # downloads on first use: no bars when quiet or piped
-            from huggingface_hub.utils import disable_progress_bars
-
-            disable_progress_bars()
-        try:
-            from ..api import load
-
-            pipe = load(self.task, **kw, **{k: v for k, v in decoding.items() if v is not None})
-            jobs = (
-                make_jobs(pipe)
-                if manifest is None
-                else [manifest_job(pipe, r) for r in _read_manifest(manifest)]
-            )
-        except MetisError as exc:
-            _err(str(exc))
-            raise typer.Exit(2 if isinstance(exc, InputError) else 1) from None
-        seen: dict[Path, int] = {}
-        for i, job in enumerate(jobs):
-            key = job.output.resolve()
-            if key in seen:
-                _err(f"{job.output}: jobs {seen[key] + 1} and {i + 1} write the same output file")
-                raise typer.Exit(2)
-            seen[key] = i
-        self._run(pipe, jobs, existing, as_json, quiet)
-
-    def _run(self, pipe: Any, jobs: list, existing: str, as_json: bool, quiet: bool) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        console = Console(stderr=True, soft_wrap=True)
-        show = not quiet and console.is_terminal
-        failures: list[Any] = []
-        done = 0
-        progress = Progress(
-            TextColumn(f"metis {self.task}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            disable=not show,
-        )
-        chunk_bar: list[Any] = []  # the per-chunk bar of the long job in progress, if any
-
-        def on_chunk(p: Any) -> None:  # longform.ChunkProgress after each chunk of a long input
-            if not chunk_bar:
-                chunk_bar.append(progress.add_task(f"  {Path(p.output).name}", total=p.total))
-            progress.update(chunk_bar[0], completed=p.index + 1, total=p.total)
-
-        with progress:
-            bar = progress.add_task(self.task, total=len(jobs))
-            try:
-                for rep in pipe.run(jobs, existing=existing, on_chunk=on_chunk):
-                    done += 1
-                    progress.advance(bar)
-                    if chunk_bar:
-                        progress.remove_task(chunk_bar.pop())
-                    if as_json:
-                        print(json.dumps(rep.to_dict(), ensure_ascii=False), flush=True)
-                    elif rep.status == "ok":
-                        print(rep.output, flush=True)
-                    if rep.status == "error":
-                        failures.append(rep)
-                        if not quiet:
-                            console.print(f"[red]failed[/red] {rep.error}", highlight=False)
-                    elif not quiet and not as_json:
-                        console.print(f"{rep.status}: {rep.output} (seed {rep.seed})", highlight=False)
-            except MetisError as exc:  # a model could not be loaded: nothing more can run
-                _err(str(exc))
-                raise typer.Exit(1) from None
-        if failures:
-            if not quiet:
-                console.print(f"{len(failures)} of {len(jobs)} job(s) failed:", highlight=False)
-                for rep in failures:
-                    console.print(f"  {rep.error}", highlight=False)
-            raise typer.Exit(1)
-
-
-def _default_output(main: Path, out: Path | None, suffix: str, many: bool) -> Path:
-    """OUT if it is a file name; OUT/<stem>.wav if OUT is a folder (or there are many
-    inputs); else <stem>.<suffix>.wav next to the input (never the input itself)."""
-    if out is not None and not many and not out.is_dir() and out.suffix:
-        return out
-    if out is not None:
-        return out / f"{main.stem}.wav"
-    return main.with_name(f"{main.stem}.{suffix}.wav")
-
-
-def _outdir_check(out: Path | None, many: bool) -> None:
-    if out is not None and many and out.exists() and not out.is_dir():
-        raise typer.BadParameter(f"{out}: -o must be a folder when several inputs are given")
-    if out is not None and (many or not out.suffix) and not out.exists():
-        out.mkdir(parents=True, exist_ok=True)
-
-
-# names in a pair command's locals() that are not engine/decoding options (task and roles are
-# the closure's variables)
-_NOT_OPTIONS = ("main", "other", "output", "manifest", "task", "roles")
-
-
-def register(app: typer.Typer) -> None:  # noqa: C901 - one small closure per command
-    @app.command("enhance")
-    def enhance(
-        inputs: list[str] = typer.Argument(None, help="Noisy audio files or globs."),
-        output: Path = typer.Option(
-            None, "-o", "--output", help="Output folder (default: next to each input, <stem>.enhanced.wav)."
-        ),
-        manifest: Path = _MANIFEST,
-        chunk_seconds: float = _CHUNK,
-        overlap_seconds: float = _OVERLAP,
-        context_seconds: float = _CONTEXT,
-        model: str = _MODEL,
-        steps: int = _STEPS,
-        cfg: float = _CFG,
-        temperature: float = _TEMP,
-        s2a_steps: str = _S2A_STEPS,
-        s2a_temperature: float = _S2A_TEMP,
-        seed: int = _SEED,
-        device: str = _DEVICE,
-        dtype: str = _DTYPE,
-        batch_size: int = _BATCH,
-        attention: str = _ATTN,
-        fused_cfg: bool = _FUSED,
-        low_memory: bool = _LOWMEM,
-        checkpoint_dir: Path = _CKPT,
-        offline: bool = _OFFLINE,
-        overwrite: bool = _OVERWRITE,
-        skip_existing: bool = _SKIP,
-        json_out: bool = _JSON,
-        quiet: bool = _QUIET,
-    ) -> None:
-        """Speech enhancement: denoise/dereverb each input (24 kHz wav out); any length."""
-        kw = {k: v for k, v in locals().items() if k not in ("inputs", "output", "manifest")}
-        _run_single_input("se", "enhanced", inputs, output, manifest, kw, ("input",))
-
-    def pair_command(task: str, roles: tuple[str, str], helps: tuple[str, str], doc: str) -> None:
-        """tse and vc: two positional files (main input first), one output."""
-
-        def command(
-            main: Path = typer.Argument(None, metavar=roles[0].upper(), help=helps[0]),
-            other: Path = typer.Argument(None, metavar=roles[1].upper(), help=helps[1]),
-            output: Path = typer.Option(
-                None, "-o", "--output", help=f"Output wav (default <{roles[0]}>.{task}.wav)."
-            ),
-            manifest: Path = _MANIFEST,
-            chunk_seconds: float = _CHUNK,
-            overlap_seconds: float = _OVERLAP,
-            model: str = _MODEL,
-            steps: int = _STEPS,
-            cfg: float = _CFG,
-            temperature: float = _TEMP,
-            s2a_steps: str = _S2A_STEPS,
-            s2a_temperature: float = _S2A_TEMP,
-            seed: int = _SEED,
-            device: str = _DEVICE,
-            dtype: str = _DTYPE,
-            batch_size: int = _BATCH,
-            attention: str = _ATTN,
-            fused_cfg: bool = _FUSED,
-            low_memory: bool = _LOWMEM,
-            checkpoint_dir: Path = _CKPT,
-            offline: bool = _OFFLINE,
-            overwrite: bool = _OVERWRITE,
-            skip_existing: bool = _SKIP,
-            json_out: bool = _JSON,
-            quiet: bool = _QUIET,
-        ) -> None:
-            kw = {k: v for k, v in locals().items() if k not in _NOT_OPTIONS}
-            _run_pair(task, task, main, other, output, manifest, kw, roles)
-
-        command.__doc__ = doc
-        app.command(task)(command)
-
-    pair_command(
-        "tse",
-        ("mix", "enrol"),
-        ("Mixture of several speakers.", "Enrolment speech of the target speaker."),
-        "Target speaker extraction: the voice of ENROL, extracted from MIX; any length.",
-    )
-    pair_command(
-        "vc",
-        ("source", "reference"),
-        ("Speech to convert.", "Reference speech of the target voice."),
-        "Voice conversion: SOURCE spoken in the voice of REFERENCE; any length.",
-    )
-
-    @app.command("tts")
-    def tts(
-        text: str = typer.Option(None, "--text", "-t", help="Text to speak."),
-        text_file: Path = typer.Option(None, "--text-file", help="Read the text to speak from this file."),
-        prompt: Path = typer.Option(None, "--prompt", "-p", help="Speaker prompt wav (3-30 s)."),
-        prompt_text: str = typer.Option(None, "--prompt-text", help="Transcript of the prompt wav."),
-        language: str = typer.Option(
-            "auto", "--language", "-l", help="auto, en, zh, ja, ko, fr or de (target text)."
-        ),
-        prompt_language: str = typer.Option(
-            "auto", "--prompt-language", help="Language of the prompt transcript."
-        ),
-        duration: float = typer.Option(
-            None, "--duration", help="Target duration in seconds (default: length rule)."
-        ),
-        output: Path = typer.Option(Path("tts.wav"), "-o", "--output", help="Output wav."),
-        manifest: Path = _MANIFEST,
-        max_chars: int = _MAX_CHARS,
-        model: str = _MODEL,
-        steps: int = _STEPS,
-        cfg: float = _CFG,
-        temperature: float = _TEMP,
-        s2a_steps: str = _S2A_STEPS,
-        s2a_temperature: float = _S2A_TEMP,
-        seed: int = _SEED,
-        device: str = _DEVICE,
-        dtype: str = _DTYPE,
-        batch_size: int = _BATCH,
-        attention: str = _ATTN,
-        fused_cfg: bool = _FUSED,
-        low_memory: bool = _LOWMEM,
-        checkpoint_dir: Path = _CKPT,
-        offline: bool = _OFFLINE,
-        overwrite: bool = _OVERWRITE,
-        skip_existing: bool = _SKIP,
-        json_out: bool = _JSON,
-        quiet: bool = _QUIET,
-    ) -> None:
-        """Zero-shot text-to-speech in the voice of a prompt (MaskGCT T2S, or --model metis-omni)."""
-        local = dict(locals())
-        kw = {
-            k: local[k]
-            for k in local
-            if k
-            not in (
-                "text",
-                "text_file",
-                "prompt",
-                "prompt_text",
-                "language",
-                "prompt_language",
-                "duration",
-                "output",
-                "manifest",
-            )
-        }
-        langs = ("auto", "en", "zh", "ja", "ko", "fr", "de")
-        for name, val in (("--language", language), ("--prompt-language", prompt_language)):
-            if val not in langs:
-                raise typer.BadParameter(f"{name} must be one of {', '.join(langs)} (got {val!r})")
-        if manifest is None:
-            if text_file is not None:
-                if text is not None:
-                    raise typer.BadParameter("give --text or --text-file, not both")
-                try:
-                    text = text_file.read_text(encoding="utf-8").strip()
-                except (OSError, UnicodeDecodeError) as exc:
-                    _err(f"{text_file}: cannot read text ({exc})")
-                    raise typer.Exit(2) from None
-            if text is None or prompt is None or prompt_text is None:
-                raise typer.BadParameter("tts needs --text (or --text-file), --prompt and --prompt-text")
-
-        def jobs(pipe: Any) -> list:
-            return [
-                pipe.make_job(
-                    [prompt], output, local["seed"], text, prompt_text, language, prompt_language, duration
-                )
-            ]
-
-        def from_row(pipe: Any, row: dict) -> Any:
-            return _job_from_row(pipe, row, ("prompt",), "tts", None, language=language)
-
-        Runner("tts", **_runner_kw(kw)).run(jobs, manifest, from_row)
-
-    @app.command("l2s")
-    def l2s(
-        videos: list[str] = typer.Argument(None, help="Silent videos of a speaking face (25 fps ideal)."),
-        prompt: Path = typer.Option(None, "--prompt", "-p", help="Optional speaker prompt wav."),
-        landmarks: Path = typer.Option(
-            None,
-            "--landmarks",
-            help="Face keypoints .npy (frames, 4, 2): right eye, left eye, nose tip, mouth centre in pixels, "
-            "NaN rows for frames without a face (instead of the MediaPipe detector; one video).",
-        ),
-        visual_checkpoint: Path = typer.Option(
-            None,
-            "--visual-checkpoint",
-            envvar="METIS_VISUAL_CHECKPOINT",
-            help="Auto-AVSR visual-only model.pth (LRS3_V_WER19.1; model.json beside it). Not shipped: see "
-            "`metis models`.",
-        ),
-        output: Path = typer.Option(
-            None, "-o", "--output", help="Output folder or wav (default <video>.l2s.wav)."
-        ),
-        manifest: Path = _MANIFEST,
-        model: str = _MODEL,
-        steps: int = _STEPS,
-        cfg: float = _CFG,
-        temperature: float = _TEMP,
-        s2a_steps: str = _S2A_STEPS,
-        s2a_temperature: float = _S2A_TEMP,
-        seed: int = _SEED,
-        device: str = _DEVICE,
-        dtype: str = _DTYPE,
-        batch_size: int = _BATCH,
-        attention: str = _ATTN,
-        fused_cfg: bool = _FUSED,
-        low_memory: bool = _LOWMEM,
-        checkpoint_dir: Path = _CKPT,
-        offline: bool = _OFFLINE,
-        overwrite: bool = _OVERWRITE,
-        skip_existing: bool = _SKIP,
-        json_out: bool = _JSON,
-        quiet: bool = _QUIET,
-    ) -> None:
-        """Lip-to-speech: speech for silent lip video, optionally in the voice of a prompt."""
-        kw = {
-            k: v
-            for k, v in locals().items()
-            if k not in ("videos", "prompt", "landmarks", "output", "manifest")
-        }
-        extra = {"prompt": prompt, "landmarks": landmarks}
-        _run_single_input("l2s", "l2s", videos, output, manifest, kw, ("video", "prompt", "landmarks"), extra)
-
-
-def _runner_kw(kw: dict[str, Any]) -> dict[str, Any]:
-    kw = dict(kw)
-    kw.pop("seed", None)
-    return kw
-
-
-def _job_from_row(
-    pipe: Any, row: dict, roles: tuple[str, ...], suffix: str, outdir: Path | None, language: str = "auto"
-) -> Any:
-    from ..tasks import TASKS
-
-    missing = [r for r in TASKS[pipe.task].inputs if not row.get(r)]
-    if missing:
-        raise InputError(f"manifest job {row}: missing field(s) {', '.join(missing)}")
-    inputs = {r: row[r] for r in roles if row.get(r)}
-    main = Path(inputs[TASKS[pipe.task].inputs[0]])
-    out = Path(row["output"]) if row.get("output") else _default_output(main, outdir, suffix, True)
-    seed = row.get("seed")
-    dur = row.get("duration")
-    return pipe.make_job(
-        inputs,
-        out,
-        int(seed) if seed not in (None, "") else None,
-        row.get("text"),
-        row.get("prompt_text"),
-        row.get("language") or language,
-        row.get("prompt_language") or "auto",
-        float(dur) if dur not in (None, "") else None,
-    )
-
-
-def _run_single_input(
-    task: str,
-    suffix: str,
-    inputs: list[str] | None,
-    output: Path | None,
-    manifest: Path | None,
-    kw: dict[str, Any],
-    roles: tuple[str, ...],
-    extra_inputs: list[Path] | None = None,
+def _run(
+    task: str, values: dict[str, Any], inputs: tuple = (), fixed: dict | None = None, **tts: Any
 ) -> None:
-    seed = kw.get("seed")
-    if manifest is None and not inputs:
-        raise typer.BadParameter("give input files (or --manifest)")
-    if manifest is not None and inputs:
-        raise typer.BadParameter("give input files or --manifest, not both")
+    """Validate options, plan, load, run, print (every front-end step through the job layer)."""
+    groups = O.split({k: v for k, v in values.items() if k in _OPTION_NAMES})
+    policy: O.OutputPolicy = groups[O.OutputPolicy]
+    report: O.ReportOptions = groups[O.ReportOptions]
+    request_kw = {
+        "task": task,
+        "inputs": tuple(inputs),
+        "fixed_inputs": {k: v for k, v in (fixed or {}).items() if v is not None},
+        "manifest": values.get("manifest"),
+        "output": values.get("output"),
+        "seed": groups[O.JobDefaults].seed,
+        "existing": policy.existing,
+        **tts,
+    }
+    printer = Printer(task, as_json=report.json, quiet=report.quiet)
+    run_guarded(printer, groups, request_kw)
 
-    def jobs(pipe: Any) -> list:
-        files = _expand(inputs or [])
-        many = len(files) > 1
-        _outdir_check(output, many)
-        if many and (extra_inputs or {}).get("landmarks") is not None:
-            raise InputError(
-                "--landmarks describes one video; use a --manifest with a landmarks field per video"
-            )
-        return [
-            pipe.make_job(
-                {roles[0]: f, **(extra_inputs or {})}, _default_output(f, output, suffix, many), seed
-            )
-            for f in files
+
+_OPTION_NAMES = {n for g in O.COMMAND_GROUPS for n in O.names(g)}
+
+
+def _enhance(values: dict[str, Any]) -> None:
+    if values["manifest"] is None and not values["inputs"]:
+        fail_usage("give input files or folders (or --manifest)")
+    if values["manifest"] is not None and values["inputs"]:
+        fail_usage("give input files or --manifest, not both")
+    _run("se", values, tuple(values["inputs"] or ()))
+
+
+def _pair(task: str, roles: tuple[str, str]):
+    def body(values: dict[str, Any]) -> None:
+        a, b = values[roles[0]], values[roles[1]]
+        if values["manifest"] is None and (a is None or b is None):
+            fail_usage(f"{task} needs two files: {' and '.join(r.upper() for r in roles)} (or --manifest)")
+        if values["manifest"] is not None and (a is not None or b is not None):
+            fail_usage(f"give {' and '.join(r.upper() for r in roles)} or --manifest, not both")
+        fixed = {} if values["manifest"] is not None else {roles[0]: a, roles[1]: b}
+        _run(task, values, fixed=fixed)
+
+    return body
+
+
+def _tts(values: dict[str, Any]) -> None:
+    text, text_file = values["text"], values["text_file"]
+    for flag, key in (("--language", "language"), ("--prompt-language", "prompt_language")):
+        O.one_of(O.LANGUAGE_CHOICES)(flag, values[key])  # UsageError → exit 2 (run_guarded)
+    if values["manifest"] is None:
+        if text_file is not None:
+            if text is not None:
+                fail_usage("give --text or --text-file, not both")
+            text = text_from(text_file)
+        elif text == "-":
+            text = text_from(Path("-"))
+        if text is None or values["prompt"] is None or values["prompt_text"] is None:
+            fail_usage("tts needs --text (or --text-file), --prompt and --prompt-text")
+    elif text is not None or text_file is not None or values["prompt"] is not None:
+        fail_usage("with --manifest, give text, prompt and prompt_text per row, not as options")
+    _run(
+        "tts",
+        values,
+        fixed={"prompt": values["prompt"]},
+        text=text,
+        prompt_text=values["prompt_text"],
+        language=values["language"],
+        prompt_language=values["prompt_language"],
+        duration=values["duration"],
+    )
+
+
+def _l2s(values: dict[str, Any]) -> None:
+    if values["manifest"] is None and not values["videos"]:
+        fail_usage("give video files (or --manifest)")
+    if values["manifest"] is not None and values["videos"]:
+        fail_usage("give video files or --manifest, not both")
+    if values["landmarks"] is not None and len(values["videos"] or ()) > 1:
+        fail_usage("--landmarks describes one video; use a --manifest with a landmarks field per video")
+    fixed = {"prompt": values["prompt"], "landmarks": values["landmarks"]}
+    _run("l2s", values, tuple(values["videos"] or ()), fixed=fixed)
+
+
+def register(app: typer.Typer) -> None:
+    enhance = [
+        param(
+            "inputs",
+            list[str] | None,
+            typer.Argument(None, help="Noisy audio files, folders (their audio files) or globs."),
+        ),
+        *_common("se"),
+    ]
+    app.command("enhance")(
+        command(
+            _enhance, enhance, "Speech enhancement: denoise/dereverb each input (24 kHz out); any length."
+        )
+    )
+    for task, roles, helps, doc in (
+        (
+            "tse",
+            ("mix", "enrol"),
+            ("Mixture of several speakers.", "Enrolment speech of the target speaker."),
+            "Target speaker extraction: the voice of ENROL, extracted from MIX; any length.",
+        ),
+        (
+            "vc",
+            ("source", "reference"),
+            ("Speech to convert.", "Reference speech of the target voice."),
+            "Voice conversion: SOURCE spoken in the voice of REFERENCE; any length.",
+        ),
+    ):
+        params = [
+            param(roles[0], Path | None, typer.Argument(None, metavar=roles[0].upper(), help=helps[0])),
+            param(roles[1], Path | None, typer.Argument(None, metavar=roles[1].upper(), help=helps[1])),
+            *_common(task),
         ]
+        app.command(task)(command(_pair(task, roles), params, doc))
 
-    def from_row(pipe: Any, row: dict) -> Any:
-        return _job_from_row(pipe, row, roles, suffix, output)
-
-    Runner(task, **_runner_kw(kw)).run(jobs, manifest, from_row)
-
-
-def _run_pair(
-    task: str,
-    suffix: str,
-    main: Path | None,
-    other: Path | None,
-    output: Path | None,
-    manifest: Path | None,
-    kw: dict[str, Any],
-    roles: tuple[str, ...],
-) -> None:
-    seed = kw.get("seed")
-    if manifest is None and (main is None or other is None):
-        raise typer.BadParameter(
-            f"{task} needs two files: {' and '.join(r.upper() for r in roles)} (or --manifest)"
+    tts = [
+        param(
+            "text", str | None, typer.Option(None, "--text", "-t", help="Text to speak ('-': read stdin).")
+        ),
+        param(
+            "text_file",
+            Path | None,
+            typer.Option(None, "--text-file", help="Read the text to speak from this file ('-': stdin)."),
+        ),
+        param(
+            "prompt",
+            Path | None,
+            typer.Option(None, "--prompt", "-p", help="Speaker prompt audio (3-30 s)."),
+        ),
+        param(
+            "prompt_text",
+            str | None,
+            typer.Option(None, "--prompt-text", help="Transcript of the prompt."),
+        ),
+        param(
+            "language",
+            str,
+            typer.Option("auto", "--language", "-l", help="auto, en, zh, ja, ko, fr or de (target text)."),
+        ),
+        param(
+            "prompt_language",
+            str,
+            typer.Option("auto", "--prompt-language", help="Language of the prompt transcript."),
+        ),
+        param(
+            "duration",
+            float | None,
+            typer.Option(
+                None,
+                "--duration",
+                help=f"Target duration in seconds (0-{O.MAX_DURATION_SECONDS:g}; default: length rule).",
+            ),
+        ),
+        *_common("tts"),
+    ]
+    app.command("tts")(
+        command(
+            _tts,
+            tts,
+            "Zero-shot text-to-speech in the voice of a prompt (MaskGCT T2S, or --model metis-omni).",
         )
+    )
 
-    def jobs(pipe: Any) -> list:
-        _outdir_check(output, False)
-        return [pipe.make_job([main, other], _default_output(main, output, suffix, False), seed)]
+    l2s = [
+        param(
+            "videos",
+            list[str] | None,
+            typer.Argument(None, help="Silent videos of a speaking face (25 fps ideal), folders or globs."),
+        ),
+        param(
+            "prompt",
+            Path | None,
+            typer.Option(None, "--prompt", "-p", help="Optional speaker prompt audio."),
+        ),
+        param(
+            "landmarks",
+            Path | None,
+            typer.Option(
+                None,
+                "--landmarks",
+                help="Face keypoints .npy (frames, 4, 2): right eye, left eye, nose tip, mouth centre in "
+                "pixels, NaN rows for frames without a face (instead of the MediaPipe detector; one video).",
+            ),
+        ),
+        *_common("l2s"),
+    ]
+    app.command("l2s")(
+        command(_l2s, l2s, "Lip-to-speech: speech for silent lip video, optionally in the voice of a prompt.")
+    )
 
-    def from_row(pipe: Any, row: dict) -> Any:
-        return _job_from_row(pipe, row, roles, suffix, output)
 
-    Runner(task, **_runner_kw(kw)).run(jobs, manifest, from_row)
+__all__ = ["register", "InputError", "MetisError", "UsageError", "json", "sys"]

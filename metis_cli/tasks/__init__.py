@@ -30,9 +30,14 @@ class Job:
     language: str | None = None  # TTS target language (None = detect)
     prompt_language: str | None = None  # TTS prompt language (None = detect)
     duration: float | None = None  # TTS target duration in seconds (None = length rule)
+    origin: str | None = None  # where the job came from, e.g. "jobs.csv:3" (reports, messages)
+    job_id: str | None = None  # the manifest's optional "id" (echoed in reports)
 
     def describe(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.inputs.items())
+        """How messages name the job: its manifest line, else its main input."""
+        if self.origin:
+            return self.origin
+        return str(next(iter(self.inputs.values()))) if self.inputs else str(self.output)
 
 
 @dataclass
@@ -58,6 +63,9 @@ class TaskSpec:
     needs_acoustic_encoder: bool  # a prompt's acoustic codes are needed
     needs_visual: bool  # L2S
     build: Callable[[Job, Tokenizers], Conditions]
+    chunk_input: str | None = None  # long inputs: the role that is cut into chunks (SE/TSE/VC)
+    speaker_prompt: str | None = None  # long inputs: the fixed speaker prompt role (TSE/VC)
+    long_text: bool = False  # long texts are spoken piece by piece (TTS)
 
 
 def _empty_prompt(tok: Tokenizers) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +87,7 @@ def build_se(job: Job, tok: Tokenizers) -> Conditions:
     )
 
 
-def _prompt_codes(tok: Tokenizers, path: Path) -> tuple[torch.Tensor, torch.Tensor, object]:
+def prompt_codes(tok: Tokenizers, path: Path) -> tuple[torch.Tensor, torch.Tensor, object]:
     wav16 = tok.load16(path)
     sem = tok.semantic_codes(tok.ssl_features(wav16, what=str(path)))  # (Lp,)
     ac = tok.acoustic_codes(tok.load24(path), what=str(path))  # (Lp_ac, 12)
@@ -90,7 +98,7 @@ def _build_pair(job: Job, tok: Tokenizers, source_role: str, prompt_role: str) -
     """VC / TSE: prompt and source concatenated as 16 kHz waveforms; F = SSL(concat)."""
     import numpy as np
 
-    prompt_sem, prompt_ac, prompt16 = _prompt_codes(tok, job.inputs[prompt_role])
+    prompt_sem, prompt_ac, prompt16 = prompt_codes(tok, job.inputs[prompt_role])
     src16 = tok.load16(job.inputs[source_role])
     feat = tok.ssl_features(np.concatenate([prompt16, src16]), what=str(job.inputs[source_role]))
     target_len = feat.shape[0] - prompt_sem.shape[0]
@@ -125,7 +133,7 @@ def build_tts(job: Job, tok: Tokenizers) -> Conditions:
         raise TextError("empty target text")
     if not job.prompt_text or not job.prompt_text.strip():
         raise TextError(f"{job.inputs['prompt']}: the prompt's transcript (--prompt-text) is empty")
-    prompt_sem, prompt_ac, wav16 = _prompt_codes(tok, job.inputs["prompt"])
+    prompt_sem, prompt_ac, wav16 = prompt_codes(tok, job.inputs["prompt"])
     prompt_ids, target_ids = textfe.tts_phone_ids(
         job.prompt_text, job.text, prompt_language=job.prompt_language, target_language=job.language
     )
@@ -149,7 +157,7 @@ def build_l2s(job: Job, tok: Tokenizers) -> Conditions:
 
     feats = tok.visual_features(job.inputs["video"], job.inputs.get("landmarks"))  # (T_v, D) at 25 fps
     if "prompt" in job.inputs:
-        prompt_sem, prompt_ac, _ = _prompt_codes(tok, job.inputs["prompt"])
+        prompt_sem, prompt_ac, _ = prompt_codes(tok, job.inputs["prompt"])
         forwards = 1
     else:  # the official code crashes here; we use an empty prompt
         prompt_sem, prompt_ac = _empty_prompt(tok)
@@ -166,9 +174,21 @@ def build_l2s(job: Job, tok: Tokenizers) -> Conditions:
 
 
 TASKS: dict[str, TaskSpec] = {
-    "se": TaskSpec("se", ("input",), (), False, False, False, build_se),
-    "tse": TaskSpec("tse", ("mix", "enrol"), (), False, True, False, build_tse),
-    "vc": TaskSpec("vc", ("source", "reference"), (), False, True, False, build_vc),
-    "tts": TaskSpec("tts", ("prompt",), (), True, True, False, build_tts),
+    "se": TaskSpec("se", ("input",), (), False, False, False, build_se, chunk_input="input"),
+    "tse": TaskSpec(
+        "tse", ("mix", "enrol"), (), False, True, False, build_tse, chunk_input="mix", speaker_prompt="enrol"
+    ),
+    "vc": TaskSpec(
+        "vc",
+        ("source", "reference"),
+        (),
+        False,
+        True,
+        False,
+        build_vc,
+        chunk_input="source",
+        speaker_prompt="reference",
+    ),  # fmt: skip
+    "tts": TaskSpec("tts", ("prompt",), (), True, True, False, build_tts, long_text=True),
     "l2s": TaskSpec("l2s", ("video",), ("prompt", "landmarks"), False, True, True, build_l2s),
 }

@@ -1,0 +1,230 @@
+"""Running a planned request from the CLI and printing what happens.
+
+stdout: results only (an output path per finished job, or one JSON object per job with
+--json), never drawn by the progress display. stderr: the progress bar (on a terminal, not with
+--quiet), warnings, a line per failed or skipped job and the summary (not with --quiet, which
+keeps errors only). Paths are printed literally (no markup).
+
+Exit codes: 0 all jobs ok or skipped; 1 some jobs failed (or the models could not be loaded);
+2 usage error; 130 SIGINT; 143 SIGTERM; 141 stdout closed by the reader (the run stops quietly;
+finished outputs stay complete, nothing partial is left).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+
+from .. import jobs as J
+from .. import options as O
+from ..errors import InputError, MetisError, UsageError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_SIGPIPE, EXIT_SIGINT, EXIT_SIGTERM = 141, 130, 143
+
+
+def error_line(msg: str) -> None:
+    sys.stderr.write(f"metis: error: {msg}\n")
+    sys.stderr.flush()
+
+
+def fail_usage(msg: str) -> NoReturn:
+    error_line(msg)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def text_from(path: Path) -> str:
+    """The text of a file, or of stdin for '-' (usage error if unreadable)."""
+    try:
+        raw = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail_usage(f"{path}: cannot read text ({getattr(exc, 'strerror', None) or exc})")
+    return raw.strip()
+
+
+class Terminated(SystemExit):
+    """SIGTERM, raised where the main thread is, so every writer cleans up on its way out."""
+
+
+@contextmanager
+def signals() -> Any:
+    def on_term(signum: int, frame: Any) -> None:
+        raise Terminated(EXIT_SIGTERM)
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+class StdoutClosed(Exception):
+    pass
+
+
+class Printer:
+    """Results on stdout, messages and progress on stderr."""
+
+    def __init__(self, task: str, as_json: bool, quiet: bool) -> None:
+        from rich.console import Console
+
+        self.task, self.as_json, self.quiet = task, as_json, quiet
+        self.console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False, emoji=False)
+
+    def result(self, line: str) -> None:
+        try:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise StdoutClosed from None
+
+    def message(self, text: str) -> None:
+        """Progress-level messages (ok/skipped lines, warnings, the summary): not with --quiet."""
+        if not self.quiet:
+            self.console.print(text, markup=False, highlight=False)
+
+    def error(self, text: str) -> None:
+        """A failed job's line: shown even with --quiet."""
+        self.console.print(text, markup=False, highlight=False)
+
+    def progress(self, total: int) -> Any:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        return Progress(
+            TextColumn(f"metis {self.task}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            disable=self.quiet or not self.console.is_terminal,
+            redirect_stdout=False,  # stdout carries results: never captured by the live display
+            redirect_stderr=False,
+            transient=False,
+        )
+
+
+def _configure_quiet(quiet: bool) -> None:
+    import logging
+
+    from .logs import configure
+
+    configure(quiet)
+    if quiet or not sys.stderr.isatty():  # no download progress bars when quiet or piped
+        try:
+            from huggingface_hub.utils import disable_progress_bars
+
+            disable_progress_bars()
+        except ImportError:  # pragma: no cover
+            pass
+    if quiet:
+        try:
+            from ..cards import quiet_hub
+
+            quiet_hub()
+        except ImportError:  # pragma: no cover - older cards module
+            logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+
+
+def run_guarded(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) -> None:
+    """Load (lazily), plan, run and print; turns every outcome into its exit code."""
+    _configure_quiet(printer.quiet)
+    code = EXIT_OK
+    try:
+        with signals():
+            code = _run(printer, groups, request_kw)
+    except UsageError as exc:
+        error_line(str(exc))
+        code = EXIT_USAGE
+    except StdoutClosed:
+        _silence_stdout()
+        code = EXIT_SIGPIPE
+    except KeyboardInterrupt:
+        error_line("interrupted")
+        code = EXIT_SIGINT
+    except Terminated:
+        code = EXIT_SIGTERM
+    finally:
+        from ..audio import remove_temp_files
+
+        remove_temp_files()
+    raise typer.Exit(code)
+
+
+def _silence_stdout() -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _run(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) -> int:
+    from ..api import load
+
+    task = request_kw["task"]
+    m: O.ModelOptions = groups[O.ModelOptions]
+    load_kw = {
+        **{k: getattr(m, k) for k in O.names(O.ModelOptions)},
+        **{k: getattr(groups[O.EngineOptions], k) for k in O.names(O.EngineOptions)},
+        **{k: getattr(groups[O.LongformOptions], k) for k in O.names(O.LongformOptions)},
+        **{k: getattr(groups[O.DecodingOptions], k) for k in O.names(O.DecodingOptions)},
+    }
+    load_kw["offline"] = load_kw["offline"] or None  # None: honour HF_HUB_OFFLINE
+    try:
+        pipe = load(task, **load_kw)  # lazy: reads cards, resolves the device; no weights yet
+    except MetisError as exc:
+        error_line(str(exc))
+        return EXIT_USAGE if isinstance(exc, InputError) else EXIT_FAILED
+    plan = J.plan(J.Request(**request_kw))
+    for w in plan.warnings:
+        printer.message(f"warning: {w}")
+    return _execute(printer, pipe, plan)
+
+
+def _execute(printer: Printer, pipe: Any, plan: J.Plan) -> int:
+    failures: list[Any] = []
+    done = 0
+    total = len(plan)
+    with printer.progress(total) as progress:
+        bar = progress.add_task(printer.task, total=total)
+        chunk_bar: list[Any] = []
+
+        def on_chunk(p: Any) -> None:  # longform.ChunkProgress after each chunk of a long input
+            if not chunk_bar:
+                chunk_bar.append(progress.add_task(f"  {Path(p.output).name}", total=p.total))
+            progress.update(chunk_bar[0], completed=p.index + 1, total=p.total)
+
+        try:
+            for rep in pipe.run(plan, on_chunk=on_chunk):
+                done += 1
+                progress.advance(bar)
+                if chunk_bar:
+                    progress.remove_task(chunk_bar.pop())
+                if printer.as_json:
+                    printer.result(json.dumps(rep.to_dict(), ensure_ascii=False))
+                elif rep.status == "ok" and rep.output != "-":
+                    printer.result(rep.output)
+                if rep.status == "error":
+                    failures.append(rep)
+                    printer.error(f"failed: {rep.error}")
+                elif rep.status == "skipped":
+                    printer.message(f"skipped: {rep.output} (exists)")
+                elif not printer.as_json:
+                    printer.message(f"ok: {rep.output} (seed {rep.seed})")
+        except MetisError as exc:  # a model could not be loaded: nothing more can run
+            error_line(str(exc))
+            return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED
+    if failures:
+        printer.message(f"{len(failures)} of {total} job(s) failed:")
+        for rep in failures:
+            printer.message(f"  {rep.error}")
+        return EXIT_FAILED
+    return EXIT_OK

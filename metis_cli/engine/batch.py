@@ -1,0 +1,168 @@
+"""The batch generator: conditions → stage 1 → S2A → acoustic decoder for one padded batch.
+
+Every job owns a `torch.Generator` seeded with its seed. On CPU it first gives out the official
+pipeline's hidden SSL draws (spec §12: 24 scalar uniforms per w2v-BERT forward, `ssl_forwards`
+of them per job), so a batch-1 fp32 run reproduces a seeded official run token for token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..constants import SSL_NUM_LAYERS_OFFICIAL
+from ..tasks import Conditions, Job
+from .loader import ModelLoader, StageStats
+
+
+class StageTimer:
+    """Adds a stage's wall and CPU seconds to `stats` (synchronising the device around it)."""
+
+    def __init__(self, stats: StageStats, stage: str, sync: Callable[[], None]) -> None:
+        self.stats, self.stage, self.sync = stats, stage, sync
+
+    def __enter__(self) -> StageTimer:
+        self.sync()
+        self.w0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sync()
+        self.stats.add(self.stage, time.perf_counter() - self.w0, time.process_time() - self.c0)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Decoding settings (spec §1.5); defaults come from the model card."""
+
+    steps: int  # stage-1 decoding steps
+    cfg: float  # stage-1 classifier-free guidance scale (0 = off)
+    rescale_cfg: float = 0.75  # std rescale factor of the guided logits
+    temperature: float = 0.9  # stage-1 start temperature (annealed by t)
+    filter_thres: float = 0.98  # top-k keeps ceil((1 - thres) * V) logits
+    s2a_steps_1layer: tuple[int, ...] = (40,)  # steps of the 1-codebook S2A model
+    s2a_steps_full: tuple[int, ...] = (40, 16, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)  # per codebook
+    s2a_cfg_1layer: float = 0.0
+    s2a_cfg_full: float = 2.5
+    s2a_temperature: float = 1.5
+    s2a_filter_thres: float = 0.98
+    s2a_rescale_cfg: float = 0.75
+
+    @classmethod
+    def from_card(cls, card, task: str, **overrides) -> Decoding:  # noqa: ANN001
+        from dataclasses import replace
+
+        from ..errors import InputError
+
+        d = card.decoding_for(task)
+        if not d:
+            raise InputError(f"model '{card.name}' has no decoding settings for task '{task}'")
+        s2a = d.get("s2a", {})
+        base = cls(
+            steps=d["steps"],
+            cfg=d["cfg"],
+            rescale_cfg=d.get("rescale_cfg", 0.75),
+            temperature=d.get("temperature", 0.9),
+            filter_thres=d.get("filter_thres", 0.98),
+            s2a_steps_1layer=tuple(s2a.get("steps_1layer", (40,))),
+            s2a_steps_full=tuple(s2a.get("steps_full", cls.s2a_steps_full)),
+            s2a_cfg_1layer=s2a.get("cfg_1layer", 0.0),
+            s2a_cfg_full=s2a.get("cfg_full", 2.5),
+            s2a_temperature=s2a.get("temperature", 1.5),
+            s2a_filter_thres=s2a.get("filter_thres", 0.98),
+            s2a_rescale_cfg=s2a.get("rescale_cfg", 0.75),
+        )
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+class BatchGenerator:
+    """Generates acoustic codes and waveforms for a batch of (job, conditions)."""
+
+    def __init__(self, loader: ModelLoader) -> None:
+        self.loader = loader
+
+    def timer(self, stage: str) -> StageTimer:
+        return StageTimer(self.loader.stats, stage, self.loader.sync)
+
+    def conditions(self, job: Job) -> Conditions:
+        """The task's conditions of one job (reads its inputs; spec §1.4)."""
+        self.loader.enter("conditions")
+        with self.timer("conditions"):
+            return self.loader.spec.build(job, self.loader.tokenizers)
+
+    def generator(self, job: Job, conds: Conditions) -> torch.Generator:
+        """The job's own generator, advanced past the official hidden SSL draws on CPU."""
+        gen = torch.Generator(device=self.loader.device).manual_seed(job.seed)
+        if self.loader.device.type == "cpu":
+            from ..ssl import official_hidden_draws
+
+            for _ in range(conds.ssl_forwards):
+                official_hidden_draws(gen, SSL_NUM_LAYERS_OFFICIAL)
+        return gen
+
+    def codes(
+        self, ready: list[tuple[Job, Conditions]], decoding: Decoding
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Stage 1 + S2A: per item the generated semantic codes (L,) and acoustic codes (L_ac, 12)."""
+        from ..sampling import DecodeOptions, TorchNoise, metis_semantic_to_acoustic, stage1_generate
+
+        ld = self.loader
+        noise = [TorchNoise(self.generator(job, c)) for job, c in ready]
+        opts1 = DecodeOptions(
+            steps=decoding.steps,
+            cfg=decoding.cfg,
+            rescale_cfg=decoding.rescale_cfg,
+            temperature=decoding.temperature,
+            filter_thres=decoding.filter_thres,
+            fused_cfg=ld.options.fused_cfg,
+        )
+        dev = ld.device
+        conds = [c for _, c in ready]
+        ld.enter("stage1")
+        stage1 = ld.component("stage1")
+        with self.timer("stage1"):
+            semantic = stage1_generate(
+                stage1,
+                [c.prompt_semantic.to(dev) for c in conds],
+                [c.target_len for c in conds],
+                [c.phones.to(dev) for c in conds] if conds[0].phones is not None else None,
+                [c.finetune_cond.to(dev, ld.dtype) for c in conds]
+                if conds[0].finetune_cond is not None
+                else None,
+                opts1,
+                noise,
+            )
+        del stage1  # else this reference keeps the model alive after a release
+        full_semantic = [
+            torch.cat([c.prompt_semantic.to(dev), s]) for c, s in zip(conds, semantic, strict=True)
+        ]
+        ld.enter("s2a")
+        s1, sf = ld.component("s2a_1layer"), ld.component("s2a_full")
+        with self.timer("s2a"):
+            codes = metis_semantic_to_acoustic(
+                s1,
+                sf,
+                full_semantic,
+                [c.acoustic_prompt.to(dev) for c in conds],
+                noise,
+                steps_1layer=list(decoding.s2a_steps_1layer),
+                steps_full=list(decoding.s2a_steps_full),
+                cfg_1layer=decoding.s2a_cfg_1layer,
+                cfg_full=decoding.s2a_cfg_full,
+                temperature=decoding.s2a_temperature,
+                filter_thres=decoding.s2a_filter_thres,
+                rescale_cfg=decoding.s2a_rescale_cfg,
+                fused_cfg=ld.options.fused_cfg,
+            )
+        del s1, sf
+        return semantic, codes
+
+    def decode(self, codes: torch.Tensor) -> np.ndarray:
+        """(L_ac, 12) acoustic codes → (L_ac * 480,) float32 waveform at 24 kHz."""
+        self.loader.enter("decode")
+        with self.timer("decode"):
+            return self.loader.tokenizers.decode(codes)

@@ -1,0 +1,64 @@
+"""The output writer: every job's output, short or long, goes through `OutputWriter.write`.
+
+A job's output is a stream of 24 kHz blocks (one block for a short job, one per chunk for a long
+one). Files are written atomically (`audio.AtomicAudioWriter`: a temporary file renamed into
+place only when the whole stream succeeded; removed on any failure or signal). The output "-"
+is standard output: the blocks are collected and written as one WAV when complete. With
+`keep=True` (the Python API's single call) the joined waveform is also returned.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..audio import AtomicAudioWriter
+from ..constants import CODEC_SAMPLE_RATE
+
+
+@dataclass
+class Written:
+    samples: int  # samples written (24 kHz)
+    wav: np.ndarray | None = None  # the joined waveform when kept
+
+
+class OutputWriter:
+    """Writes job outputs; `target=None` keeps them in memory only (nothing on disk)."""
+
+    def __init__(self, sample_rate: int = CODEC_SAMPLE_RATE) -> None:
+        self.sample_rate = sample_rate
+
+    def write(self, target: Path | None, blocks: Iterable[np.ndarray], keep: bool = False) -> Written:
+        if target is None:
+            wav = _join(blocks)
+            return Written(int(wav.shape[0]), wav)
+        if str(target) == "-":
+            wav = _join(blocks)
+            _to_stdout(wav, self.sample_rate)
+            return Written(int(wav.shape[0]), wav if keep else None)
+        kept: list[np.ndarray] = []
+        with AtomicAudioWriter(target, self.sample_rate) as w:
+            for block in blocks:
+                w.write(block)
+                if keep:
+                    kept.append(block)
+        return Written(w.frames_written, _join(kept) if keep else None)
+
+
+def _join(blocks: Iterable[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.zeros(0, np.float32), *blocks]).astype(np.float32, copy=False)
+
+
+def _to_stdout(wav: np.ndarray, sr: int) -> None:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, wav, sr, format="WAV", subtype="PCM_16")
+    out = sys.stdout.buffer
+    out.write(buf.getvalue())
+    out.flush()

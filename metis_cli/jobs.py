@@ -1,0 +1,615 @@
+"""Job planning for every front end (CLI, Python API, service, sharded runs).
+
+Turns what a user gives (files, folders, globs, a JSONL/CSV manifest, one text) into a `Plan`:
+an ordered list of items, each a runnable `Job` or an already-decided `Rejected` job (a bad
+manifest line, a bad field, an existing output). Planning reads no audio and loads no model,
+so every problem it can find is reported before anything runs.
+
+Rules (docs/CLI.md has the user-facing table):
+* Arguments: a path that exists is a file name, never a pattern; a folder expands to the audio
+  (or video) files directly inside it, sorted; only a name that does not exist is globbed.
+* Output names: `-o FILE.ext` for one job; `-o DIR` (an existing folder, or a name without an
+  audio extension) holds `<stem>.wav` per job; no `-o`: `<stem>.<suffix>.wav` next to each input.
+  Inputs with the same stem from different folders mirror their folders under `-o DIR`.
+* Seeds: a job without its own seed takes `--seed` (the same seed for every such job); without
+  `--seed` each job draws a fresh random seed. The seed used is always reported.
+* Cross-job checks (usage errors, before anything runs): two jobs writing one file; a job's
+  output that is another job's input.
+* Existing outputs: "error" (the job fails, the file is kept), "overwrite" or "skip".
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import logging
+import math
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import options as O
+from .errors import InputError, MetisError, TextError, UsageError
+from .tasks import TASKS, Job
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = frozenset(
+    ".wav .flac .ogg .oga .opus .mp3 .m4a .aac .aif .aiff .au .caf .wv .webm .mka .mp4".split()
+)
+VIDEO_EXTENSIONS = frozenset(".mp4 .mov .mkv .avi .webm .m4v .mpg .mpeg .wmv .flv".split())
+WRITE_EXTENSIONS_DEFAULT = ".wav"
+
+# default output suffix per task: <stem>.<suffix>.wav next to the input
+OUTPUT_SUFFIX = {"se": "enhanced", "tse": "tse", "vc": "vc", "l2s": "l2s", "tts": "tts"}
+
+# manifest fields besides the task's input roles
+TEXT_FIELDS = ("text", "prompt_text", "language", "prompt_language", "duration")
+COMMON_FIELDS = ("output", "seed", "id")
+
+
+def random_seed() -> int:
+    return secrets.randbelow(2**31 - 1)
+
+
+# ---- plan items -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rejected:
+    """A job that will not run: why, and what is known of it (for its report)."""
+
+    error: str  # one line naming the file/line/field and the problem
+    status: str = "error"  # "error" | "skipped"
+    job: Job | None = None  # when the job itself was built
+    origin: str | None = None  # "jobs.csv:3" for manifest lines
+    inputs: dict[str, str] = field(default_factory=dict)
+    output: str | None = None
+    error_type: type[MetisError] = InputError
+
+
+@dataclass
+class Plan:
+    """Planned work, in input order: a `Job` to run or a `Rejected` per item."""
+
+    task: str
+    items: list[Job | Rejected]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def jobs(self) -> list[Job]:
+        return [i for i in self.items if isinstance(i, Job)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+# ---- arguments → files ------------------------------------------------------------------------------
+
+
+def expand_inputs(args: Iterable[str | Path], video: bool = False) -> list[Path]:
+    """Files named on the command line: existing paths as they are (names are data, never
+    patterns), folders expanded to their media files (sorted), other names globbed."""
+    exts = VIDEO_EXTENSIONS if video else AUDIO_EXTENSIONS
+    kind = "video" if video else "audio"
+    out: list[Path] = []
+    for arg in args:
+        p = Path(arg)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in exts)
+            if not found:
+                raise UsageError(f"{p}: no {kind} files in this folder ({', '.join(sorted(exts))})")
+            out.extend(found)
+        elif p.exists() or p.is_symlink() or not any(ch in str(arg) for ch in "*?["):
+            out.append(p)  # an existing file, or a plain missing name (that job fails: not found)
+        else:
+            hits = sorted(h for h in glob.glob(str(arg)) if not Path(h).is_dir())
+            if not hits:
+                raise UsageError(f"{arg}: no file matches")
+            out.extend(Path(h) for h in hits)
+    return out
+
+
+def default_output(task: str, main: Path, out: Path | None, many: bool) -> Path:
+    """The output of a job whose main input is `main` (module docstring, Output names)."""
+    if out is not None and not many and not is_folder_target(out):
+        return out
+    if out is not None:
+        return out / f"{main.stem}.wav"
+    return main.with_name(f"{main.stem}.{OUTPUT_SUFFIX[task]}.wav")
+
+
+def is_folder_target(out: Path) -> bool:
+    """`-o PATH` names a folder when it is one, ends with a separator, or has no extension."""
+    text = str(out)
+    return out.is_dir() or text.endswith(("/", os.sep)) or not out.suffix
+
+
+def looks_like_output(task: str, path: Path) -> bool:
+    return path.name.endswith(f".{OUTPUT_SUFFIX[task]}.wav")
+
+
+# ---- manifests -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ManifestRow:
+    origin: str  # "FILE:LINE"
+    index: int  # 0-based among the manifest's jobs
+    fields: dict[str, Any] | None  # None when the line could not be parsed
+    problem: str | None = None
+
+
+def read_manifest(path: str | Path) -> list[ManifestRow]:
+    """JSONL (one object per line) or CSV (a header row): one row per job. An unreadable or
+    empty manifest is a UsageError; a bad line becomes a row with `problem` set."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: manifest not found") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: manifest is a folder, not a file") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read manifest ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: manifest is not UTF-8 text (byte {exc.start})") from None
+    rows: list[ManifestRow] = []
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames:
+            raise UsageError(f"{path}: no jobs (empty CSV)")
+        for rec in reader:
+            line = reader.line_num
+            origin = f"{path}:{line}"
+            if None in rec:  # more cells than header columns
+                rows.append(ManifestRow(origin, len(rows), None, f"{origin}: more cells than columns"))
+                continue
+            fields = {k.strip(): v for k, v in rec.items() if k is not None and v not in (None, "")}
+            rows.append(ManifestRow(origin, len(rows), fields))
+    else:
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            origin = f"{path}:{n}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                rows.append(ManifestRow(origin, len(rows), None, f"{origin}: not valid JSON ({exc.msg})"))
+                continue
+            if not isinstance(obj, dict):
+                rows.append(
+                    ManifestRow(origin, len(rows), None, f"{origin}: each line must be a JSON object")
+                )
+                continue
+            rows.append(ManifestRow(origin, len(rows), {k: v for k, v in obj.items() if v is not None}))
+    if not rows:
+        raise UsageError(f"{path}: no jobs")
+    return rows
+
+
+def manifest_fields(task: str) -> tuple[str, ...]:
+    spec = TASKS[task]
+    extra = TEXT_FIELDS if spec.needs_text else ()
+    return spec.inputs + spec.optional_inputs + extra + COMMON_FIELDS
+
+
+def _str_field(origin: str, name: str, v: Any) -> str:
+    if not isinstance(v, str):
+        raise InputError(f"{origin}: field '{name}' must be a string (got {type(v).__name__} {v!r})")
+    if not v.strip() and name not in ("text", "prompt_text"):
+        raise InputError(f"{origin}: field '{name}' is empty")
+    return v
+
+
+def _int_field(origin: str, name: str, v: Any) -> int:
+    if isinstance(v, str):
+        try:
+            v = int(v.strip())
+        except ValueError:
+            raise InputError(f"{origin}: field '{name}' must be an integer (got {v!r})") from None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InputError(f"{origin}: field '{name}' must be an integer (got {type(v).__name__} {v!r})")
+    return v
+
+
+def _float_field(origin: str, name: str, v: Any) -> float:
+    if isinstance(v, str):
+        try:
+            v = float(v.strip())
+        except ValueError:
+            raise InputError(f"{origin}: field '{name}' must be a number (got {v!r})") from None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise InputError(f"{origin}: field '{name}' must be a number (got {type(v).__name__} {v!r})")
+    return float(v)
+
+
+def parse_row(task: str, row: ManifestRow) -> dict[str, Any]:
+    """A manifest row's fields, type-checked: {role: Path, output: Path, seed: int, ...}."""
+    assert row.fields is not None
+    origin, spec = row.origin, TASKS[task]
+    known = manifest_fields(task)
+    unknown = [k for k in row.fields if k not in known]
+    if unknown:
+        raise InputError(
+            f"{origin}: unknown field(s) {', '.join(map(repr, unknown))} for {task}"
+            f" (known: {', '.join(known)})"
+        )
+    missing = [r for r in spec.inputs if r not in row.fields]
+    if spec.needs_text:
+        missing += [k for k in ("text", "prompt_text") if k not in row.fields]
+    if missing:
+        raise InputError(f"{origin}: missing field(s) {', '.join(missing)}")
+    out: dict[str, Any] = {"inputs": {}}
+    for k, v in row.fields.items():
+        if k in spec.inputs or k in spec.optional_inputs:
+            out["inputs"][k] = Path(_str_field(origin, k, v))
+        elif k == "output":
+            out["output"] = Path(_str_field(origin, k, v))
+        elif k == "seed":
+            out["seed"] = _int_field(origin, k, v)
+        elif k == "duration":
+            out["duration"] = _float_field(origin, k, v)
+        elif k == "id":
+            out["id"] = str(v)
+        else:
+            out[k] = _str_field(origin, k, v)
+    return out
+
+
+# ---- one job ---------------------------------------------------------------------------------------------
+
+
+def check_text(text: str | None, what: str = "text") -> str:
+    """TTS text: non-empty, bounded, with something to pronounce (before any front end loads)."""
+    if text is None or not text.strip():
+        raise TextError(f"{what} is empty")
+    if len(text) > O.MAX_TEXT_CHARS:
+        raise TextError(f"{what} is {len(text)} characters long (at most {O.MAX_TEXT_CHARS})")
+    if not any(ch.isalpha() for ch in text):
+        raise TextError(f"{what} {text[:40]!r} has no letters to phonemise")
+    return text
+
+
+def make_job(
+    task: str,
+    inputs: Iterable[Any] | Mapping[str, Any],
+    output: str | Path,
+    seed: int | None = None,
+    text: str | None = None,
+    prompt_text: str | None = None,
+    language: str | None = None,
+    prompt_language: str | None = None,
+    duration: float | None = None,
+    origin: str | None = None,
+    job_id: str | None = None,
+) -> Job:
+    """A validated job. `inputs`: files (or `audio.AudioArray`s) in the task's role order, or
+    {role: file}. Raises InputError naming the problem (prefixed with `origin` when given)."""
+    spec = TASKS[task]
+    roles = spec.inputs + spec.optional_inputs
+    where = f"{origin}: " if origin else ""
+    if isinstance(inputs, Mapping):
+        by_role = {r: _as_input(p) for r, p in inputs.items() if p is not None and p != ""}
+    else:
+        files = [_as_input(p) for p in inputs]
+        if len(files) > len(roles):
+            raise InputError(f"{where}task '{task}' takes inputs {', '.join(roles)}; got {len(files)}")
+        by_role = dict(zip(roles[: len(files)], files, strict=True))
+    unknown = [r for r in by_role if r not in roles]
+    missing = [r for r in spec.inputs if r not in by_role]
+    if unknown or missing:
+        raise InputError(
+            f"{where}task '{task}' takes inputs {', '.join(roles)}"
+            + (f"; missing {', '.join(missing)}" if missing else "")
+            + (f"; unknown {', '.join(unknown)}" if unknown else "")
+        )
+    try:
+        O.validate(O.JobDefaults(seed=seed))
+    except UsageError as exc:
+        raise InputError(where + str(exc).replace("--seed", "seed")) from None
+    for name, lang in (("language", language), ("prompt_language", prompt_language)):
+        if lang is not None and lang not in O.LANGUAGE_CHOICES:
+            raise InputError(f"{where}{name} must be one of {', '.join(O.LANGUAGE_CHOICES)} (got {lang!r})")
+    if spec.needs_text:
+        check_text(text, f"{where}text")
+        check_text(prompt_text, f"{where}prompt_text")
+    if duration is not None:
+        if not (isinstance(duration, (int, float)) and math.isfinite(duration)) or not (
+            0 < duration <= O.MAX_DURATION_SECONDS
+        ):
+            raise InputError(
+                f"{where}duration must be within 0-{O.MAX_DURATION_SECONDS:g} s (got {duration})"
+            )
+    return Job(
+        task=task,
+        inputs=by_role,
+        output=Path(output),
+        seed=random_seed() if seed is None else int(seed),
+        text=text,
+        prompt_text=prompt_text,
+        language=None if language in (None, "auto") else language,
+        prompt_language=None if prompt_language in (None, "auto") else prompt_language,
+        duration=None if duration is None else float(duration),
+        origin=origin,
+        job_id=job_id,
+    )
+
+
+def _as_input(p: Any) -> Any:
+    from .audio import AudioArray
+
+    return p if isinstance(p, AudioArray) else Path(p)
+
+
+# ---- cross-job checks ------------------------------------------------------------------------------------
+
+
+def _key(p: Path) -> Path:
+    try:
+        return p.resolve()
+    except OSError:
+        return p.absolute()
+
+
+def check_conflicts(items: list[Job | Rejected]) -> None:
+    """UsageError if two jobs write one file, or a job writes another job's input."""
+    jobs = [(i, j) for i, j in enumerate(items) if isinstance(j, Job) and not is_stdout(j.output)]
+    writers: dict[Path, int] = {}
+    for i, job in jobs:
+        key = _key(job.output)
+        if key in writers:
+            raise UsageError(f"{job.output}: jobs {writers[key] + 1} and {i + 1} write the same output file")
+        writers[key] = i
+    for i, job in jobs:
+        for p in job.inputs.values():
+            if isinstance(p, Path) and _key(p) in writers:
+                w = writers[_key(p)]
+                if w == i:
+                    continue  # checked per job (output_problem): the job fails, the others run
+                raise UsageError(f"{p}: job {i + 1} reads the file that job {w + 1} writes")
+
+
+def is_stdout(path: Path) -> bool:
+    return str(path) == "-"
+
+
+def output_problem(job: Job, existing: str) -> Rejected | None:
+    """Why this job's output cannot be written (or should be skipped), before it runs."""
+    if is_stdout(job.output):
+        return None
+    out = _key(job.output)
+
+    def reject(msg: str, status: str = "error") -> Rejected:
+        return Rejected(msg, status, job=job, origin=job.origin)
+
+    if any(isinstance(p, Path) and out == _key(p) for p in job.inputs.values()):
+        return reject(f"{job.output}: output would overwrite an input file")
+    try:
+        from .audio import output_format
+
+        output_format(job.output)
+    except ImportError:  # pragma: no cover - older audio module
+        pass
+    except MetisError as exc:
+        return reject(str(exc))
+    if len(job.output.name.encode()) > _name_max(job.output.parent):
+        return reject(f"{job.output}: file name too long for this filesystem")
+    if out.exists():
+        if existing == "skip":
+            return reject("", "skipped")
+        if existing != "overwrite":
+            return reject(f"{job.output}: exists (use --overwrite or --skip-existing)")
+    parent = out.parent
+    if not parent.is_dir():
+        return reject(f"{job.output}: output folder does not exist")
+    if not os.access(parent, os.W_OK):
+        return reject(f"{job.output}: output folder is not writable")
+    return None
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder if folder.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+# ---- plans ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one front-end invocation asks for (before planning)."""
+
+    task: str
+    inputs: tuple[str | Path, ...] = ()  # files/folders/globs of the main role (enhance, l2s)
+    fixed_inputs: Mapping[str, Any] = field(default_factory=dict)  # other roles, same for every job
+    manifest: Path | None = None
+    output: Path | None = None  # -o: a file, a folder, or "-" (stdout)
+    seed: int | None = None  # for jobs without their own seed
+    text: str | None = None
+    prompt_text: str | None = None
+    language: str | None = "auto"
+    prompt_language: str | None = "auto"
+    duration: float | None = None
+    existing: str = "error"  # "error" | "overwrite" | "skip"
+
+
+def plan(req: Request) -> Plan:
+    """Plan a request: expand inputs or read the manifest, name outputs, check across jobs,
+    apply the existing-output policy. Raises UsageError for problems of the whole request."""
+    task = req.task
+    if task not in TASKS:
+        raise UsageError(f"unknown task '{task}' (known: {', '.join(TASKS)})")
+    if req.existing not in ("error", "overwrite", "skip"):
+        raise UsageError(f"existing: must be error, overwrite or skip (got {req.existing!r})")
+    O.validate(O.JobDefaults(seed=req.seed))
+    warnings: list[str] = []
+    if req.manifest is not None:
+        items = _plan_manifest(req)
+    else:
+        items = _plan_arguments(req, warnings)
+    if req.output is not None and is_stdout(req.output) and len(items) != 1:
+        raise UsageError(f"-o -: writes one output to stdout; this run has {len(items)} jobs")
+    check_conflicts(items)
+    planned: list[Job | Rejected] = []
+    for item in items:
+        if isinstance(item, Job):
+            problem = output_problem(item, req.existing)
+            planned.append(problem or item)
+        else:
+            planned.append(item)
+    return Plan(task, planned, warnings)
+
+
+def plan_jobs(task: str, jobs: Iterable[Job], existing: str = "error") -> Plan:
+    """A plan of ready-made jobs (Python API): the same cross-job checks and output policy."""
+    items: list[Job | Rejected] = list(jobs)
+    check_conflicts(items)
+    return Plan(task, [(output_problem(j, existing) or j) if isinstance(j, Job) else j for j in items])
+
+
+def _plan_manifest(req: Request) -> list[Job | Rejected]:
+    task = req.task
+    spec = TASKS[task]
+    rows = read_manifest(req.manifest)
+    outdir = req.output
+    if outdir is not None and (is_stdout(outdir) or not is_folder_target(outdir)):
+        raise UsageError(f"{outdir}: with --manifest, -o must be a folder")
+    items: list[Job | Rejected] = []
+    for row in rows:
+        if row.problem is not None:
+            items.append(Rejected(row.problem, origin=row.origin))
+            continue
+        try:
+            f = parse_row(task, row)
+            main = f["inputs"][spec.inputs[0]]
+            if "output" in f:
+                out = f["output"] if outdir is None or f["output"].is_absolute() else outdir / f["output"]
+            elif task == "tts":
+                out = (outdir or Path(".")) / f"tts-{row.index + 1:05d}.wav"
+            else:
+                out = default_output(task, main, outdir, True)
+            job = make_job(
+                task,
+                {**req.fixed_inputs, **f["inputs"]},
+                out,
+                f.get("seed", req.seed),
+                f.get("text"),
+                f.get("prompt_text"),
+                f.get("language", req.language),
+                f.get("prompt_language", req.prompt_language),
+                f.get("duration"),
+                origin=row.origin,
+                job_id=f.get("id"),
+            )
+            items.append(job)
+        except MetisError as exc:
+            msg = str(exc)
+            items.append(
+                Rejected(msg if msg.startswith(row.origin) else f"{row.origin}: {msg}", origin=row.origin)
+            )
+    if outdir is not None and any(isinstance(i, Job) for i in items):
+        _make_folder(outdir)
+    return items
+
+
+def _plan_arguments(req: Request, warnings: list[str]) -> list[Job | Rejected]:
+    task = req.task
+    spec = TASKS[task]
+    main_role = spec.inputs[0]
+    if task == "tts" or not req.inputs:
+        # one job from the fixed inputs (tts: prompt; vc/tse: both files)
+        out = req.output if req.output is not None else Path(f"{task}.wav")
+        if req.output is not None and not is_stdout(out) and is_folder_target(out):
+            main = Path(str(req.fixed_inputs.get(main_role, task)))
+            out = out / (f"{task}.wav" if task == "tts" else f"{main.stem}.wav")
+            _make_folder(out.parent)
+        elif req.output is None and task != "tts":
+            out = default_output(task, Path(str(req.fixed_inputs[main_role])), None, False)
+        return [_one(req, dict(req.fixed_inputs), out)]
+    files = expand_inputs(req.inputs, video=spec.needs_visual)
+    files = _drop_own_outputs(task, files, warnings)
+    many = len(files) > 1
+    out = req.output
+    if out is not None and is_stdout(out):
+        if many:
+            raise UsageError(f"-o -: writes one output to stdout; {len(files)} inputs given")
+    elif out is not None and many and out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: -o must be a folder when several inputs are given")
+    outputs = _mirrored_outputs(task, files, out, many)
+    if out is not None and not is_stdout(out) and (many or is_folder_target(out)):
+        _make_folder(out)
+        for o in outputs:
+            if o.parent != out:
+                _make_folder(o.parent)
+    return [_one(req, {main_role: f, **req.fixed_inputs}, o) for f, o in zip(files, outputs, strict=True)]
+
+
+def _one(req: Request, inputs: dict[str, Any], out: Path) -> Job | Rejected:
+    try:
+        return make_job(
+            req.task,
+            inputs,
+            out,
+            req.seed,
+            req.text,
+            req.prompt_text,
+            req.language,
+            req.prompt_language,
+            req.duration,
+        )
+    except MetisError as exc:
+        return Rejected(
+            str(exc),
+            inputs={k: str(v) for k, v in inputs.items()},
+            output=str(out),
+            error_type=type(exc),
+        )
+
+
+def _drop_own_outputs(task: str, files: list[Path], warnings: list[str]) -> list[Path]:
+    """Skip inputs that are the default output of another input of this run (a rerun of
+    `metis enhance dir/*.wav` sees its own earlier outputs); warn about other metis-looking names."""
+    own = {_key(default_output(task, f, None, True)) for f in files}
+    kept = []
+    for f in files:
+        if _key(f) in own:
+            warnings.append(f"{f}: skipped (it is the metis {task} output of another input)")
+            continue
+        if looks_like_output(task, f):
+            warnings.append(f"{f}: looks like a metis {task} output; processing it anyway")
+        kept.append(f)
+    if not kept:
+        raise UsageError("no inputs left: every input is the output of another input")
+    return kept
+
+
+def _mirrored_outputs(task: str, files: list[Path], out: Path | None, many: bool) -> list[Path]:
+    outputs = [default_output(task, f, out, many) for f in files]
+    if out is None or is_stdout(out) or not (many or is_folder_target(out)):
+        return outputs
+    keys = [_key(o) for o in outputs]
+    if len(set(keys)) == len(keys):
+        return outputs
+    # same stems from different folders: mirror each input's folder relative to their common root
+    parents = [f.absolute().parent for f in files]
+    root = Path(os.path.commonpath([str(p) for p in parents]))
+    return [out / p.relative_to(root) / f"{f.stem}.wav" for f, p in zip(files, parents, strict=True)]
+
+
+def _make_folder(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"{path}: exists and is not a folder") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot create the output folder ({exc.strerror or exc})") from None

@@ -1,0 +1,392 @@
+"""Every user-facing option, defined once: default, help text and valid range in one place.
+
+The CLI generates its Typer options from these dataclasses (`metis_cli.cli.params`), the Python
+API (`metis_cli.load`) takes the same names, and the service and the distributed runners read
+them from here too. A field's `metadata` carries:
+
+  flag     the CLI flag ("--steps"); no flag: API only
+  short    an optional short flag ("-q")
+  help     one line for `--help`
+  check    a validator: value -> None, raising `UsageError` with `flag: must be ...`
+  tasks    the task commands that show the option (default: all)
+
+Validation happens before any model loads: `validate(obj)` runs every field's check, so a bad
+value is one line `metis: error: --steps: must be >= 1 (got 0)` with exit code 2.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+ALL_TASKS = ("tts", "vc", "tse", "se", "l2s")
+DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+ATTENTION_CHOICES = ("eager", "sdpa")
+LANGUAGE_CHOICES = ("auto", "en", "zh", "ja", "ko", "fr", "de")
+MAX_SEED = 2**63 - 1  # seeds are 0..2**63-1 (torch.Generator.manual_seed's range)
+MAX_STEPS = 1000  # stage-1 / S2A steps: the official settings use 10-40; beyond 1000 is a typo
+MAX_BATCH = 1024
+MAX_DURATION_SECONDS = 600.0  # TTS target duration (longer texts are spoken piece by piece)
+MAX_TEXT_CHARS = 100_000  # TTS text length
+
+
+# ---- validators ------------------------------------------------------------------------------------
+
+
+def _num(flag: str, value: Any, kind: type) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{flag}: must be a number (got {value!r})")
+    if kind is int and not float(value).is_integer():
+        raise UsageError(f"{flag}: must be an integer (got {value!r})")
+    if not math.isfinite(value):
+        raise UsageError(f"{flag}: must be a finite number (got {value})")
+    return value
+
+
+def at_least(lo: float, kind: type = float, hi: float | None = None, above: bool = False) -> Callable:
+    """Check lo <= v (or lo < v with above=True), and v <= hi when given; None passes."""
+
+    def check(flag: str, v: Any) -> None:
+        if v is None:
+            return
+        _num(flag, v, kind)
+        if (v <= lo) if above else (v < lo):
+            raise UsageError(f"{flag}: must be {'>' if above else '>='} {lo:g} (got {v:g})")
+        if hi is not None and v > hi:
+            raise UsageError(f"{flag}: must be <= {hi:g} (got {v:g})")
+
+    return check
+
+
+def one_of(choices: Iterable[str]) -> Callable:
+    choices = tuple(choices)
+
+    def check(flag: str, v: Any) -> None:
+        if v is not None and v not in choices:
+            raise UsageError(f"{flag}: must be one of {', '.join(choices)} (got {v!r})")
+
+    return check
+
+
+def _device(flag: str, v: Any) -> None:
+    if not isinstance(v, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+        raise UsageError(f"{flag}: must be auto, cpu, cuda, cuda:N or mps (got {v!r})")
+
+
+def _seed(flag: str, v: Any) -> None:
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise UsageError(f"{flag}: must be an integer 0..2**63-1 (got {v!r})")
+    if not 0 <= v <= MAX_SEED:
+        raise UsageError(f"{flag}: must be within 0..2**63-1 (got {v})")
+
+
+def parse_s2a_steps(value: str | int | None, flag: str = "--s2a-steps") -> dict[str, tuple[int, ...]]:
+    """'N' or 'A,B' → the S2A step schedules (1-layer model; full model's layers 1, 2 and 1 x 10)."""
+    if value is None:
+        return {}
+    try:
+        parts = [int(p) for p in str(value).split(",")]
+    except ValueError:
+        raise UsageError(f"{flag}: must be N or A,B (got {value!r})") from None
+    if not 1 <= len(parts) <= 2:
+        raise UsageError(f"{flag}: must be N or A,B (got {value!r})")
+    for p in parts:
+        at_least(1, int, MAX_STEPS)(flag, p)
+    a, b = parts[0], parts[-1]
+    return {"s2a_steps_1layer": (a,), "s2a_steps_full": (a, b) + (1,) * 10}
+
+
+def _s2a_steps(flag: str, v: Any) -> None:
+    parse_s2a_steps(v, flag)
+
+
+def opt(
+    default: Any,
+    flag: str | None,
+    help: str,
+    check: Callable | None = None,
+    short: str | None = None,
+    tasks: tuple[str, ...] = ALL_TASKS,
+    envvar: str | None = None,
+) -> Any:
+    """A dataclass field with its CLI metadata (see the module docstring)."""
+    meta = {"flag": flag, "short": short, "help": help, "check": check, "tasks": tasks, "envvar": envvar}
+    return field(default=default, metadata=meta)
+
+
+def validate(obj: Any) -> Any:
+    """Run every field's check; returns obj. Raises UsageError naming the flag."""
+    for f in fields(obj):
+        check = f.metadata.get("check")
+        if check is not None:
+            check(f.metadata.get("flag") or f.name, getattr(obj, f.name))
+    return obj
+
+
+def names(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+def build(cls: type, values: dict[str, Any]) -> Any:
+    """cls(**the values that are its fields), validated. Unknown keys are left to the caller."""
+    return validate(cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__}))
+
+
+# ---- the option groups ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """Decoding overrides (spec §1.5). None: the model card's official value for the task."""
+
+    # stage-1 decoding steps
+    steps: int | None = opt(
+        None, "--steps", "Stage-1 decoding steps (default: the model card's official value).",
+        at_least(1, int, MAX_STEPS),
+    )  # fmt: skip
+    # stage-1 classifier-free guidance scale
+    cfg: float | None = opt(
+        None, "--cfg", "Stage-1 classifier-free guidance scale (0 disables).", at_least(0)
+    )
+    # stage-1 start temperature of the Gumbel sampler
+    temperature: float | None = opt(
+        None, "--temperature", "Stage-1 start temperature (official 0.9).", at_least(0, above=True)
+    )
+    # S2A schedules: "N" or "A,B"
+    s2a_steps: str | None = opt(
+        None, "--s2a-steps",
+        "S2A steps: N or A,B = steps of the 1-layer model, steps of the full model's layer 1 "
+        "(official 40,16; the remaining layers take one step each).",
+        _s2a_steps,
+    )  # fmt: skip
+    # S2A sampling temperature
+    s2a_temperature: float | None = opt(
+        None, "--s2a-temperature", "S2A temperature (official 1.5).", at_least(0, above=True)
+    )
+
+    def overrides(self) -> dict[str, Any]:
+        """The fields of `engine.Decoding` these options set (None fields left to the card)."""
+        out = {k: getattr(self, k) for k in ("steps", "cfg", "temperature", "s2a_temperature")}
+        out = {k: v for k, v in out.items() if v is not None}
+        out.update(parse_s2a_steps(self.s2a_steps))
+        return out
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Which model, and where its files come from."""
+
+    # a model card name (`metis models`) or a fine-tuned model folder; None: the task's default
+    model: str | None = opt(
+        None, "--model", "Model card name (see `metis models`) or a fine-tuned model folder.", short="-m"
+    )
+    # local weights laid out as <org>/<repo>/<path-in-repo>
+    checkpoint_dir: Path | None = opt(
+        None, "--checkpoint-dir",
+        "Local weights laid out as <org>/<repo>/<path-in-repo> (default: the Hugging Face cache).",
+        envvar="METIS_CHECKPOINT_DIR",
+    )  # fmt: skip
+    # never download (None: honour HF_HUB_OFFLINE)
+    offline: bool | None = opt(None, "--offline", "Never download anything (also HF_HUB_OFFLINE=1).")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to run (not what to compute). Defaults are the exact reference mode."""
+
+    # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
+    device: str = opt(
+        "auto", "--device",
+        "auto, cpu, cuda, cuda:N or mps. The fp32 reference (official tokens) is CPU; CUDA draws "
+        "other random numbers and runs TF32 off in fp32.",
+        _device,
+    )  # fmt: skip
+    # "float32" (reference) | "bfloat16" (fast) | "float16" (GPU only)
+    dtype: str = opt(
+        "float32", "--dtype",
+        "float32 (exact reference mode), bfloat16 (fast mode) or float16 (GPU only).",
+        one_of(DTYPE_CHOICES),
+    )  # fmt: skip
+    # "eager" (reference) | "sdpa" (fast mode: fused attention kernels)
+    attention: str = opt(
+        "eager", "--attention", "eager (reference) or sdpa (fast mode).", one_of(ATTENTION_CHOICES)
+    )
+    # fast mode: conditional + unconditional CFG passes in one forward
+    fused_cfg: bool = opt(False, "--fused-cfg", "Fast mode: both CFG passes in one batched forward.")
+    # jobs per padded batch
+    batch_size: int = opt(
+        1, "--batch-size",
+        "Jobs per padded batch. In fp32 each item's tokens equal batch size 1; in bf16/fp16 padding "
+        "changes rounding.",
+        at_least(1, int, MAX_BATCH),
+    )  # fmt: skip
+    # free each stage's models once the batch no longer needs them
+    low_memory: bool = opt(
+        False, "--low-memory", "Keep only the models the current stage needs resident (slower, less memory)."
+    )
+    # bf16: keep converted (and LoRA-merged) weights in $METIS_CACHE_DIR/bf16 (weight_cache.py)
+    bf16_cache: bool = opt(True, None, "bf16: cache converted weights on disk.")
+    # CUDA fp32: allow TF32 matmuls/convolutions (off by default: closer to the reference)
+    allow_tf32: bool = opt(False, None, "CUDA fp32: allow TF32 (fast, less exact).")
+    # L2S: the Auto-AVSR visual encoder model.pth (model.json beside it)
+    visual_checkpoint: Path | None = opt(
+        None, "--visual-checkpoint",
+        "Auto-AVSR visual-only model.pth (LRS3_V_WER19.1; model.json beside it). Not shipped: see "
+        "`metis models`.",
+        tasks=("l2s",), envvar="METIS_VISUAL_CHECKPOINT",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LongformOptions:
+    """How long inputs are cut (seconds). `chunk_seconds == 0` disables chunking."""
+
+    # longest chunk, overlaps included (3-30 s; 0 = never chunk)
+    chunk_seconds: float = opt(
+        20.0, "--chunk-seconds",
+        "Inputs longer than this run in chunks of at most this length (3-30 s; 0 = never).",
+        tasks=("se", "tse", "vc"),
+    )  # fmt: skip
+    # crossfade length at each join
+    overlap_seconds: float = opt(
+        1.0, "--overlap-seconds", "Overlap of neighbouring chunks, joined by an equal-power crossfade.",
+        tasks=("se", "tse", "vc"),
+    )  # fmt: skip
+    # SE: previous output tokens carried as the next chunk's prompt (0 = off)
+    context_seconds: float = opt(
+        2.0, "--context-seconds",
+        "Enhancement: seconds of the previous chunk's output carried as the next chunk's prompt.",
+        tasks=("se",),
+    )  # fmt: skip
+    # window around each nominal cut searched for low energy
+    search_seconds: float = opt(2.0, None, "Window searched for a quiet cut.")
+    # TTS: longest text piece (characters)
+    max_chars: int = opt(
+        300, "--max-chars", "Texts longer than this are spoken sentence by sentence.", tasks=("tts",)
+    )
+
+    def validate(self) -> LongformOptions:
+        """Ranges that depend on each other (chunk, overlap, context); UsageError naming the flag."""
+        from .longform import TRAIN_MAX_SECONDS, TRAIN_MIN_SECONDS
+
+        for name in ("chunk_seconds", "overlap_seconds", "context_seconds", "search_seconds"):
+            _num("--" + name.replace("_", "-"), getattr(self, name), float)
+        _num("--max-chars", self.max_chars, int)
+        c, o = self.chunk_seconds, self.overlap_seconds
+        if c and not TRAIN_MIN_SECONDS <= c <= TRAIN_MAX_SECONDS:
+            raise UsageError(f"--chunk-seconds: must be 0 (off) or within 3-30 s (got {c:g})")
+        if c and not 0.02 <= o <= c / 4:
+            raise UsageError(
+                f"--overlap-seconds: must be within 0.02 s and chunk/4 = {c / 4:g} s (got {o:g})"
+            )
+        if not 0 <= self.context_seconds <= 10:
+            raise UsageError(f"--context-seconds: must be within 0-10 s (got {self.context_seconds:g})")
+        if c and self.context_seconds >= c - o:
+            raise UsageError(
+                f"--context-seconds: must be shorter than chunk - overlap = {c - o:g} s "
+                f"(got {self.context_seconds:g})"
+            )
+        if self.search_seconds < 0:
+            raise UsageError(f"search window: must be >= 0 s (got {self.search_seconds:g})")
+        if self.max_chars < 20:
+            raise UsageError(f"--max-chars: must be >= 20 (got {self.max_chars})")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.chunk_seconds > 0
+
+
+@dataclass(frozen=True)
+class OutputPolicy:
+    """What happens to output files that exist."""
+
+    # replace existing output files
+    overwrite: bool = opt(False, "--overwrite", "Replace existing output files.")
+    # skip jobs whose output file exists
+    skip_existing: bool = opt(False, "--skip-existing", "Skip jobs whose output file exists.")
+
+    @property
+    def existing(self) -> str:
+        """ "error" | "overwrite" | "skip"."""
+        if self.overwrite and self.skip_existing:
+            raise UsageError("--overwrite, --skip-existing: give one, not both")
+        return "overwrite" if self.overwrite else ("skip" if self.skip_existing else "error")
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """How results are shown (CLI): stdout carries results only."""
+
+    # one JSON object per job on stdout
+    json: bool = opt(False, "--json", "Print one JSON object per job on stdout.")
+    # nothing on stderr but errors
+    quiet: bool = opt(
+        False, "--quiet", "No progress, warnings or summary on stderr (errors only).", short="-q"
+    )
+
+
+@dataclass(frozen=True)
+class JobDefaults:
+    """Per-job values given once on the command line (a manifest row may set its own)."""
+
+    # seeds every job without its own seed (the same seed for all; default: random per job)
+    seed: int | None = opt(
+        None, "--seed",
+        "Random seed 0..2**63-1 for every job without its own (default: random; always reported).",
+        _seed,
+    )  # fmt: skip
+
+
+# groups whose options every task command shows, in --help order
+COMMAND_GROUPS: tuple[type, ...] = (
+    LongformOptions,
+    ModelOptions,
+    DecodingOptions,
+    JobDefaults,
+    EngineOptions,
+    OutputPolicy,
+    ReportOptions,
+)
+
+
+def split(values: dict[str, Any], groups: Iterable[type] = COMMAND_GROUPS) -> dict[type, Any]:
+    """Flat keyword values → one validated instance per group (unknown keys: UsageError)."""
+    groups = tuple(groups)
+    known = {n for g in groups for n in names(g)}
+    unknown = sorted(k for k in values if k not in known)
+    if unknown:
+        raise UsageError(f"unknown option(s): {', '.join(unknown)}")
+    out = {g: build(g, values) for g in groups}
+    if LongformOptions in out:
+        out[LongformOptions].validate()
+    return out
+
+
+def defaults(cls: type) -> dict[str, Any]:
+    return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+
+
+__all__ = [
+    "COMMAND_GROUPS",
+    "DecodingOptions",
+    "EngineOptions",
+    "JobDefaults",
+    "LongformOptions",
+    "ModelOptions",
+    "OutputPolicy",
+    "ReportOptions",
+    "build",
+    "parse_s2a_steps",
+    "replace",
+    "split",
+    "validate",
+]
