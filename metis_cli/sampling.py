@@ -317,7 +317,7 @@ def check_finite(slots: list[_Slot], stage: str) -> None:
     """Raise NonFiniteError for the first item and step whose logits were not all finite
     (one host sync for the whole loop)."""
     flags = [(b, torch.stack(s.finite)) for b, s in enumerate(slots) if s.finite]
-    if not flags:
+    if not flags or flags[0][1].is_meta:  # meta-device runs (the tests' host-sync detector) have no values
         return
     ok = torch.cat([f for _, f in flags]).cpu()
     if bool(ok.all()):

@@ -7,8 +7,8 @@ and sensible. Never timings.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
@@ -51,7 +51,7 @@ def _run(bundle: Path, noisy: Path, tmp: Path, jobs: int = 1, **engine) -> dict:
     cfg = {
         "task": "se",
         "cache": str(bundle),
-        "options": {**engine, **FAST_DECODING},
+        "options": {"device": "cpu", **engine, **FAST_DECODING},  # exactness is asserted: pin the CPU
         "inputs": [str(noisy)],
         "seed": 3,
         "jobs": jobs,
@@ -96,7 +96,6 @@ def test_fast_mode_runs_and_is_measured(reference, bundle, noisy, tmp_path, engi
         assert fast["passes"]["s2a_full"] == reference["passes"]["s2a_full"] // 2
     agree = bench.agreement(reference, fast)
     assert set(agree) == {"semantic", "acoustic_all", "acoustic_cb0"}
-    assert all(0.0 <= v <= 1.0 for v in agree.values())
     assert agree["semantic"] > 0.2  # same seed and input: far above chance (1/32) on the tiny model
     assert fast["audio_seconds"] == pytest.approx(reference["audio_seconds"])
 
@@ -146,8 +145,8 @@ def test_logit_error_is_zero_for_identical_and_small_for_bf16(bundle):
     from metis_cli.engine import Engine, EngineOptions
 
     store = ModelStore(bundle, offline=True)
-    ref = Engine("se", store=store, options=EngineOptions())
-    fast = Engine("se", store=store, options=EngineOptions(dtype="bfloat16"))
+    ref = Engine("se", store=store, options=EngineOptions(device="cpu"))
+    fast = Engine("se", store=store, options=EngineOptions(dtype="bfloat16", device="cpu"))
     for name in ("stage1", "s2a_1layer", "s2a_full"):
         outs = []
         for eng in (ref, ref, fast):
@@ -157,9 +156,22 @@ def test_logit_error_is_zero_for_identical_and_small_for_bf16(bundle):
         assert outs[2].dtype == torch.float32 and torch.isfinite(outs[2]).all()
         rel = float((outs[2] - outs[0]).abs().max() / outs[0].abs().max())
         assert 0.0 < rel < 0.1, name  # bf16 differs, but only by rounding
-    res = bench.logit_error(str(bundle), "se", 0.4)
+    res = bench.logit_error(str(bundle), "se", 0.4, device="cpu")
     assert set(res) == {"stage1", "s2a_1layer", "s2a_full"}
-    assert all(0.0 < r["rel_max"] < 0.1 and 0.0 <= r["top1_agree"] <= 1.0 for r in res.values())
+    assert all(0.0 < r["rel_max"] < 0.1 and r["top1_agree"] >= 0.9 for r in res.values())
+
+
+def test_logit_error_inputs_follow_the_model_device(bundle):
+    """On the meta device any input left on the CPU fails to mix: `_one_forward` builds its
+    inputs on the model's device (the --logit-error inputs on a CUDA engine)."""
+    from metis_cli.cards import ModelStore
+    from metis_cli.engine import Engine, EngineOptions
+
+    eng = Engine("se", store=ModelStore(bundle, offline=True), options=EngineOptions(device="cpu"))
+    for name in ("stage1", "s2a_1layer", "s2a_full"):
+        model = copy.deepcopy(eng.component(name)).to("meta")
+        out = bench._one_forward(name, model, 20, torch.Generator().manual_seed(5))
+        assert out.device.type == "meta" and out.shape[:2] == (1, 20)
 
 
 def test_safetensors_writer_round_trips(tmp_path):
@@ -192,7 +204,6 @@ def test_safetensors_writer_round_trips(tmp_path):
 def test_options_parse_to_typed_values():
     opts = bench.parse_options(["dtype=bfloat16", "batch_size=4", "fused_cfg=true", "s2a_steps_1layer=[2]"])
     assert opts == {"dtype": "bfloat16", "batch_size": 4, "fused_cfg": True, "s2a_steps_1layer": (2,)}
-    assert json.loads(json.dumps(opts))["batch_size"] == 4
 
 
 def test_bf16_lora_assembly_equals_fp32_assembly_cast(bundle):
@@ -201,8 +212,12 @@ def test_bf16_lora_assembly_equals_fp32_assembly_cast(bundle):
     from metis_cli.engine import Engine, EngineOptions
 
     store = ModelStore(bundle, offline=True)
-    fast = Engine("se", store=store, options=EngineOptions(dtype="bfloat16")).component("stage1")
-    ref = Engine("se", store=store, options=EngineOptions()).component("stage1").to(torch.bfloat16)
+    fast = Engine("se", store=store, options=EngineOptions(dtype="bfloat16", device="cpu")).component(
+        "stage1"
+    )
+    ref = (
+        Engine("se", store=store, options=EngineOptions(device="cpu")).component("stage1").to(torch.bfloat16)
+    )
     a, b = fast.state_dict(), ref.state_dict()
     assert a.keys() == b.keys()
     assert all(a[k].dtype == torch.bfloat16 and torch.equal(a[k], b[k]) for k in a)

@@ -548,3 +548,30 @@ def test_non_finite_guard_costs_one_host_sync_per_loop(stage1, monkeypatch):
         stage1, prompts, lens, phones, cond, DecodeOptions(steps=5), [_noise(b) for b in range(3)]
     )
     assert calls == ["stage 1"]
+
+
+# ----------------------------------------------------------------------------- device cleanliness
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_loops_make_no_host_sync_per_step(stage1, s2a, static):
+    """On the meta device every value read on the host (`.item()`, `bool()`, `.cpu()`) raises and
+    every tensor created on the CPU by mistake fails to mix: the loops run there end to end, so
+    no decoding step waits for the device (the finite check after the loop is skipped there)."""
+    import copy
+
+    meta1, meta2 = copy.deepcopy(stage1).to("meta"), copy.deepcopy(s2a).to("meta")
+    prompts, lens, phones, cond = _stage1_items()
+    on = [p.to("meta") for p in prompts], [c.to("meta") for c in cond], [p.to("meta") for p in phones]
+    opts = DecodeOptions(steps=4, cfg=2.5, static_shapes=static)
+    out = stage1_generate(meta1, on[0], lens, on[2], on[1], opts, [_noise(b) for b in range(3)])
+    assert [o.device.type for o in out] == ["meta"] * 3
+    sem, pr, _ = _s2a_items()
+    codes = s2a_generate(
+        meta2,
+        [x.to("meta") for x in sem],
+        [x.to("meta") for x in pr],
+        DecodeOptions(steps=(3, 2, 1), cfg=2.5, static_shapes=static),
+        [_noise(b) for b in range(3)],
+    )
+    assert codes[0].device.type == "meta" and codes[0].shape == (9, 3)

@@ -39,7 +39,10 @@ def noisy(tmp_path_factory) -> Path:
 
 
 def _enhance(bundle: Path, noisy: Path, out: Path, **options) -> tuple[np.ndarray, dict]:
-    pipe = api.load("se", checkpoint_dir=bundle, offline=True, dtype="bfloat16", **options, **FAST_API)
+    # CPU pinned: the cache merges LoRA on the CPU, the uncached path on the engine's device
+    pipe = api.load(
+        "se", checkpoint_dir=bundle, offline=True, dtype="bfloat16", device="cpu", **options, **FAST_API
+    )
     pipe.engine.load_all()
     state = {k: v.clone() for k, v in pipe.engine.component("stage1").state_dict().items()}
     (res,) = pipe.engine.run([pipe.make_job([str(noisy)], out, seed=5)], pipe.decoding, keep=True)
