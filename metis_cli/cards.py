@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 # Name of the optional file in a checkpoint dir whose entries deep-merge into card configs
 # (used by tiny test bundles whose dimensions differ from the released models).
 OVERRIDES_FILE = "metis_config_overrides.json"
+OVERRIDES_NOTE = "sizes not compared (config overrides in effect; key names and tensor ranks checked)"
 
 # Default model per task (spec §1.3: the released checkpoints).
 DEFAULT_MODEL = {
@@ -43,6 +45,81 @@ ALIASES = {
     "metis-tts": "maskgct-t2s",
     "omni": "metis-omni",
 }
+
+
+def env_offline() -> bool:
+    """True when the environment turns downloads off (`HF_HUB_OFFLINE`, `TRANSFORMERS_OFFLINE`)."""
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _hub_reason(exc: BaseException) -> str:
+    """A short reason for a failed download (huggingface_hub's messages run to paragraphs)."""
+    name = type(exc).__name__
+    if name in ("EntryNotFoundError", "RemoteEntryNotFoundError"):
+        return "the file is not in the repository"
+    if name in ("RepositoryNotFoundError", "GatedRepoError"):
+        return "repository not found, private or gated (log in with `hf auth login`)"
+    if name == "LocalEntryNotFoundError":
+        return "no connection to the Hugging Face Hub, and the file is not in the cache"
+    if name == "OfflineModeIsEnabled":
+        return "offline mode is on (HF_HUB_OFFLINE)"
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else name
+
+
+class _OncePerMessage(logging.Filter):
+    """Lets each distinct message through once (digits ignored: "Retrying in 2s [Retry 2/5]")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = re.sub(r"\d+", "#", record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+_ONCE = _OncePerMessage()
+
+
+def quiet_hub(quiet: bool = True, offline: bool = False) -> None:
+    """Tame huggingface_hub's console output for the CLI.
+
+    quiet: no progress bars and no warnings (its retry messages: ~23 lines per run without a
+    network), errors only; else each distinct warning is shown once. offline: also put the
+    hub itself into offline mode (`HF_HUB_OFFLINE=1` for this process and what it starts), so
+    that no library reaches the network. Safe to call more than once; imports the hub lazily.
+    """
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as hub_constants
+        from huggingface_hub.utils import logging as hub_logging
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+        return
+    if offline:
+        hub_constants.HF_HUB_OFFLINE = True
+    if quiet:
+        hub_logging.set_verbosity_error()  # children inherit ERROR: warnings dropped at the source
+        try:
+            from huggingface_hub.utils import disable_progress_bars
+
+            disable_progress_bars()
+        except ImportError:  # pragma: no cover
+            pass
+        return
+    # a logger's filters only see records created on it: filter every hub logger that exists
+    names = [n for n in logging.Logger.manager.loggerDict if n.split(".")[0] == "huggingface_hub"]
+    for name in ["huggingface_hub", *names]:
+        logger = logging.getLogger(name)
+        logger.removeFilter(_ONCE)
+        logger.addFilter(_ONCE)
 
 
 def cards_dir() -> Path:
@@ -167,9 +244,8 @@ class ModelStore:
         self.checkpoint_dir = (
             Path(checkpoint_dir or env_dir).expanduser() if (checkpoint_dir or env_dir) else None
         )
-        if offline is None:
-            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        self.offline = offline
+        # HF_HUB_OFFLINE=1 always wins: offline means no network attempt at all
+        self.offline = bool(offline) or env_offline()
         self._overrides = self._read_overrides()
 
     # -- configuration ---------------------------------------------------------------------
@@ -260,28 +336,49 @@ class ModelStore:
         try:
             return Path(hf_hub_download(card.repo, spec.path))
         except Exception as exc:  # noqa: BLE001 - network, auth, 404: one line for the user
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = _hub_reason(exc)
             raise MissingModelError(
                 f"model '{card.name}': could not download {card.repo}/{spec.path} ({reason});"
                 f" retry `metis download {hint}` or pass --checkpoint-dir"
             ) from None
 
-    def verify(self, card: ModelCard, role: str, path: Path) -> None:
-        """Check a file's safetensors header against the card's full-size manifest.
+    def verify(self, card: ModelCard, role: str, path: Path) -> list[str]:
+        """Check a present file against what the card expects; returns notes on what was not
+        checked (empty when everything was).
 
-        Skipped (nothing to compare with) for files without a manifest and when config
-        overrides are in effect; the strict load checks every key against the module anyway.
+        Every safetensors file: its header parses and its data section is complete (no
+        truncation, offsets consistent with dtypes and shapes). With a manifest: the keys and
+        shapes are exactly the full-size ones; when config overrides are in effect (tiny test
+        bundles) the key names are checked modulo layer/codebook indices and the number of
+        dimensions of each tensor, and the sizes are not compared (said in the notes). JSON
+        files must parse as a JSON object. Raises CheckpointError naming the file otherwise.
         """
         spec = card.files[role]
-        if spec.manifest is None or self._overrides:
-            return
-        expected = manifest(spec.manifest)
-        found = {k: shape for k, (_dtype, shape) in read_header(path).items()}
-        tolerated = ["diff_estimator.embed_tokens.weight"]
-        check_keys(expected, found, source=str(path), tolerated_extra=tolerated)
-        bad = sorted(k for k, (dtype, _s) in read_header(path).items() if dtype not in ("F32", "F16", "BF16"))
-        if bad:
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: file not found")
+        if path.suffix == ".json":
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise CheckpointError(f"{path}: not a readable JSON file ({exc})") from None
+            if not isinstance(data, dict):
+                raise CheckpointError(f"{path}: expected a JSON object")
+            return ["JSON parsed, contents not compared"]
+        header = safetensors_layout(path)
+        found = {k: shape for k, (_dtype, shape) in header.items()}
+        bad = sorted(k for k, (dtype, _s) in header.items() if dtype not in ("F32", "F16", "BF16"))
+        if bad and spec.manifest is not None:
             raise CheckpointError(f"{path}: unexpected dtype for {', '.join(bad[:5])}")
+        if spec.manifest is None:
+            return ["no manifest for this file: header and data size checked, key names not compared"]
+        expected = manifest(spec.manifest)
+        tolerated = ["diff_estimator.embed_tokens.weight"]
+        if not self._overrides:
+            check_keys(expected, found, source=str(path), tolerated_extra=tolerated)
+            return []
+        _check_key_names(expected, found, source=str(path), tolerated_extra=tolerated)
+        return [OVERRIDES_NOTE]
 
     def resolve_all(self, names: list[str], progress: bool = True) -> Iterator[tuple[ModelCard, str, Path]]:
         """Every file of the given cards and the cards they require, fetched if needed."""
@@ -294,6 +391,141 @@ class ModelStore:
                         continue
                     seen.add((dep.repo.lower(), dep.files[role].path))
                     yield dep, role, self.path(dep, role, progress=progress)
+
+
+_ST_ITEMSIZE = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
+_ST_ITEMSIZE |= {"F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+
+
+def safetensors_layout(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """`read_header(path)` after checking that the data section matches it.
+
+    A truncated file (data shorter than the header says), trailing bytes, overlapping or
+    mis-sized tensor ranges are `CheckpointError`s naming the file.
+    """
+    import struct
+
+    path = Path(path)
+    header = read_header(path)  # clear errors for files that are not safetensors at all
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        raw = json.loads(fh.read(n))
+    raw.pop("__metadata__", None)
+    spans = []
+    for key, entry in raw.items():
+        dtype, shape = header[key]
+        try:
+            begin, end = (int(x) for x in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: not a safetensors file (no data offsets for {key})") from None
+        numel = 1
+        for d in shape:
+            numel *= d
+        item = _ST_ITEMSIZE.get(dtype)
+        if item is not None and end - begin != numel * item:
+            raise CheckpointError(
+                f"{path}: corrupt header: {key} spans {end - begin} bytes, "
+                f"{dtype} {list(shape)} needs {numel * item}"
+            )
+        spans.append((begin, end, key))
+    spans.sort()
+    pos = 0
+    for begin, end, key in spans:
+        if begin < pos or end < begin:
+            raise CheckpointError(f"{path}: corrupt header: the data of {key} overlaps another tensor")
+        pos = end
+    data_size = size - 8 - n
+    if pos > data_size:
+        raise CheckpointError(
+            f"{path}: truncated: the header describes {pos} bytes of tensor data, "
+            f"the file holds {max(data_size, 0)}"
+        )
+    if pos < data_size:
+        raise CheckpointError(f"{path}: {data_size - pos} unexpected bytes after the tensor data")
+    return header
+
+
+_INDEX = re.compile(r"\.\d+(?=\.|$)")
+
+
+def _check_key_names(
+    expected: dict[str, tuple[int, ...]],
+    found: dict[str, tuple[int, ...]],
+    *,
+    source: str,
+    tolerated_extra: list[str],
+) -> None:
+    """Keys equal to the manifest's up to layer/codebook indices, and each tensor's rank equal."""
+
+    def ranks(d: dict[str, tuple[int, ...]], skip: tuple[str, ...] = ()) -> dict[str, set[int]]:
+        out: dict[str, set[int]] = {}
+        for k, shape in d.items():
+            if k not in skip:
+                out.setdefault(_INDEX.sub(".N", k), set()).add(len(shape))
+        return out
+
+    want, got = ranks(expected, tuple(tolerated_extra)), ranks(found, tuple(tolerated_extra))
+    problems = []
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    rank = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {', '.join(missing[:5])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {', '.join(unexpected[:5])}")
+    if rank:
+        shown = [f"{k} expected {sorted(want[k])}-d found {sorted(got[k])}-d" for k in rank[:5]]
+        problems.append(f"{len(rank)} rank mismatch(es): {', '.join(shown)}")
+    if not problems:  # every layer of a list holds the same keys where the manifest's layers do
+        want_lists: dict[str, list[dict[int, set[str]]]] = {}
+        for prefix, members in _lists(expected, tolerated_extra).items():
+            want_lists.setdefault(_INDEX.sub(".N", prefix), []).append(members)
+        for prefix, members in sorted(_lists(found, tolerated_extra).items()):
+            norm = _INDEX.sub(".N", prefix)
+            if len(members) < 2 or norm not in want_lists or not all(map(_uniform, want_lists[norm])):
+                continue
+            union = set().union(*members.values())
+            for idx, rests in sorted(members.items()):
+                if rests != union:
+                    gone = sorted(union - rests)
+                    shown = ", ".join(f"{prefix}{idx}{rest}" for rest in gone[:5])
+                    problems.append(f"{len(gone)} missing key(s): {shown}")
+                    break
+            if problems:
+                break
+    if problems:
+        raise CheckpointError(
+            f"{source}: does not match the expected layout (N = any index): " + "; ".join(problems)
+        )
+
+
+def _lists(keys: dict[str, tuple[int, ...]], skip: list[str]) -> dict[str, dict[int, set[str]]]:
+    """{list prefix "a.0.b.": {index: {normalized rest of the key}}} for every numbered list."""
+    out: dict[str, dict[int, set[str]]] = {}
+    for key in keys:
+        if key in skip:
+            continue
+        for m in _INDEX.finditer(key):
+            prefix, idx, rest = key[: m.start() + 1], int(m.group(0)[1:]), key[m.end() :]
+            out.setdefault(prefix, {}).setdefault(idx, set()).add(_INDEX.sub(".N", rest))
+    return out
+
+
+def _uniform(members: dict[int, set[str]]) -> bool:
+    sets = list(members.values())
+    return all(x == sets[0] for x in sets)
 
 
 def file_status(store: ModelStore, card: ModelCard) -> list[dict[str, Any]]:

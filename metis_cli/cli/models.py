@@ -43,23 +43,32 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="One JSON object per model on stdout."),
     ) -> None:
         """List the model cards, which of their files are present locally, and their sizes."""
-        from ..cards import DEFAULT_MODEL, ModelStore, card_names, file_status, get_card
+        from ..cards import DEFAULT_MODEL, OVERRIDES_FILE, ModelStore, card_names, file_status, get_card
 
         store = ModelStore(checkpoint_dir, offline=True)
         defaults = {v: k for k, v in DEFAULT_MODEL.items()}
         failed = False
+        if verify and not json_out and store.has_overrides:
+            print(
+                f"config overrides: {store.checkpoint_dir / OVERRIDES_FILE} (not the released sizes): "
+                "key names and tensor ranks are checked against the full-size manifests, sizes are not"
+            )
         for name in card_names():
             card = get_card(name)
             rows = file_status(store, card)
-            problems = []
+            problems: list[str] = []
             if verify:
                 for row in rows:
-                    if row["path"]:
-                        try:
-                            store.verify(card, row["role"], Path(row["path"]))
-                        except MetisError as exc:
-                            problems.append(str(exc))
-                            failed = True
+                    if not row["path"]:
+                        row["verified"], row["notes"] = None, ["not present"]
+                        continue
+                    try:
+                        row["notes"] = store.verify(card, row["role"], Path(row["path"]))
+                        row["verified"] = True
+                    except MetisError as exc:
+                        row["verified"], row["notes"] = False, [str(exc)]
+                        problems.append(str(exc))
+                        failed = True
             present = sum(r["path"] is not None for r in rows)
             if json_out:
                 print(
@@ -80,12 +89,16 @@ def register(app: typer.Typer) -> None:
             print(f"  {present}/{len(rows)} files present, license {card.license or '-'}")
             for r in rows:
                 size = _human(r["bytes"]) if r["path"] else r["size_listed"]
-                print(f"  {'✓' if r['path'] else '✗'} {r['file']}  {size}")
-            for p in problems:
-                print(f"  ! {p}")
+                mark = "✗" if not r["path"] or r.get("verified") is False else "✓"
+                print(f"  {mark} {r['file']}  {size}")
+                if verify and r["path"]:
+                    for note in r["notes"]:
+                        print(f"      {'! ' if r['verified'] is False else 'partly checked: '}{note}")
             note = card.extra.get("visual_encoder", {}).get("note")
             if note:
                 print(f"  note: {note}")
+        if verify and not json_out:
+            print("verified: " + ("problems found (marked ✗ and !)" if failed else "every present file"))
         if failed:
             raise typer.Exit(1)
 
@@ -97,10 +110,19 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     ) -> None:
         """Fetch model files into the Hugging Face cache (only the files the cards name)."""
-        from ..cards import DEFAULT_MODEL, ModelStore
+        from ..cards import DEFAULT_MODEL, ModelStore, get_card, quiet_hub
 
         names = list(names or sorted(set(DEFAULT_MODEL.values())))
-        store = ModelStore(None, offline=False)
+        for name in names:  # an unknown name is a usage error, before anything downloads
+            if name not in FRONTENDS:
+                try:
+                    get_card(name)
+                except MetisError as exc:
+                    _err(f"{exc}; or {' / '.join(FRONTENDS)}")
+                    raise typer.Exit(2) from None
+        store = ModelStore(None, offline=None)
+        if quiet:
+            quiet_hub(True)
         failed = False
         for name in [n for n in names if n in FRONTENDS]:
             try:
