@@ -21,8 +21,10 @@ Pre-cropped mouth videos (frames of 96x96 or 88x88 pixels) skip steps 2-3.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .constants import VIDEO_FPS
-from .errors import VideoError
+from .errors import MissingModelError, VideoError
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,30 @@ MODEL_SIZE = 88  # centre crop fed to the encoder
 PIXEL_MEAN, PIXEL_STD = 0.421, 0.165
 
 NO_DETECTOR_HELP = (
-    "install metis-cli[face] (mediapipe==0.10.21, Python <= 3.12, numpy<2), "
-    "or pass --landmarks FILE (.npy, (frames, 4, 2)), or give a pre-cropped 96x96 mouth video"
+    "install metis-cli[face] (MediaPipe Tasks, then `metis download face-detector` or --face-model FILE) "
+    "or metis-cli[face-legacy] (mediapipe==0.10.21, numpy<2), or pass --landmarks FILE (.npy, "
+    "(frames, 4, 2)), or give a pre-cropped 96x96 mouth video"
 )
+FACE_MODEL_ENV = "METIS_FACE_MODEL"  # a face-detector model file for the Tasks API (--face-model)
+# The BlazeFace models as bundled in the legacy wheel: name -> (member, size, sha256).
+FACE_DETECTOR_WHEEL = (
+    "mediapipe",
+    "0.10.21",
+    "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl",
+    "05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3",
+)
+FACE_DETECTOR_FILES = {
+    "face_detection_full_range_sparse.tflite": (
+        "mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite",
+        676_746,
+        "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
+    ),
+    "face_detection_short_range.tflite": (
+        "mediapipe/modules/face_detection/face_detection_short_range.tflite",
+        229_714,
+        "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
+    ),
+}
 
 
 def _cv2():
@@ -134,43 +157,204 @@ def _warn_if_variable_rate(path: Path, times: list[float | None]) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def detect_landmarks(frames: np.ndarray, source: str = "video") -> np.ndarray:
+def detect_landmarks(
+    frames: np.ndarray, source: str = "video", face_model: str | Path | None = None
+) -> np.ndarray:
     """MediaPipe BlazeFace keypoints, (T, 4, 2) float64, NaN rows where no face was found.
 
-    The full-range model runs on every frame; the short-range one only if the full-range pass
-    found no face anywhere. Keypoints are truncated to integer pixels like upstream. With
-    several faces, upstream's selection is mirrored: the last detection, or the first one if
-    the last box has a non-positive (w - x) + (h - y).
+    Two MediaPipe APIs, the same BlazeFace networks:
+
+    * the legacy ``mp.solutions.face_detection`` (mediapipe 0.10.21, extra ``face-legacy``; its
+      wheel bundles the models), used when it exists and no model file is given;
+    * the Tasks API ``FaceDetector`` of current releases (extra ``face``; no bundled models), with
+      ``face_model`` (``--face-model``), else ``$METIS_FACE_MODEL``, else the two files that
+      ``metis download face-detector`` caches (see `fetch_face_detector`).
+
+    As upstream, the full-range model runs on every frame and the short-range one only if the
+    full-range pass found no face anywhere (a single given model file runs alone). Keypoints
+    are truncated to integer pixels like upstream. With several faces, upstream's selection is
+    mirrored: the last detection, or the first one if the last box has a non-positive
+    (w - x) + (h - y).
     """
     try:
         import mediapipe as mp
-
-        face_detection = mp.solutions.face_detection
-    except (ImportError, AttributeError):
+    except ImportError:
         raise VideoError(f"{source}: no face detector available; {NO_DETECTOR_HELP}") from None
-    for model_selection in (1, 0):  # full range, then short range
-        with face_detection.FaceDetection(
-            model_selection=model_selection, min_detection_confidence=0.5
-        ) as det:
-            marks = np.stack([_keypoints(det.process(np.ascontiguousarray(f)), f.shape) for f in frames])
+    model = face_model or os.environ.get(FACE_MODEL_ENV) or None
+    legacy = getattr(getattr(mp, "solutions", None), "face_detection", None)
+    if model is None and legacy is not None:
+        passes = [lambda f, sel=sel: _detect_legacy(legacy, f, sel) for sel in (1, 0)]
+    else:
+        paths = [Path(model)] if model is not None else face_detector_files()
+        for path in paths:
+            if not path.is_file():
+                raise VideoError(f"{source}: face-detector model {path} not found")
+        passes = [lambda f, path=path: _detect_tasks(mp, f, path, source) for path in paths]
+    for detect in passes:  # full range, then short range
+        marks = detect(frames)
         if not np.isnan(marks).all():
             return marks
     raise VideoError(f"{source}: no face found in any frame")
 
 
+def _detect_legacy(face_detection, frames: np.ndarray, model_selection: int) -> np.ndarray:
+    with face_detection.FaceDetection(model_selection=model_selection, min_detection_confidence=0.5) as det:
+        return np.stack([_keypoints(det.process(np.ascontiguousarray(f)), f.shape) for f in frames])
+
+
+def _detect_tasks(mp, frames: np.ndarray, model: Path, source: str) -> np.ndarray:
+    try:
+        from mediapipe.tasks.python import BaseOptions, vision
+    except ImportError:
+        raise VideoError(f"{source}: this mediapipe has no Tasks API; {NO_DETECTOR_HELP}") from None
+    options = vision.FaceDetectorOptions(
+        base_options=BaseOptions(model_asset_path=str(model)), min_detection_confidence=0.5
+    )
+    try:
+        detector = vision.FaceDetector.create_from_options(options)
+    except (RuntimeError, ValueError) as exc:
+        raise VideoError(f"{source}: cannot load face-detector model {model}: {exc}") from None
+    with detector:
+        rows = []
+        for f in frames:
+            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(f))
+            rows.append(_tasks_keypoints(detector.detect(image).detections, f.shape))
+    return np.stack(rows)
+
+
+def _select(boxes: list[tuple[int, int, int, int]]) -> int:
+    """Upstream's choice among several faces: the last, unless its (w - x) + (h - y) <= 0."""
+    x, y, w, h = boxes[-1]
+    return len(boxes) - 1 if (w - x) + (h - y) > 0 else 0
+
+
 def _keypoints(result, shape: tuple[int, ...]) -> np.ndarray:
-    """One frame's detector result -> (4, 2) keypoints in pixels (NaN when no face)."""
+    """One frame's legacy detector result -> (4, 2) keypoints in pixels (NaN when no face)."""
     ih, iw = shape[:2]
     detections = list(result.detections or [])
     if not detections:
         return np.full((4, 2), np.nan)
-    last = detections[-1]
-    box = last.location_data.relative_bounding_box
-    x, y = int(box.xmin * iw), int(box.ymin * ih)
-    w, h = int(box.width * iw), int(box.height * ih)
-    chosen = last if (w - x) + (h - y) > 0 else detections[0]
-    points = chosen.location_data.relative_keypoints[:4]
+    boxes = []
+    for d in detections:
+        box = d.location_data.relative_bounding_box
+        boxes.append((int(box.xmin * iw), int(box.ymin * ih), int(box.width * iw), int(box.height * ih)))
+    points = detections[_select(boxes)].location_data.relative_keypoints[:4]
     return np.array([[int(p.x * iw), int(p.y * ih)] for p in points], dtype=np.float64)
+
+
+def _tasks_keypoints(detections, shape: tuple[int, ...]) -> np.ndarray:
+    """One frame's Tasks detections -> (4, 2) keypoints in pixels (NaN when no face).
+
+    Tasks boxes are already in pixels (ints); keypoints are relative, as in the legacy API.
+    """
+    ih, iw = shape[:2]
+    detections = list(detections or [])
+    if not detections:
+        return np.full((4, 2), np.nan)
+    boxes = [(d.bounding_box.origin_x, d.bounding_box.origin_y, d.bounding_box.width, d.bounding_box.height)
+             for d in detections]  # fmt: skip
+    points = detections[_select(boxes)].keypoints[:4]
+    return np.array([[int(p.x * iw), int(p.y * ih)] for p in points], dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------------------
+# the face-detector model files for the Tasks API (`metis download face-detector`)
+# ------------------------------------------------------------------------------------------
+
+
+def face_detector_dir() -> Path:
+    """``$METIS_CACHE_DIR/face-detector`` (default ``~/.cache/metis/face-detector``)."""
+    env = os.environ.get("METIS_CACHE_DIR")
+    root = Path(env).expanduser() if env else Path.home() / ".cache" / "metis"
+    return root / "face-detector"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def face_detector_files(folder: Path | None = None, check: bool = True) -> list[Path]:
+    """The cached BlazeFace models (full range, then short range), each checked by sha256.
+
+    Raises MissingModelError (one line) when one is missing or differs from the recorded file.
+    """
+    folder = folder or face_detector_dir()
+    paths = []
+    for name, (_member, size, sha256) in FACE_DETECTOR_FILES.items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != size or (check and _sha256(path) != sha256):
+            raise MissingModelError(
+                f"face-detector model {path} is missing or not the recorded file: "
+                "run `metis download face-detector`, or pass --face-model FILE"
+            )
+        paths.append(path)
+    return paths
+
+
+def _pypi_file_url(name: str, version: str, filename: str) -> str:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"https://pypi.org/pypi/{name}/{version}/json", timeout=60) as resp:
+        meta = json.load(resp)
+    for entry in meta["urls"]:
+        if entry["filename"] == filename:
+            return entry["url"]
+    raise MissingModelError(f"PyPI lists no {filename} for {name}=={version}")
+
+
+def fetch_face_detector(dest: Path | None = None, offline: bool | None = None) -> Path:
+    """Ensure the two BlazeFace models are cached in ``dest``; return that folder.
+
+    They are the files the legacy ``mediapipe==0.10.21`` wheel bundles (the Tasks API of current
+    releases runs them unchanged): the wheel is fetched from PyPI, checked against its recorded
+    sha256, and only the two models are kept, each checked against its recorded sha256.
+    ``offline`` (default: ``HF_HUB_OFFLINE``) forbids the download.
+    """
+    import shutil
+    import tempfile
+    import urllib.request
+    import zipfile
+
+    folder = dest or face_detector_dir()
+    try:
+        face_detector_files(folder)
+        return folder
+    except MissingModelError:
+        pass
+    if offline is None:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if offline:
+        raise MissingModelError(
+            f"face-detector models are not in {folder} and downloads are off (--offline / HF_HUB_OFFLINE)"
+        )
+    name, version, filename, wheel_sha256 = FACE_DETECTOR_WHEEL
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            wheel = Path(tmp) / filename
+            log.info("downloading %s from PyPI", filename)
+            with urllib.request.urlopen(_pypi_file_url(name, version, filename), timeout=120) as resp:
+                with wheel.open("wb") as fh:
+                    shutil.copyfileobj(resp, fh, 1 << 20)
+            if _sha256(wheel) != wheel_sha256:
+                raise MissingModelError(f"{filename}: sha256 differs from the recorded {wheel_sha256}")
+            with zipfile.ZipFile(wheel) as zf:
+                for out_name, (member, _size, sha256) in FACE_DETECTOR_FILES.items():
+                    part = Path(tmp) / out_name
+                    with zf.open(member) as src, part.open("wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                    if _sha256(part) != sha256:
+                        raise MissingModelError(f"{member} in {filename}: sha256 differs from {sha256}")
+                    os.replace(part, folder / out_name)
+    except OSError as exc:  # URLError is an OSError
+        raise MissingModelError(f"cannot fetch the face-detector models from PyPI: {exc}") from exc
+    face_detector_files(folder)
+    return folder
 
 
 def load_landmarks(path: str | Path, num_frames: int) -> np.ndarray:
@@ -246,6 +430,37 @@ def crop_box(center: tuple[float, float]) -> tuple[int, int, int, int]:
     return edge(cy - CROP_HALF), edge(cy + CROP_HALF), edge(cx - CROP_HALF), edge(cx + CROP_HALF)
 
 
+def _crop_geometry(points: np.ndarray, t: int, source: str) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Smoothed keypoints of one frame -> (2x3 alignment matrix, (y0, y1, x0, x1) crop box)."""
+    try:
+        A = similarity_transform(points)
+    except ValueError:
+        raise VideoError(f"{source}: frame {t}: keypoints too degenerate to align") from None
+    cx, cy = A[:, :2] @ points[MOUTH] + A[:, 2]
+    if abs(cy - ALIGNED_SIZE / 2) > CROP_GUARD or abs(cx - ALIGNED_SIZE / 2) > CROP_GUARD:
+        raise VideoError(f"{source}: frame {t}: the mouth is too far from the aligned face position")
+    return A, crop_box((cx, cy))
+
+
+def mouth_crop_centres(
+    marks: np.ndarray, indices: np.ndarray | None = None, source: str = "video"
+) -> np.ndarray:
+    """Where each mouth crop's centre lies in its original frame, (len(indices), 2) (x, y) pixels.
+
+    The centre of the 96x96 box in the aligned frame, mapped back through the inverse of that
+    frame's alignment: what `crop_mouths` cuts out is centred there.
+    """
+    marks = fill_landmark_gaps(marks, source)
+    indices = np.arange(len(marks)) if indices is None else indices
+    centres = []
+    for t in indices:
+        A, (y0, y1, x0, x1) = _crop_geometry(smooth_landmarks(marks, int(t)), int(t), source)
+        M = A[:, :2]
+        centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2]) - 0.5  # pixel centres, not edges
+        centres.append(np.linalg.solve(M, centre - A[:, 2]))
+    return np.stack(centres)
+
+
 def crop_mouths(
     frames: np.ndarray, marks: np.ndarray, indices: np.ndarray | None = None, source: str = "video"
 ) -> np.ndarray:
@@ -261,10 +476,7 @@ def crop_mouths(
     for t in indices:
         points = smooth_landmarks(marks, int(t))
         gray = cv2.cvtColor(np.ascontiguousarray(frames[t]), cv2.COLOR_RGB2GRAY)  # before warping
-        try:
-            A = similarity_transform(points)
-        except ValueError:
-            raise VideoError(f"{source}: frame {t}: keypoints too degenerate to align") from None
+        A, (y0, y1, x0, x1) = _crop_geometry(points, int(t), source)
         aligned = cv2.warpAffine(
             gray,
             A,
@@ -273,10 +485,6 @@ def crop_mouths(
             borderMode=cv2.BORDER_CONSTANT,
             borderValue=0,
         )
-        cx, cy = A[:, :2] @ points[MOUTH] + A[:, 2]
-        if abs(cy - ALIGNED_SIZE / 2) > CROP_GUARD or abs(cx - ALIGNED_SIZE / 2) > CROP_GUARD:
-            raise VideoError(f"{source}: frame {t}: the mouth is too far from the aligned face position")
-        y0, y1, x0, x1 = crop_box((cx, cy))
         patch = aligned[y0:y1, x0:x1]
         if patch.shape != (2 * CROP_HALF, 2 * CROP_HALF):
             raise VideoError(f"{source}: frame {t}: the mouth crop leaves the aligned face frame")
@@ -319,12 +527,13 @@ def mouth_rois(
     detector: str = "mediapipe",
     precropped: bool | None = None,
     source: str = "video",
+    face_model: str | Path | None = None,
 ) -> np.ndarray:
     """Frames (T, H, W, 3) RGB uint8 at `fps` -> encoder input (T25, 88, 88) float32 at 25 fps.
 
     landmarks: (T, 4, 2) array or a `.npy` path (see `load_landmarks`); None runs `detector`.
     precropped: frames are already mouth crops (96x96 or 88x88); None = decide by frame size.
-    source: the input's name in error messages.
+    source: the input's name in error messages. face_model: see `detect_landmarks`.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -360,7 +569,7 @@ def mouth_rois(
     if landmarks is None:
         if detector != "mediapipe":
             raise VideoError(f"{source}: unknown face detector {detector!r} (only 'mediapipe')")
-        marks = detect_landmarks(frames, source)
+        marks = detect_landmarks(frames, source, face_model)
     elif isinstance(landmarks, (str, Path)):
         marks = load_landmarks(landmarks, len(frames))
     else:
@@ -373,11 +582,18 @@ def load_mouth_rois(
     landmarks: np.ndarray | str | Path | None = None,
     precropped: bool | None = None,
     detector: str = "mediapipe",
+    face_model: str | Path | None = None,
 ) -> np.ndarray:
     """`read_video(path)` then `mouth_rois(...)`: encoder input (T25, 88, 88) float32."""
     frames, fps = read_video(path)
     return mouth_rois(
-        frames, fps, landmarks=landmarks, detector=detector, precropped=precropped, source=str(path)
+        frames,
+        fps,
+        landmarks=landmarks,
+        detector=detector,
+        precropped=precropped,
+        source=str(path),
+        face_model=face_model,
     )
 
 
