@@ -346,8 +346,12 @@ def evaluate(
 
 def _atomic_save(obj: object, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    try:
+        torch.save(obj, tmp)
+        tmp.replace(path)
+    except BaseException:  # a full disk or a second signal: no half-written state left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
