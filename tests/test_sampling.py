@@ -575,3 +575,46 @@ def test_loops_make_no_host_sync_per_step(stage1, s2a, static):
         [_noise(b) for b in range(3)],
     )
     assert codes[0].device.type == "meta" and codes[0].shape == (9, 3)
+
+
+# ----------------------------------------------------------------------------- on a CUDA GPU
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _agreement(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    same = sum(int((x.cpu() == y.cpu()).sum()) for x, y in zip(a, b, strict=True))
+    return same / sum(x.numel() for x in a)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_loops_static_shapes_and_graphs(stage1, s2a):
+    """fp32 with TF32 off, CPU noise copied to the GPU: static shapes give the default loop's
+    tokens on CUDA too; CUDA vs CPU and CUDA graphs vs eager agree up to float rounding."""
+    import copy
+
+    from metis_cli.devices import apply_precision
+
+    dev = torch.device("cuda")
+    apply_precision(dev, torch.float32)
+    m1, m2 = copy.deepcopy(stage1).to(dev), copy.deepcopy(s2a).to(dev)
+    prompts, lens, phones, cond = _stage1_items()
+    args = ([p.to(dev) for p in prompts], lens, [p.to(dev) for p in phones], [c.to(dev) for c in cond])
+    opts = DecodeOptions(steps=10, cfg=2.5)
+
+    def s1(model, a, o):
+        return stage1_generate(model, *a, o, [_noise(70 + b) for b in range(3)])
+
+    cpu = s1(stage1, (prompts, lens, phones, cond), opts)
+    eager = s1(m1, args, opts)
+    static = s1(m1, args, dataclasses.replace(opts, static_shapes=True))
+    graphs = s1(m1, args, dataclasses.replace(opts, static_shapes=True, cuda_graphs=True))
+    assert all(torch.equal(a, b) for a, b in zip(static, eager, strict=True))
+    assert _agreement(eager, cpu) >= 0.9 and _agreement(graphs, eager) >= 0.9
+    sem, pr, _ = _s2a_items()
+    o2 = DecodeOptions(steps=(6, 3, 1), cfg=2.5, temperature=1.5)
+    on = [x.to(dev) for x in sem], [x.to(dev) for x in pr]
+    a = s2a_generate(m2, *on, o2, [_noise(b) for b in range(3)])
+    b = s2a_generate(m2, *on, dataclasses.replace(o2, static_shapes=True), [_noise(b) for b in range(3)])
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
