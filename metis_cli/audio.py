@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import logging
 import math
 import os
@@ -176,23 +177,26 @@ def _av_to_float32(frame, name: str) -> np.ndarray:
 class _AvDecoder:
     """Sequential decoding of a file's first audio stream with PyAV (FFmpeg)."""
 
-    def __init__(self, path: Path, unreadable: str | None = None) -> None:
-        """unreadable: the reason to give when FFmpeg cannot open the file either."""
-        self.path = path
+    def __init__(
+        self, path: Path | io.BytesIO, unreadable: str | None = None, name: str | None = None
+    ) -> None:
+        """path: a file, or the bytes of one (in memory); unreadable: the reason to give when
+        FFmpeg cannot open it either; name: how to name it in messages (default: the path)."""
+        self.path = name if name is not None else path
         try:
             import av
         except ImportError as exc:  # pragma: no cover - av is a dependency
-            raise AudioError(f"{path}: unsupported audio format (PyAV not installed: {exc})") from None
+            raise AudioError(f"{self.path}: unsupported audio format (PyAV not installed: {exc})") from None
         self._av = av
         try:
-            self.container = av.open(str(path))
+            self.container = av.open(path if isinstance(path, io.BytesIO) else str(path))
         except Exception as exc:  # noqa: BLE001 - FFmpeg errors of every kind: one line
             reason = unreadable or _first_line(exc)
-            raise AudioError(f"{path}: unreadable or unsupported audio format ({reason})") from None
+            raise AudioError(f"{self.path}: unreadable or unsupported audio format ({reason})") from None
         streams = self.container.streams.audio
         if not streams:
             self.container.close()
-            raise AudioError(f"{path}: no audio stream in this file")
+            raise AudioError(f"{self.path}: no audio stream in this file")
         self.stream = streams[0]
         self.sample_rate = int(self.stream.codec_context.sample_rate or self.stream.rate or 0)
         self.channels = int(self.stream.codec_context.channels or 0)
@@ -238,6 +242,31 @@ def _read_frames(path: Path) -> tuple[np.ndarray, int]:
     data = np.concatenate(blocks) if blocks else np.zeros((0, channels), np.float32)
     log.debug("decoded %s with PyAV (%s, %d Hz)", path, dec.stream.codec_context.name, dec.sample_rate)
     return data, dec.sample_rate
+
+
+def decode_bytes(data: bytes, name: str = "<upload>") -> AudioArray:
+    """Decode the bytes of an audio file in memory (no temporary file) into an `AudioArray`.
+
+    The same decoders as for files (libsndfile, else PyAV/FFmpeg): ``load_audio`` of the
+    result equals ``load_audio`` of the file. Errors are one-line AudioErrors naming ``name``.
+    """
+    if not data:
+        raise AudioError(f"{name}: empty upload (0 bytes)")
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            sr = int(f.samplerate)
+            frames = f.read(frames=-1, dtype="float32", always_2d=True)
+        return AudioArray(frames, sr, name)
+    except _SF_ERRORS as exc:
+        sf_detail = _first_line(exc)
+    dec = _AvDecoder(io.BytesIO(data), unreadable=sf_detail, name=name)
+    try:
+        blocks = list(dec.blocks())
+    finally:
+        dec.close()
+    channels = blocks[0].shape[1] if blocks else max(dec.channels, 1)
+    frames = np.concatenate(blocks) if blocks else np.zeros((0, channels), np.float32)
+    return AudioArray(frames, dec.sample_rate, name)
 
 
 def _to_mono(data: np.ndarray) -> np.ndarray:
@@ -664,3 +693,17 @@ def write_audio_atomic(path: str | os.PathLike, wav: np.ndarray, sr: int = CODEC
 
 
 write_wav_atomic = write_audio_atomic  # the old name
+
+
+def encode_audio(wav: np.ndarray, sr: int = CODEC_SAMPLE_RATE, fmt: str = "wav") -> bytes:
+    """The bytes of a mono ``(N,)`` float32 waveform as a ``fmt`` file (an `output_format`
+    name: wav, flac, ogg, mp3...), for `-o -` (stdout) or an HTTP response."""
+    ext = fmt.lower().lstrip(".")
+    if ext not in writable_formats():
+        raise InputError(f"cannot write .{ext} audio (writable: {', '.join(writable_formats())})")
+    wav = _check_wav(wav, Path(f"<{ext} output>"))
+    fmt_name, subtype = _WRITERS[ext]
+    buf = io.BytesIO()
+    buf.name = f"output.{ext}"
+    sf.write(buf, wav, int(sr), format=fmt_name, subtype=subtype)
+    return buf.getvalue()

@@ -470,3 +470,41 @@ def test_sigterm_while_streaming_exits_143_and_leaves_no_temp(tmp_path: Path):
     assert proc.returncode == 143, err
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+# -- in-memory uploads and encoded outputs (no temporary files) -------------------------------
+
+
+@pytest.mark.parametrize("kind", ["wav", "flac", "m4a"])
+def test_decode_bytes_equals_the_file(tmp_path: Path, m4a: Path, kind: str):
+    if kind == "m4a":
+        path = m4a
+    else:
+        rng = np.random.default_rng(9)
+        path = tmp_path / f"up.{kind}"
+        sf.write(path, (rng.standard_normal((30000, 2)) * 0.1).astype(np.float32), 44100, subtype="PCM_16")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    arr = audio.decode_bytes(path.read_bytes(), name=f"upload.{kind}")
+    assert isinstance(arr, audio.AudioArray) and arr.name == f"upload.{kind}" and arr.sample_rate == 44100
+    np.testing.assert_array_equal(load_audio(arr, 16000), load_audio(path, 16000))
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_decode_bytes_errors_name_the_upload():
+    with pytest.raises(AudioError, match="upload.bin: unreadable or unsupported audio format"):
+        audio.decode_bytes(b"not audio at all" * 100, name="upload.bin")
+    with pytest.raises(AudioError, match="upload.wav: empty upload"):
+        audio.decode_bytes(b"", name="upload.wav")
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "ogg", "mp3"])
+def test_encode_audio_round_trips(tmp_path: Path, fmt: str):
+    wav = (0.3 * np.sin(np.arange(24000) * 2 * np.pi * 300 / 24000)).astype(np.float32)
+    data = audio.encode_audio(wav, 24000, fmt)
+    if fmt == "wav":
+        write_wav_atomic(tmp_path / "ref.wav", wav)
+        assert data == (tmp_path / "ref.wav").read_bytes()
+    back = load_audio(audio.decode_bytes(data, f"x.{fmt}"), 24000)
+    assert abs(len(back) - len(wav)) < 2400
+    with pytest.raises(audio.InputError, match="cannot write .aac"):
+        audio.encode_audio(wav, 24000, "aac")
