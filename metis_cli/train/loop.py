@@ -82,7 +82,7 @@ def check_options(opts: TrainOptions, *, lora_r: int | None = None, lora_alpha: 
     """Raise UsageError naming the option for any value out of range (before anything loads)."""
 
     def bad(flag: str, rule: str, value: object) -> None:
-        raise UsageError(f"{flag} must be {rule}, got {value}")
+        raise UsageError(f"{flag}: must be {rule} (got {value})")
 
     def at_least(flag: str, value: int | None, low: int, optional: bool = False) -> None:
         if value is None and optional:
@@ -158,7 +158,7 @@ def resolve_cfg_scale(tr: Trainable, opts: TrainOptions) -> float:
     value = opts.cfg_scale if opts.cfg_scale is not None else tr.block.get("cfg_scale", 0.15)
     value = float(value)
     if not 0.0 <= value <= 1.0:
-        raise UsageError(f"--cfg-scale must be between 0 and 1, got {value:g}")
+        raise UsageError(f"--cfg-scale: must be a probability between 0 and 1 (got {value:g})")
     return value
 
 

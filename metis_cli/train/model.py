@@ -208,7 +208,7 @@ def _fresh_rank(task: str, rank: int | None, alpha: float | None) -> tuple[int, 
     r0, a0 = DEFAULT_LORA[task]
     r = r0 if rank is None else int(rank)
     if r <= 0:
-        raise UsageError(f"--lora-r must be at least 1, got {r}")
+        raise UsageError(f"--lora-r: must be an integer >= 1 (got {r})")
     a = float((a0 if r == r0 else 2 * r) if alpha is None else alpha)
     return r, a
 

@@ -40,25 +40,25 @@ def _finetune(env, out: Path, *extra: str) -> list[str]:
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        (["--lr", "-1"], "--lr must be a finite number > 0, got -1"),
-        (["--lr", "nan"], "--lr must be a finite number > 0"),
-        (["--lr", "0"], "--lr must be a finite number > 0"),
-        (["--epochs", "0"], "--epochs must be an integer >= 1"),
-        (["--max-steps", "0"], "--max-steps must be an integer >= 1"),
-        (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
-        (["--grad-accum", "-2"], "--grad-accum must be an integer >= 1"),
-        (["--warmup", "-1"], "--warmup must be an integer >= 0"),
-        (["--weight-decay", "inf"], "--weight-decay must be a finite number >= 0"),
-        (["--grad-clip", "-1"], "--grad-clip must be a finite number >= 0"),
-        (["--max-frames", "1"], "--max-frames must be an integer >= 2"),
-        (["--seed", "99999999999999999999"], "--seed must be an integer in 0..9223372036854775807"),
-        (["--seed", "-1"], "--seed must be an integer in 0.."),
-        (["--cfg-scale", "1.5"], "--cfg-scale must be a probability between 0 and 1"),
-        (["--cfg-scale", "nan"], "--cfg-scale must be a finite number >= 0"),
-        (["--stop-after", "0"], "--stop-after must be an integer >= 1"),
-        (["--save-every", "-5"], "--save-every must be an integer >= 0"),
-        (["--lora-r", "0"], "--lora-r must be an integer >= 1"),
-        (["--lora-alpha", "-3"], "--lora-alpha must be a finite number > 0"),
+        (["--lr", "-1"], "--lr: must be a finite number > 0 (got -1.0)"),
+        (["--lr", "nan"], "--lr: must be a finite number > 0"),
+        (["--lr", "0"], "--lr: must be a finite number > 0"),
+        (["--epochs", "0"], "--epochs: must be an integer >= 1"),
+        (["--max-steps", "0"], "--max-steps: must be an integer >= 1"),
+        (["--batch-size", "0"], "--batch-size: must be an integer >= 1"),
+        (["--grad-accum", "-2"], "--grad-accum: must be an integer >= 1"),
+        (["--warmup", "-1"], "--warmup: must be an integer >= 0"),
+        (["--weight-decay", "inf"], "--weight-decay: must be a finite number >= 0"),
+        (["--grad-clip", "-1"], "--grad-clip: must be a finite number >= 0"),
+        (["--max-frames", "1"], "--max-frames: must be an integer >= 2"),
+        (["--seed", "99999999999999999999"], "--seed: must be an integer in 0..9223372036854775807"),
+        (["--seed", "-1"], "--seed: must be an integer in 0.."),
+        (["--cfg-scale", "1.5"], "--cfg-scale: must be a probability between 0 and 1"),
+        (["--cfg-scale", "nan"], "--cfg-scale: must be a finite number >= 0"),
+        (["--stop-after", "0"], "--stop-after: must be an integer >= 1"),
+        (["--save-every", "-5"], "--save-every: must be an integer >= 0"),
+        (["--lora-r", "0"], "--lora-r: must be an integer >= 1"),
+        (["--lora-alpha", "-3"], "--lora-alpha: must be a finite number > 0"),
     ],
 )
 def test_bad_numbers_are_usage_errors_before_anything_loads(tmp_path, args, named):
@@ -79,7 +79,7 @@ def test_pretrain_checks_numbers_too(tmp_path):
         ["pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--lr", "-1"],
         catch_exceptions=False,
     )
-    assert res.exit_code == 2 and res.stderr.startswith("metis: error: --lr must be")
+    assert res.exit_code == 2 and res.stderr.startswith("metis: error: --lr: must be")
 
 
 def test_usage_errors_of_the_run_exit_2_with_the_prefix(train_env, tmp_path):
