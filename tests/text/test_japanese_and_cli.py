@@ -56,31 +56,130 @@ def test_japanese_word_initial_long_vowel_takes_previous_word_phoneme() -> None:
         ja.readings_to_phones(["abc"])
 
 
-def test_japanese_without_dictionary_is_a_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("METIS_CACHE_DIR", str(tmp_path))
+@pytest.fixture()
+def fake_dictionary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Three small stand-in dictionary files; the recorded table and archive point at them."""
+    import hashlib
+    import io
+    import tarfile
 
-    def offline(url: str, target: Path) -> None:
+    contents = {"sys.dic": b"system dictionary", "char.bin": b"chars" * 9, "COPYING": b"licence"}
+    monkeypatch.setattr(
+        res, "JA_DICT_FILES", {n: (len(d), hashlib.sha256(d).hexdigest()) for n, d in contents.items()}
+    )
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in contents.items():
+            info = tarfile.TarInfo(f"{res.JA_DICT_NAME}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    archive = buf.getvalue()
+    monkeypatch.setattr(res, "JA_DICT_ARCHIVE", (len(archive), hashlib.sha256(archive).hexdigest()))
+    downloads: list[str] = []
+
+    def download(url: str, target: Path) -> None:
+        downloads.append(url)
+        target.write_bytes(archive)
+
+    monkeypatch.setattr(res, "_download", download)
+    real_bundled = res.bundled_ja_dictionary
+    monkeypatch.setattr(res, "bundled_ja_dictionary", lambda: None)  # whatever pyopenjtalk is installed
+    monkeypatch.setenv("METIS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    res._VERIFIED.clear()
+    return contents, downloads, real_bundled
+
+
+def test_ja_dictionary_download_is_checked_and_cached(fake_dictionary) -> None:
+    contents, downloads, _ = fake_dictionary
+    folder = res.fetch_ja_frontend()
+    assert folder == res.cache_root() / "ja-frontend" / res.JA_DICT_NAME
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == contents
+    assert res.fetch_ja_frontend() == folder and downloads == [res.JA_DICT_URL]  # cached
+
+
+def test_ja_dictionary_archive_with_another_checksum_is_refused(fake_dictionary, monkeypatch) -> None:
+    size, _ = res.JA_DICT_ARCHIVE
+    monkeypatch.setattr(res, "JA_DICT_ARCHIVE", (size, "0" * 64))
+    with pytest.raises(res.MissingResourceError, match="not the recorded archive"):
+        res.fetch_ja_frontend()
+    assert not (res.cache_root() / "ja-frontend" / res.JA_DICT_NAME).exists()
+
+
+def test_ja_dictionary_file_that_changed_is_refused(fake_dictionary) -> None:
+    folder = res.fetch_ja_frontend()
+    (folder / "sys.dic").write_bytes(b"system dictionarY")  # same size
+    res._VERIFIED.clear()
+    with pytest.raises(res.MissingResourceError, match="sys.dic is not the official file"):
+        res.ja_dictionary_dir()
+    (folder / "sys.dic").write_bytes(b"system dictionary")
+    (folder / "char.bin").unlink()
+    with pytest.raises(res.MissingResourceError, match="char.bin is missing"):
+        res.ja_dictionary_dir()
+
+
+@pytest.mark.parametrize("how", ["env", "argument"])
+def test_ja_dictionary_offline_stops_the_download(fake_dictionary, monkeypatch, how) -> None:
+    """--offline (which sets HF_HUB_OFFLINE=1) or offline=True: one line, no download attempt,
+    a MetisError subclass (MissingModelError), through the Japanese front end too."""
+    from metis_cli.errors import MetisError, MissingModelError
+
+    _, downloads, _ = fake_dictionary
+    if how == "env":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        ja.openjtalk.cache_clear()
+        with pytest.raises(MissingModelError) as info:
+            ja.japanese_phones("こんにちは")
+        ja.openjtalk.cache_clear()
+    else:
+        with pytest.raises(MetisError) as info:
+            res.fetch_ja_frontend(offline=True)
+    message = str(info.value)
+    assert "\n" not in message and "offline" in message.lower() and "metis download ja-frontend" in message
+    assert downloads == []
+
+
+def test_ja_network_failure_is_one_line(fake_dictionary, monkeypatch) -> None:
+    def unreachable(url: str, target: Path) -> None:
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(res, "_download", offline)
-    ja.openjtalk.cache_clear()
-    with pytest.raises(TextError, match="metis download ja-frontend") as info:
-        ja.japanese_phones("こんにちは")
+    monkeypatch.setattr(res, "_download", unreachable)
+    with pytest.raises(res.MissingResourceError, match="network unreachable") as info:
+        res.fetch_ja_frontend()
     assert "\n" not in str(info.value)
-    ja.openjtalk.cache_clear()
 
 
-def test_ja_dictionary_structure_check(tmp_path: Path) -> None:
-    folder = tmp_path / res.JA_DICT_NAME
-    folder.mkdir()
-    for name in res.JA_DICT_FILES:
-        (folder / name).write_bytes(b"x")
-    assert res.ja_dictionary_dir(tmp_path) == folder
-    (folder / "sys.dic").unlink()
-    with pytest.raises(TextError, match="sys.dic"):
-        res.ja_dictionary_dir(tmp_path)
+def test_bundled_dictionary_of_pyopenjtalk_is_used_when_official(
+    fake_dictionary, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pyopenjtalk package holding open_jtalk_dic_utf_8-1.11/ with the recorded files is used
+    as is (no download, nothing copied); one whose files differ is ignored."""
+    contents, downloads, real_bundled = fake_dictionary
+    pkg = tmp_path / "site" / "pyopenjtalk"
+    (pkg / res.JA_DICT_NAME).mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise ImportError('must not be imported')\n")
+    for name, data in contents.items():
+        (pkg / res.JA_DICT_NAME / name).write_bytes(data)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setattr(res, "bundled_ja_dictionary", real_bundled)
+    assert res.bundled_ja_dictionary() == pkg / res.JA_DICT_NAME
+    assert res.fetch_ja_frontend() == pkg / res.JA_DICT_NAME and downloads == []
+    (pkg / res.JA_DICT_NAME / "COPYING").write_bytes(b"licencE")
+    res._VERIFIED.clear()
+    assert res.bundled_ja_dictionary() is None
+    assert res.fetch_ja_frontend() == res.cache_root() / "ja-frontend" / res.JA_DICT_NAME
+
+
+def test_recorded_dictionary_table_is_the_official_one() -> None:
+    """Nine files, sys.dic 103 073 776 bytes: the official open_jtalk_dic_utf_8-1.11 layout."""
+    assert sorted(res.JA_DICT_FILES) == [
+        "COPYING", "char.bin", "left-id.def", "matrix.bin", "pos-id.def", "rewrite.def",
+        "right-id.def", "sys.dic", "unk.dic",
+    ]  # fmt: skip
+    assert res.JA_DICT_FILES["sys.dic"][0] == 103_073_776
+    assert res.JA_DICT_ARCHIVE[0] == 23_646_843
+    assert res.JA_DICT_URL.endswith("v1.11.1/open_jtalk_dic_utf_8-1.11.tar.gz")
 
 
 @pytest.fixture()
@@ -117,3 +216,18 @@ def test_cli_batch_json_with_bad_lines(app: typer.Typer) -> None:
     assert rows[3]["lang"] == "de" and rows[3]["ids"]
     assert "error" in rows[1] and "error" in rows[2]
     assert "ids" not in rows[1]
+
+
+def test_download_ja_frontend_offline_exits_1_with_one_line(tmp_path: Path, monkeypatch) -> None:
+    from metis_cli.cli import app as metis_app
+
+    monkeypatch.setattr(res, "bundled_ja_dictionary", lambda: None)  # whatever pyopenjtalk is installed
+    result = CliRunner().invoke(
+        metis_app,
+        ["download", "ja-frontend"],
+        env={"HF_HUB_OFFLINE": "1", "METIS_CACHE_DIR": str(tmp_path)},
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "OpenJTalk" in lines[0] and "offline" in lines[0]
