@@ -313,7 +313,7 @@ def fetch_face_detector(dest: Path | None = None, offline: bool | None = None) -
     They are the files the legacy ``mediapipe==0.10.21`` wheel bundles (the Tasks API of current
     releases runs them unchanged): the wheel is fetched from PyPI, checked against its recorded
     sha256, and only the two models are kept, each checked against its recorded sha256.
-    ``offline`` (default: ``HF_HUB_OFFLINE``) forbids the download.
+    ``offline`` (default: ``--offline`` / ``HF_HUB_OFFLINE``) forbids the download.
     """
     import shutil
     import tempfile
@@ -327,7 +327,9 @@ def fetch_face_detector(dest: Path | None = None, offline: bool | None = None) -
     except MissingModelError:
         pass
     if offline is None:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        from .cards import env_offline
+
+        offline = env_offline()
     if offline:
         raise MissingModelError(
             f"face-detector models are not in {folder} and downloads are off (--offline / HF_HUB_OFFLINE)"

@@ -278,3 +278,19 @@ def test_no_mediapipe_names_both_extras(monkeypatch) -> None:
         video.detect_landmarks(FRAMES, "clip")
     message = str(info.value)
     assert "metis-cli[face]" in message and "face-legacy" in message and "--landmarks" in message
+
+
+def test_download_face_detector_offline_exits_1_with_one_line(tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from metis_cli.cli import app
+
+    res = CliRunner().invoke(
+        app,
+        ["download", "face-detector"],
+        env={"HF_HUB_OFFLINE": "1", "METIS_CACHE_DIR": str(tmp_path)},
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 1
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "face-detector" in lines[0] and "HF_HUB_OFFLINE" in lines[0]

@@ -142,26 +142,31 @@ def test_detector_and_crop_centre_on_the_mouth(route, mediapipe, astronaut_video
     assert rois.shape == (N_FRAMES, 88, 88) and np.isfinite(rois).all()
 
 
-def test_metis_l2s_end_to_end_on_a_real_face(mediapipe, astronaut_video, tiny_bundle, tmp_path) -> None:
-    """`metis l2s` with the real detector (default route) and the tiny visual encoder."""
+@pytest.mark.parametrize("how", ["default", "--face-model"])
+def test_metis_l2s_end_to_end_on_a_real_face(
+    how, mediapipe, astronaut_video, tiny_bundle, tmp_path, monkeypatch
+) -> None:
+    """`metis l2s` with the real detector and the tiny visual encoder: the default route (legacy
+    where available), and the Tasks route through `--face-model FILE`."""
     import soundfile as sf
     from typer.testing import CliRunner
 
     from metis_cli.cli import app
 
     routes = _routes(mediapipe)
-    if not routes:
-        _unavailable("neither the legacy API nor a Tasks face-detector model is available")
-    env = {"METIS_CHECKPOINT_DIR": str(tiny_bundle)}
-    if "legacy" not in routes:
-        env["METIS_FACE_MODEL"] = str(routes["tasks"])
+    monkeypatch.setenv("METIS_FACE_MODEL", "")  # restored after the test (--face-model sets it)
+    extra: list[str] = []
+    if how == "--face-model" or "legacy" not in routes:
+        if "tasks" not in routes:
+            _unavailable("no Tasks face-detector model (metis download face-detector, or METIS_FACE_MODEL)")
+        extra = ["--face-model", str(routes["tasks"])]
     path, _ = astronaut_video
     out = tmp_path / "face.wav"
     vis = str(tiny_bundle / "visual" / "model.pth")
     res = CliRunner().invoke(
         app,
-        ["l2s", str(path), "--visual-checkpoint", vis, "-o", str(out), "--json", *FAST],
-        env=env,
+        ["l2s", str(path), "--visual-checkpoint", vis, "-o", str(out), "--json", *extra, *FAST],
+        env={"METIS_CHECKPOINT_DIR": str(tiny_bundle)},
         catch_exceptions=False,
     )
     assert res.exit_code == 0, res.stderr
