@@ -10,8 +10,8 @@ import typer
 
 from ..errors import MetisError
 
-# Text front-end resources that `metis download` fetches besides the model cards.
-FRONTENDS = ("zh-frontend", "ja-frontend")
+# Front-end resources that `metis download` fetches besides the model cards.
+FRONTENDS = ("zh-frontend", "ja-frontend", "face-detector")
 
 
 def _err(msg: str) -> None:
@@ -105,7 +105,8 @@ def register(app: typer.Typer) -> None:
     @app.command("download")
     def download(
         names: list[str] = typer.Argument(
-            None, help="Model cards (default: every task's default model) or zh-frontend / ja-frontend."
+            None,
+            help="Model cards (default: each task's default model), zh-frontend, ja-frontend, face-detector.",
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     ) -> None:
@@ -126,9 +127,14 @@ def register(app: typer.Typer) -> None:
         failed = False
         for name in [n for n in names if n in FRONTENDS]:
             try:
-                from .. import text
+                from .. import text, video
 
-                path = text.fetch_zh_frontend() if name == "zh-frontend" else text.fetch_ja_frontend()
+                fetch = {
+                    "zh-frontend": text.fetch_zh_frontend,
+                    "ja-frontend": text.fetch_ja_frontend,
+                    "face-detector": video.fetch_face_detector,
+                }[name]
+                path = fetch()
                 print(path)
             except MetisError as exc:
                 _err(str(exc))
