@@ -2,16 +2,33 @@
 
 import metis_cli
 pipe = metis_cli.load("se")          # see metis_cli.api.load
+wav = pipe("noisy.wav", seed=0).wav  # or pipe(metis_cli.AudioArray(samples, 16000))
+
+Errors are `MetisError` subclasses (exported here) with a one-line message naming the input.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .errors import (
+    AudioError,
+    CheckpointError,
+    InputError,
+    MetisError,
+    MissingModelError,
+    NonFiniteError,
+    OutputError,
+    TextError,
+    UsageError,
+    VideoError,
+)
+
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import Pipeline
+    from .audio import AudioArray
 
 
 def load(task: str, model: str | None = None, **kwargs: Any) -> Pipeline:
@@ -19,3 +36,27 @@ def load(task: str, model: str | None = None, **kwargs: Any) -> Pipeline:
     from .api import load as _load
 
     return _load(task, model, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AudioArray":  # numpy + soundfile: imported on first use
+        from .audio import AudioArray
+
+        return AudioArray
+    raise AttributeError(f"module 'metis_cli' has no attribute {name!r}")
+
+
+__all__ = [
+    "AudioArray",
+    "AudioError",
+    "CheckpointError",
+    "InputError",
+    "MetisError",
+    "MissingModelError",
+    "NonFiniteError",
+    "OutputError",
+    "TextError",
+    "UsageError",
+    "VideoError",
+    "load",
+]

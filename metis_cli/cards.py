@@ -256,7 +256,13 @@ class ModelStore:
         if not f.is_file():
             return {}
         log.info("using config overrides from %s (not the released model sizes)", f)
-        return json.loads(f.read_text())
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{f}: unreadable config overrides ({exc})") from None
+        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+            raise CheckpointError(f"{f}: config overrides must be a JSON object of {{card name: {{...}}}}")
+        return data
 
     def config(self, card: ModelCard) -> dict[str, Any]:
         """The card's architecture config with checkpoint-dir overrides applied."""

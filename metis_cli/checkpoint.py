@@ -22,7 +22,7 @@ M = TypeVar("M", bound=nn.Module)
 _SHOW = 5  # offending keys named in an error message
 
 # safetensors dtype names -> torch dtypes (the ones a checkpoint of ours may hold)
-_ST_DTYPES = {
+ST_DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,
     "F16": torch.float16,

@@ -100,12 +100,12 @@ def expand_inputs(args: Iterable[str | Path], video: bool = False) -> list[Path]
     out: list[Path] = []
     for arg in args:
         p = Path(arg)
-        if p.is_dir():
+        if _is_dir(p):
             found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in exts)
             if not found:
                 raise UsageError(f"{p}: no {kind} files in this folder ({', '.join(sorted(exts))})")
             out.extend(found)
-        elif p.exists() or p.is_symlink() or not any(ch in str(arg) for ch in "*?["):
+        elif _exists(p) or p.is_symlink() or not any(ch in str(arg) for ch in "*?["):
             out.append(p)  # an existing file, or a plain missing name (that job fails: not found)
         else:
             hits = sorted(h for h in glob.glob(str(arg)) if not Path(h).is_dir())
@@ -127,7 +127,7 @@ def default_output(task: str, main: Path, out: Path | None, many: bool) -> Path:
 def is_folder_target(out: Path) -> bool:
     """`-o PATH` names a folder when it is one, ends with a separator, or has no extension."""
     text = str(out)
-    return out.is_dir() or text.endswith(("/", os.sep)) or not out.suffix
+    return _is_dir(out) or text.endswith(("/", os.sep)) or not out.suffix
 
 
 def looks_like_output(task: str, path: Path) -> bool:
@@ -352,6 +352,21 @@ def _as_input(p: Any) -> Any:
 # ---- cross-job checks ------------------------------------------------------------------------------------
 
 
+def _exists(p: Path) -> bool:
+    """Path.exists() that is False (not an OSError) for names the filesystem cannot hold."""
+    try:
+        return p.exists()
+    except OSError:
+        return False
+
+
+def _is_dir(p: Path) -> bool:
+    try:
+        return p.is_dir()
+    except OSError:
+        return False
+
+
 def _key(p: Path) -> Path:
     try:
         return p.resolve()
@@ -402,13 +417,13 @@ def output_problem(job: Job, existing: str) -> Rejected | None:
         return reject(str(exc))
     if len(job.output.name.encode()) > _name_max(job.output.parent):
         return reject(f"{job.output}: file name too long for this filesystem")
-    if out.exists():
+    if _exists(out):
         if existing == "skip":
             return reject("", "skipped")
         if existing != "overwrite":
             return reject(f"{job.output}: exists (use --overwrite or --skip-existing)")
     parent = out.parent
-    if not parent.is_dir():
+    if not _is_dir(parent):
         return reject(f"{job.output}: output folder does not exist")
     if not os.access(parent, os.W_OK):
         return reject(f"{job.output}: output folder is not writable")
@@ -417,7 +432,7 @@ def output_problem(job: Job, existing: str) -> Rejected | None:
 
 def _name_max(folder: Path) -> int:
     try:
-        return os.pathconf(folder if folder.is_dir() else ".", "PC_NAME_MAX")
+        return os.pathconf(folder if _is_dir(folder) else ".", "PC_NAME_MAX")
     except (OSError, ValueError):
         return 255
 
@@ -529,6 +544,8 @@ def _plan_arguments(req: Request, warnings: list[str]) -> list[Job | Rejected]:
     if task == "tts" or not req.inputs:
         # one job from the fixed inputs (tts: prompt; vc/tse: both files)
         out = req.output if req.output is not None else Path(f"{task}.wav")
+        if req.output is not None and not is_stdout(out) and not is_folder_target(out):
+            _check_format(out)
         if req.output is not None and not is_stdout(out) and is_folder_target(out):
             main = Path(str(req.fixed_inputs.get(main_role, task)))
             out = out / (f"{task}.wav" if task == "tts" else f"{main.stem}.wav")
@@ -543,8 +560,10 @@ def _plan_arguments(req: Request, warnings: list[str]) -> list[Job | Rejected]:
     if out is not None and is_stdout(out):
         if many:
             raise UsageError(f"-o -: writes one output to stdout; {len(files)} inputs given")
-    elif out is not None and many and out.exists() and not out.is_dir():
+    elif out is not None and many and _exists(out) and not _is_dir(out):
         raise UsageError(f"{out}: -o must be a folder when several inputs are given")
+    if out is not None and not is_stdout(out) and not many and not is_folder_target(out):
+        _check_format(out)
     outputs = _mirrored_outputs(task, files, out, many)
     if out is not None and not is_stdout(out) and (many or is_folder_target(out)):
         _make_folder(out)
@@ -574,6 +593,16 @@ def _one(req: Request, inputs: dict[str, Any], out: Path) -> Job | Rejected:
             output=str(out),
             error_type=type(exc),
         )
+
+
+def _check_format(out: Path) -> None:
+    """`-o FILE.ext` whose format cannot be written: a usage error before anything runs."""
+    from .audio import output_format
+
+    try:
+        output_format(out)
+    except MetisError as exc:
+        raise UsageError(f"-o: {exc}") from None
 
 
 def _drop_own_outputs(task: str, files: list[Path], warnings: list[str]) -> list[Path]:

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import _ST_DTYPES, check_keys, read_header, read_tensors
+from .checkpoint import ST_DTYPES, check_keys, read_header, read_tensors
 from .errors import CheckpointError
 from .fsutil import apply_umask
 
@@ -43,7 +43,7 @@ FORMAT = 1  # bump when the meaning of an entry changes
 CACHE_ENV = "METIS_CACHE_DIR"
 DIR_ENV = "METIS_BF16_CACHE_DIR"  # the bf16 folder itself (overrides $METIS_CACHE_DIR/bf16)
 SWITCH_ENV = "METIS_BF16_CACHE"
-_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+_ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
 
 
 def cache_root() -> Path:

@@ -7,7 +7,6 @@ pointing at a tree in the official layout).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -157,18 +156,21 @@ def test_enhance_glob_and_output_never_overwrites_input(tiny_bundle, wav_factory
 
 
 def test_unwritable_output_folder(tiny_bundle, wav_factory, tmp_path):
-    a = wav_factory("a.wav", 0.6)
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        res = run(["enhance", str(a), "-o", str(locked), "--json", *FAST], tiny_bundle)
-    finally:
-        locked.chmod(0o700)
-    if os.geteuid() == 0:  # root writes anywhere: the job succeeds
-        assert res.exit_code == 0
-    else:
-        assert res.exit_code == 1 and "not writable" in json_lines(res.stdout)[0]["error"]
+    """An output under a regular file cannot be written, even by root (as CI runs)."""
+    a, b = wav_factory("a.wav", 0.6), wav_factory("b.wav", 0.6, seed=1)
+    blocker = tmp_path / "plain-file"
+    blocker.write_text("x")
+    m = tmp_path / "jobs.jsonl"
+    m.write_text(
+        json.dumps({"input": str(a), "output": str(blocker / "a.wav")})
+        + "\n"
+        + json.dumps({"input": str(b), "output": str(tmp_path / "b.out.wav")})
+        + "\n"
+    )
+    res = run(["enhance", "--manifest", str(m), "--json", *FAST], tiny_bundle)
+    reps = json_lines(res.stdout)
+    assert res.exit_code == 1 and [r["status"] for r in reps] == ["error", "ok"]
+    assert "output folder does not exist" in reps[0]["error"] and str(blocker / "a.wav") in reps[0]["error"]
 
 
 def test_batch_size_gives_batch1_results(tiny_bundle, wav_factory, tmp_path):

@@ -43,24 +43,37 @@ def g2p_command(
             )
         except MetisError as exc:
             typer.echo(f"espeak-ng: {exc}", err=True)
-    lines = [text] if text is not None else [line.rstrip("\r\n") for line in sys.stdin]
+    lines = [text] if text is not None and text != "-" else (line.rstrip("\r\n") for line in sys.stdin)
     failed = 0
-    for number, line in enumerate(lines, start=1):
-        try:
-            result = _convert(line, language)
-        except MetisError as exc:
-            failed += 1
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    try:
+        for number, line in enumerate(lines, start=1):
+            try:
+                result = _convert(line, language)
+            except Exception as exc:  # one bad line (or a front-end bug) never stops the others
+                failed += 1
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                if not isinstance(exc, MetisError):
+                    message = f"{type(exc).__name__}: {message}"
+                if as_json:
+                    _out(json.dumps({"text": line, "lang": language, "error": message}, ensure_ascii=False))
+                typer.echo(f"line {number}: {message}", err=True)
+                continue
             if as_json:
-                typer.echo(json.dumps({"text": line, "lang": language, "error": message}, ensure_ascii=False))
-            typer.echo(f"line {number}: {message}", err=True)
-            continue
-        if as_json:
-            typer.echo(json.dumps(result, ensure_ascii=False))
-        else:
-            typer.echo(f"{result['lang']}\t{result['phones']}\t{' '.join(map(str, result['ids']))}")
+                _out(json.dumps(result, ensure_ascii=False))
+            else:
+                _out(f"{result['lang']}\t{result['phones']}\t{' '.join(map(str, result['ids']))}")
+    except BrokenPipeError:  # the reader closed stdout (`| head -1`): stop quietly, like SIGPIPE
+        from .report import EXIT_SIGPIPE, _silence_stdout
+
+        _silence_stdout()
+        raise typer.Exit(EXIT_SIGPIPE) from None
     if failed:
         raise typer.Exit(1)
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def register(app: typer.Typer) -> None:

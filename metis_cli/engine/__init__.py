@@ -211,6 +211,8 @@ class Engine:
             res.audio_seconds = c.audio_seconds
             return res
         info = {"semantic_frames": int(sem.shape[0]), "acoustic_frames": int(codes.shape[0]), **c.info}
+        if not info.get("warnings"):
+            info.pop("warnings", None)
         return JobResult(job, out.wav, audio_seconds=c.audio_seconds, output_samples=out.samples, info=info)
 
     def _run_long(self, job: Job, decoding: Decoding, write: bool, keep: bool) -> JobResult:

@@ -93,16 +93,6 @@ class ModelLoader:
         )
         self.stats = StageStats()
         self._components: dict[str, Any] = {}
-        self._builders: dict[str, Callable[[], Any]] = {
-            "ssl": self._load_ssl,
-            "semantic_codec": self._load_semantic_codec,
-            "acoustic_encoder": self._load_acoustic_encoder,
-            "acoustic_decoder": self._load_acoustic_decoder,
-            "stage1": self._load_stage1,
-            "s2a_1layer": lambda: self._load_s2a("s2a_1layer"),
-            "s2a_full": lambda: self._load_s2a("s2a_full"),
-            "visual": self._load_visual,
-        }
         # the tokenizers hold weak references back to the loader: no reference cycle, so a dropped
         # pipeline frees its (GPU) weights at once, without waiting for gc.collect()
         get = weakref.WeakMethod(self.component)
@@ -113,10 +103,11 @@ class ModelLoader:
     def component(self, name: str) -> Any:
         """A resident component, loading it on first use."""
         if name not in self._components:
-            if name not in self._builders:
+            builder = BUILDERS.get(name)
+            if builder is None:
                 raise KeyError(f"unknown component {name!r}")
             t0 = time.perf_counter()
-            self._components[name] = self._builders[name]()
+            self._components[name] = builder(self)
             dt = time.perf_counter() - t0
             self.stats.load[name] = self.stats.load.get(name, 0.0) + dt
             log.debug("loaded %s in %.2fs", name, dt)
@@ -305,6 +296,12 @@ class ModelLoader:
             module, self._file("maskgct-s2a", role), tolerated=["diff_estimator.embed_tokens.weight"]
         )
 
+    def _load_s2a_1layer(self) -> Any:
+        return self._load_s2a("s2a_1layer")
+
+    def _load_s2a_full(self) -> Any:
+        return self._load_s2a("s2a_full")
+
     def _load_visual(self) -> Any:
         from ..visual_loader import load_visual_encoder
 
@@ -323,3 +320,16 @@ class ModelLoader:
         encoder = self.component("visual")
         rois = load_mouth_rois(path, landmarks=landmarks)
         return visual_features(encoder, rois)
+
+
+# component name -> builder (plain functions: a dict of bound methods would make a reference cycle)
+BUILDERS: dict[str, Callable[[ModelLoader], Any]] = {
+    "ssl": ModelLoader._load_ssl,
+    "semantic_codec": ModelLoader._load_semantic_codec,
+    "acoustic_encoder": ModelLoader._load_acoustic_encoder,
+    "acoustic_decoder": ModelLoader._load_acoustic_decoder,
+    "stage1": ModelLoader._load_stage1,
+    "s2a_1layer": ModelLoader._load_s2a_1layer,
+    "s2a_full": ModelLoader._load_s2a_full,
+    "visual": ModelLoader._load_visual,
+}

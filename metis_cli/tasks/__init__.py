@@ -87,6 +87,18 @@ def build_se(job: Job, tok: Tokenizers) -> Conditions:
     )
 
 
+PROMPT_RANGE_SECONDS = (3.0, 30.0)  # speaker prompts of the training data
+
+
+def prompt_warnings(path: object, wav16: object, rate: int) -> list[str]:
+    """A warning when a speaker prompt lies outside the 3-30 s the models were trained on."""
+    seconds = len(wav16) / rate  # type: ignore[arg-type]
+    lo, hi = PROMPT_RANGE_SECONDS
+    if lo <= seconds <= hi:
+        return []
+    return [f"{path}: speaker prompt is {seconds:.1f} s, outside the {lo:g}-{hi:g} s of the training data"]
+
+
 def prompt_codes(tok: Tokenizers, path: Path) -> tuple[torch.Tensor, torch.Tensor, object]:
     wav16 = tok.load16(path)
     sem = tok.semantic_codes(tok.ssl_features(wav16, what=str(path)))  # (Lp,)
@@ -113,6 +125,7 @@ def _build_pair(job: Job, tok: Tokenizers, source_role: str, prompt_role: str) -
         finetune_cond=feat,
         ssl_forwards=2,
         audio_seconds=len(src16) / tok.ssl_rate,
+        info={"warnings": prompt_warnings(job.inputs[prompt_role], prompt16, tok.ssl_rate)},
     )
 
 
@@ -147,7 +160,10 @@ def build_tts(job: Job, tok: Tokenizers) -> Conditions:
         phones=torch.tensor(prompt_ids + target_ids, dtype=torch.long),
         ssl_forwards=1,
         audio_seconds=len(wav16) / tok.ssl_rate,
-        info={"phones": len(prompt_ids) + len(target_ids)},
+        info={
+            "phones": len(prompt_ids) + len(target_ids),
+            "warnings": prompt_warnings(job.inputs["prompt"], wav16, tok.ssl_rate),
+        },
     )
 
 
@@ -157,11 +173,12 @@ def build_l2s(job: Job, tok: Tokenizers) -> Conditions:
 
     feats = tok.visual_features(job.inputs["video"], job.inputs.get("landmarks"))  # (T_v, D) at 25 fps
     if "prompt" in job.inputs:
-        prompt_sem, prompt_ac, _ = prompt_codes(tok, job.inputs["prompt"])
+        prompt_sem, prompt_ac, p16 = prompt_codes(tok, job.inputs["prompt"])
+        warnings = prompt_warnings(job.inputs["prompt"], p16, tok.ssl_rate)
         forwards = 1
     else:  # the official code crashes here; we use an empty prompt
         prompt_sem, prompt_ac = _empty_prompt(tok)
-        forwards = 0
+        warnings, forwards = [], 0
     cond = l2s_condition(feats.float(), prompt_sem.shape[0])
     return Conditions(
         prompt_semantic=prompt_sem,
@@ -170,6 +187,7 @@ def build_l2s(job: Job, tok: Tokenizers) -> Conditions:
         finetune_cond=cond,
         ssl_forwards=forwards,
         audio_seconds=feats.shape[0] / 25.0,
+        info={"warnings": warnings},
     )
 
 

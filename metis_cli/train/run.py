@@ -21,8 +21,10 @@ from typing import Any
 import torch
 
 from ..cards import DEFAULT_MODEL, ModelStore, get_card
-from ..engine import Engine, EngineOptions, resolve_device
+from ..devices import resolve_device
+from ..engine.loader import ModelLoader
 from ..errors import InputError, UsageError
+from ..options import EngineOptions
 from . import data as D
 from .dist import DistContext, session
 from .loop import STATE_FILE, History, TrainOptions, evaluate, resolve_cfg_scale, total_steps, train
@@ -72,9 +74,9 @@ def _check_out(out: Path, resume: bool) -> None:
         raise UsageError(f"{out}: holds a training run already (use --resume to continue it)")
 
 
-def _engine(task: str, store: ModelStore, device: str, visual_checkpoint: Path | None = None) -> Engine:
-    """An engine used only for its tokenizers (SSL features, semantic codes; l2s: visual features)."""
-    return Engine(task, None, store, EngineOptions(device=device, visual_checkpoint=visual_checkpoint))
+def _engine(task: str, store: ModelStore, device: str, visual_checkpoint: Path | None = None) -> ModelLoader:
+    """The model loader, for its tokenizers (SSL features, semantic codes; l2s: visual features)."""
+    return ModelLoader(task, None, store, EngineOptions(device=device, visual_checkpoint=visual_checkpoint))
 
 
 def _run(
