@@ -264,10 +264,7 @@ def fetch_ja_frontend(dest: Path | None = None, offline: bool | None = None) -> 
                     f"{JA_DICT_URL}: not the recorded archive (size/sha256 {sha256[:12]}...)"
                 )
             with tarfile.open(archive, "r:gz") as tar:
-                if hasattr(tarfile, "data_filter"):
-                    tar.extractall(tmp, filter="data")
-                else:  # Python < 3.10.12
-                    tar.extractall(tmp)  # noqa: S202
+                safe_extract(tar, Path(tmp))
             unpacked = Path(tmp) / JA_DICT_NAME
             problem = _dictionary_problem(unpacked)
             if problem is not None:
@@ -280,3 +277,19 @@ def fetch_ja_frontend(dest: Path | None = None, offline: bool | None = None) -> 
             f"cannot fetch the OpenJTalk dictionary from {JA_DICT_URL}: {exc}"
         ) from exc
     return ja_dictionary_dir(root)
+
+
+def safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
+    """Extract regular files and folders only, each inside `dest` (no absolute paths, `..`, links
+    or devices), also on Pythons without `tarfile.data_filter` (< 3.10.12)."""
+    root = dest.resolve()
+    for m in tar.getmembers():
+        target = (root / m.name).resolve()
+        if m.name.startswith(("/", "\\")) or not target.is_relative_to(root) or target == root and m.isfile():
+            raise MissingResourceError(f"archive member {m.name!r} would be written outside {dest}")
+        if not (m.isfile() or m.isdir()):
+            raise MissingResourceError(f"archive member {m.name!r} is not a regular file or folder")
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+    else:  # every member was checked above
+        tar.extractall(dest)  # noqa: S202
