@@ -19,6 +19,12 @@ agreement at the same seed and input (fraction of identical semantic tokens / ac
 `--logit-error` runs one forward of stage 1 and of each S2A model in float32 and in bfloat16
 on the same random inputs and reports max-abs and relative (max-abs / max |fp32|) logit error.
 
+Against the hardware: per stage the GEMM FLOPs of the schedule that ran (its sampling calls
+replayed on the meta device under torch's FlopCounterMode: exact shapes, no arithmetic), the
+achieved GFLOP/s (FLOPs / stage wall time) and that as a fraction of a matmul microbenchmark run
+in the same invocation at the models' shapes (fp32 and bf16; the fraction uses the
+configuration's dtype).
+
 Machines here are noisy and shared: compare figures from one invocation only.
 """
 
@@ -121,7 +127,10 @@ class _Recorder:
         self._orig = (sampling.stage1_generate, sampling.s2a_generate, sampling.metis_semantic_to_acoustic)
         orig_s1, orig_s2a, orig_m = self._orig
 
+        self.calls: list[tuple[str, Any, tuple, dict]] = []  # (stage, model, args, kwargs)
+
         def count(name: str, model: Any, fn, *a, **k):
+            self.calls.append((name, model, a, k))
             net = model.diff_estimator
             p0, r0 = net.passes, net.rows
             w0, c0 = time.perf_counter(), time.process_time()
@@ -154,6 +163,68 @@ class _Recorder:
         """Put the original sampling functions back."""
         s = self.sampling
         s.stage1_generate, s.s2a_generate, s.metis_semantic_to_acoustic = self._orig
+
+    def gemm_flops(self) -> dict[str, float]:
+        """GEMM FLOPs per stage of the recorded calls (see `schedule_flops`)."""
+        stage1, s2a = self._orig[0], self._orig[1]
+        return schedule_flops([(n, m, stage1 if n == "stage1" else s2a, a, k) for n, m, a, k in self.calls])
+
+
+def _meta_twin(model: Any) -> Any:
+    """The same architecture built on the meta device (no memory), same attention implementation."""
+    import torch
+
+    with torch.device("meta"):
+        twin = type(model)(model.cfg, attn_impl=model.diff_estimator.attn_impl)
+    return twin.to(model.dtype).eval()
+
+
+def _on_meta(x: Any) -> Any:
+    import torch
+
+    from metis_cli.sampling import TorchNoise
+
+    if isinstance(x, torch.Tensor):
+        return x.to("meta")
+    if isinstance(x, list | tuple):
+        return type(x)(_on_meta(v) for v in x)
+    if hasattr(x, "uniform"):  # a noise source: any draws do (shapes do not depend on values)
+        return TorchNoise()
+    return x
+
+
+def schedule_flops(calls: list[tuple[str, Any, Any, tuple, dict]]) -> dict[str, float]:
+    """GEMM FLOPs (matmul, linear, bmm, SDPA) per stage of sampling calls (stage, model, fn, args,
+    kwargs), replayed on meta twins: the loops' shapes depend only on lengths and steps."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    out: dict[str, float] = {}
+    for name, model, fn, a, k in calls:
+        twin = _meta_twin(model)
+        with FlopCounterMode(display=False) as counter:
+            fn(twin, *_on_meta(a), **{key: _on_meta(v) for key, v in k.items()})
+        out[name] = out.get(name, 0.0) + float(counter.get_total_flops())
+    return out
+
+
+def matmul_rates(seconds: float = 0.5, m: int = 600, h: int = 1024) -> dict[str, float]:
+    """GFLOP/s of torch.matmul at the backbones' shapes ((m, h) x (h, 4h) and (m, 4h) x (4h, h),
+    m ~ the frames of a pass), fp32 and bf16, on this machine's CPU threads."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    rates = {}
+    for name, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        a, b = torch.randn(m, h, generator=g).to(dt), torch.randn(h, 4 * h, generator=g).to(dt)
+        c, d = torch.randn(m, 4 * h, generator=g).to(dt), torch.randn(4 * h, h, generator=g).to(dt)
+        torch.matmul(a, b), torch.matmul(c, d)  # warm-up
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds or n < 2:
+            torch.matmul(a, b)
+            torch.matmul(c, d)
+            n += 1
+        rates[name] = 2 * (2 * m * h * 4 * h) * n / (time.perf_counter() - t0) / 1e9
+    return rates
 
 
 def worker(cfg: dict) -> dict:
@@ -199,6 +270,7 @@ def worker(cfg: dict) -> dict:
         rec.restore()
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     peak_anon = anon.stop()
+    flops = rec.gemm_flops() if cfg.get("flops", True) else {}
     bad = [r.error for r in results if not r.ok]
     if bad:
         raise SystemExit(f"job failed: {bad[0]}")
@@ -229,6 +301,7 @@ def worker(cfg: dict) -> dict:
         "semantic_frames": [int(s.shape[0]) for s in rec.semantic],
         "torch_threads": torch.get_num_threads(),
         "tokens_file": str(tmp / "tokens.pt"),
+        "gemm_flops": flops,
     }
 
 
@@ -366,7 +439,18 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.2f}"
 
 
-def table(results: list[dict], agree: dict | None) -> None:
+def _achieved(r: dict, stage: str) -> float | None:
+    flops, wall = r.get("gemm_flops", {}).get(stage), r["stages"].get(stage, {}).get("wall")
+    return flops / wall / 1e9 if flops and wall else None
+
+
+def _fraction(r: dict, stage: str, rates: dict[str, float]) -> float | None:
+    got = _achieved(r, stage)
+    dtype = r.get("options", {}).get("dtype", "float32")
+    return got / rates[dtype] if got and dtype in rates else None
+
+
+def table(results: list[dict], agree: dict | None, rates: dict[str, float] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -402,7 +486,17 @@ def table(results: list[dict], agree: dict | None) -> None:
     row("peak RSS (GiB)", [r["peak_rss_bytes"] / 2**30 for r in results])
     row("peak anonymous RSS (GiB)", [r.get("peak_anon_bytes", 0) / 2**30 for r in results])
     row("RSS models ready (GiB)", [r["rss_ready_bytes"] / 2**30 for r in results])
+    for m in ("stage1", "s2a_1layer", "s2a_full"):
+        row(f"GEMM TFLOP {m}", [r.get("gemm_flops", {}).get(m, 0) / 1e12 or None for r in results], "{:.3f}")
+        row(f"GEMM GFLOP/s {m}", [_achieved(r, m) for r in results], "{:.1f}")
+        if rates:
+            row(f"  % of matmul rate {m}", [_fraction(r, m, rates) for r in results], "{:.0%}")
     Console().print(tab)
+    if rates:
+        Console().print(
+            "matmul microbenchmark (this invocation, backbone shapes): "
+            + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items())
+        )
     if agree:
         Console().print(
             "token agreement of config 2 vs config 1 (same seed/input): "
@@ -455,9 +549,12 @@ def main(argv: list[str] | None = None) -> int:
         agree = agreement(results[0], results[1]) if len(results) == 2 else None
         for r in results:
             r.pop("tokens_file")
-    table(results, agree)
+    rates = matmul_rates()
+    table(results, agree, rates)
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "agreement": agree}, indent=1))
+        args.json.write_text(
+            json.dumps({"results": results, "agreement": agree, "matmul_gflops": rates}, indent=1)
+        )
     return 0
 
 

@@ -174,6 +174,35 @@ def test_logit_error_inputs_follow_the_model_device(bundle):
         assert out.device.type == "meta" and out.shape[:2] == (1, 20)
 
 
+def test_schedule_flops_match_the_formula():
+    """One stage-1 pass (1 step, no CFG, no phones, no adapter) replayed on the meta device:
+    q/k/v/o + gated MLP + q k^T and attention x v + the norms' weight and time MLPs + the head."""
+    from metis_cli import sampling
+    from metis_cli.nn.stage1 import MetisStage1, Stage1Config
+
+    H, layers, V, Lp, L = 32, 2, 50, 5, 7
+    cfg = Stage1Config(
+        hidden_size=H, num_layers=layers, num_heads=4, cond_codebook_size=V, cond_dim=4, use_phone_cond=False
+    )
+    model = MetisStage1(cfg).eval()
+    args = ([torch.zeros(Lp, dtype=torch.long)], [L], None, None, sampling.DecodeOptions(steps=1))
+    got = bench.schedule_flops(
+        [("stage1", model, sampling.stage1_generate, (*args, [sampling.TorchNoise()]), {})]
+    )
+    N = Lp + L
+    per_layer = 4 * 2 * N * H * H + 3 * 2 * N * H * 4 * H + 2 * 2 * N * N * H + 2 * (2 * H * H)
+    assert got == {"stage1": layers * per_layer + 2 * H * H + 2 * (2 * H * 4 * H) + 2 * L * H * V}
+
+
+def test_run_records_gemm_flops_per_stage(reference, bundle, noisy, tmp_path):
+    """The schedule's FLOPs depend on lengths and steps only: one job is exactly half of two."""
+    one = _run(bundle, noisy, tmp_path, jobs=1)
+    assert set(reference["gemm_flops"]) == {"stage1", "s2a_1layer", "s2a_full"}
+    assert all(reference["gemm_flops"][k] == 2 * one["gemm_flops"][k] > 0 for k in one["gemm_flops"])
+    rates = bench.matmul_rates(seconds=0.02, m=64, h=64)
+    assert set(rates) == {"float32", "bfloat16"} and all(v > 0 for v in rates.values())
+
+
 def test_safetensors_writer_round_trips(tmp_path):
     from safetensors.torch import load_file
 
