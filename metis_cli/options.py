@@ -88,6 +88,11 @@ def _seed(flag: str, v: Any) -> None:
         raise UsageError(f"{flag}: must be within 0..2**63-1 (got {v})")
 
 
+def _url(flag: str, v: Any) -> None:
+    if v is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", str(v)):
+        raise UsageError(f"{flag}: must be an http:// or https:// URL (got {v!r})")
+
+
 def parse_s2a_steps(value: str | int | None, flag: str = "--s2a-steps") -> dict[str, tuple[int, ...]]:
     """'N' or 'A,B' → the S2A step schedules (1-layer model; full model's layers 1, 2 and 1 x 10)."""
     if value is None:
@@ -332,6 +337,13 @@ class ReportOptions:
     quiet: bool = opt(
         False, "--quiet", "No progress, warnings or summary on stderr (errors only).", short="-q"
     )
+    # client mode (metis_cli/serve/client.py): run the jobs on a running `metis serve`
+    server: str | None = opt(
+        None, "--server",
+        "Send the jobs to a running `metis serve` at this URL (http://HOST:PORT) instead of loading "
+        "models here; METIS_API_KEY is sent as its Bearer token.",
+        _url, tasks=("tts", "vc", "tse", "se"), envvar="METIS_SERVER",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -89,12 +89,13 @@ def _root(
 
 
 def _register() -> None:
-    from . import g2p, models, tasks, train
+    from . import g2p, models, serve, tasks, train
 
     tasks.register(app)
     models.register(app)
     g2p.register(app)
     train.register(app)
+    serve.register(app)
 
 
 _register()

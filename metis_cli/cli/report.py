@@ -170,6 +170,15 @@ def _run(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) 
     from ..api import load
 
     task = request_kw["task"]
+    server = getattr(groups.get(O.ReportOptions), "server", None)
+    if server:  # client mode: the jobs run on a running `metis serve` (metis_cli/serve/client.py)
+        from ..serve.client import run_remote
+
+        plan = J.plan(J.Request(**request_kw))
+        for w in plan.warnings:
+            printer.message(f"warning: {w}")
+        dec = {k: getattr(groups[O.DecodingOptions], k) for k in O.names(O.DecodingOptions)}
+        return run_remote(server, plan, {k: v for k, v in dec.items() if v is not None}, printer)
     m: O.ModelOptions = groups[O.ModelOptions]
     load_kw = {
         **{k: getattr(m, k) for k in O.names(O.ModelOptions)},

@@ -1,0 +1,212 @@
+"""Client mode: `metis tts|vc|tse|enhance ... --server URL` (or METIS_SERVER).
+
+The CLI plans the jobs as always (`jobs.plan`: inputs, output names, existing-output policy,
+per-job seeds); each runnable job is then sent to a running `metis serve` instead of loading
+models here: its input files are uploaded, the answer (WAV, PCM 16) is written to the job's
+output atomically (`audio.write_audio_atomic`, the format the extension names), and the report
+lines, JSON objects and exit codes are the CLI's own (`cli.report._execute`). A shell loop then
+pays the model load once, in the service. `METIS_API_KEY` is sent as the Bearer token.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROUTE = {"se": "enhance", "tse": "tse", "vc": "vc", "tts": "tts"}
+CONCURRENCY = 4  # requests in flight (the service batches them)
+MAX_RETRIES = 20  # answers 429 (queue full) retried after Retry-After, this many times per job
+
+
+class _Remote:
+    """Looks like a `Pipeline` to `cli.report._execute`: `run(plan)` yields a Report per item."""
+
+    def __init__(self, client: Any, task: str, decoding: dict[str, Any]) -> None:
+        self.client = client
+        self.task = task
+        self.decoding = {k: str(v) for k, v in decoding.items() if v is not None}
+
+    def run(self, plan: Any, on_chunk: Any = None, on_report: Any = None, **_: Any) -> Iterator[Any]:
+        from ..tasks import Job
+
+        items = plan.items
+        with ThreadPoolExecutor(CONCURRENCY) as pool:
+            futures = [pool.submit(self._job, i) if isinstance(i, Job) else None for i in items]
+            try:
+                for item, fut in zip(items, futures, strict=True):
+                    rep = fut.result() if fut is not None else _rejected(item)
+                    if on_report is not None:
+                        on_report(rep)
+                    yield rep
+            finally:
+                for fut in futures:
+                    if fut is not None:
+                        fut.cancel()
+
+    def _job(self, job: Any) -> Any:
+        from ..api import TEXT_IN_REPORT, Report
+
+        rep = Report(
+            inputs={k: str(v) for k, v in job.inputs.items()},
+            output=str(job.output),
+            seed=job.seed,
+            status="error",
+            origin=job.origin,
+            id=job.job_id,
+            text=job.text[:TEXT_IN_REPORT] if job.text else None,
+        )
+        try:
+            files = {
+                role: (Path(p).name, _read(Path(p)), "application/octet-stream")
+                for role, p in job.inputs.items()
+            }
+        except _LocalError as exc:
+            rep.error = str(exc)
+            return rep
+        data = {"seed": str(job.seed), **self.decoding}
+        if self.task == "tts":
+            data.update(text=job.text, prompt_text=job.prompt_text)
+            for k in ("language", "prompt_language", "duration"):
+                if getattr(job, k) is not None:
+                    data[k] = str(getattr(job, k))
+        t0 = time.perf_counter()
+        try:
+            resp = self._post(f"/v1/{ROUTE[self.task]}", data, files)
+        except Exception as exc:  # noqa: BLE001 - network failures fail this job with one line
+            rep.error = f"{job.describe()}: server request failed ({type(exc).__name__}: {exc})"
+            return rep
+        if resp.status_code != 200:
+            rep.error = _remote_message(resp, job)
+            return rep
+        try:
+            _write(job.output, resp.content)
+        except Exception as exc:  # noqa: BLE001 - the CLI's one-line output errors
+            rep.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return rep
+        h = resp.headers
+        rep.status = "ok"
+        rep.steps = _num(h.get("x-metis-steps"), int)
+        rep.audio_seconds = _num(h.get("x-metis-audio-seconds"), float)
+        rep.output_seconds = _num(h.get("x-metis-output-seconds"), float)
+        rep.processing_seconds = round(time.perf_counter() - t0, 3)
+        rep.info = {"server_processing_seconds": _num(h.get("x-metis-processing-seconds"), float)}
+        return rep
+
+    def _post(self, path: str, data: dict[str, str], files: dict[str, Any]) -> Any:
+        for _attempt in range(MAX_RETRIES):
+            resp = self.client.post(path, data=data, files=files)
+            if resp.status_code != 429:
+                return resp
+            time.sleep(min(float(resp.headers.get("retry-after", "1") or 1), 30.0))
+        return resp
+
+
+class _LocalError(Exception):
+    pass
+
+
+def _read(path: Path) -> bytes:
+    """An input file's bytes, with the CLI's wording for missing files."""
+    if not path.exists():
+        raise _LocalError(f"{path}: no such audio file")
+    if not path.is_file():
+        raise _LocalError(f"{path}: not a regular file")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise _LocalError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _write(output: Path, content: bytes) -> None:
+    import soundfile as sf
+
+    from ..audio import write_audio_atomic
+    from ..constants import CODEC_SAMPLE_RATE
+
+    if str(output) == "-":
+        sys.stdout.buffer.write(content)
+        sys.stdout.buffer.flush()
+        return
+    wav, sr = sf.read(io.BytesIO(content), dtype="float32")
+    write_audio_atomic(output, wav, sr or CODEC_SAMPLE_RATE)
+
+
+def _remote_message(resp: Any, job: Any) -> str:
+    """The service's one-line message, with a request field named by the local file it came from."""
+    try:
+        msg = resp.json()["error"]["message"]
+    except Exception:  # noqa: BLE001 - not our error shape
+        msg = f"server answered HTTP {resp.status_code}"
+    for role, p in job.inputs.items():
+        if msg.startswith(role + ":"):
+            return str(p) + msg[len(role) :]
+    return msg if job.describe() in msg else f"{job.describe()}: {msg}"
+
+
+def _num(value: str | None, kind: type) -> Any:
+    try:
+        return None if value is None else kind(value)
+    except ValueError:
+        return None
+
+
+def _rejected(item: Any) -> Any:
+    from ..api import TEXT_IN_REPORT, Report
+
+    job = item.job
+    if job is not None:
+        rep = Report(
+            inputs={k: str(v) for k, v in job.inputs.items()},
+            output=str(job.output),
+            seed=job.seed,
+            status=item.status,
+            error=item.error or None,
+            origin=job.origin,
+            id=job.job_id,
+            text=job.text[:TEXT_IN_REPORT] if job.text else None,
+        )
+    else:
+        rep = Report(item.inputs, item.output or "", None, item.status, item.error, origin=item.origin)
+    rep.error_type = item.error_type if item.status == "error" else None
+    return rep
+
+
+def run_remote(url: str, plan: Any, decoding_overrides: dict[str, Any], printer: Any) -> int:
+    """Run a planned request on the service at `url`; print like the CLI; return the exit code."""
+    import httpx
+
+    from ..cli.report import EXIT_FAILED, EXIT_USAGE, _execute, error_line
+
+    if plan.task not in ROUTE:
+        error_line(f"--server: {plan.task} cannot run on a server (it serves {', '.join(ROUTE)})")
+        return EXIT_USAGE
+    key = os.environ.get("METIS_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    timeout = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
+    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout) as client:
+        try:
+            resp = client.get("/v1/models")
+        except httpx.HTTPError as exc:
+            error_line(f"--server {url}: cannot reach the service ({type(exc).__name__}: {exc})")
+            return EXIT_FAILED
+        if resp.status_code != 200:
+            error_line(f"--server {url}: {_remote_message(resp, _Nothing())}")
+            return EXIT_FAILED
+        served = [m.get("task") for m in resp.json().get("data", [])]
+        if plan.task not in served:
+            error_line(f"--server {url}: the service does not run {plan.task} (it runs: {', '.join(served)})")
+            return EXIT_FAILED
+        return _execute(printer, _Remote(client, plan.task, decoding_overrides), plan)
+
+
+class _Nothing:
+    inputs: dict = {}
+
+    def describe(self) -> str:
+        return "server"
