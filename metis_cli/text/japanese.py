@@ -45,7 +45,8 @@ _IPA = (
 )
 XPHONE_IPA: dict[str, str] = dict(item.split("=", 1) for item in _IPA.split(","))
 
-_PUNCT = {".", ",", "!", "'", "-", "?", ":", ";", "…"}
+_PUNCT = set(MARKS)  # a reading that is one of these is its own phoneme
+_UNREAD_OK = _PUNCT | {"-", ""}  # normalised surfaces left as they are when OpenJTalk reads "、"
 _SURFACE_MAP = [
     ("：", ":"), ("；", ";"), ("，", ","), ("。", "."), ("！", "!"), ("？", "?"), ("\n", "."), ("．", "."),
     ("⋯", "…"), ("···", "…"), ("・・・", "…"), ("·", ","), ("・", ","), ("•", ","), ("、", ","), ("$", "."),
@@ -102,18 +103,20 @@ def normalise_surface(text: str) -> str:
 def _readings(words: list[dict[str, Any]]) -> list[str]:
     """One reading per kept word (iteration marks glued, unreadable words via pykakasi)."""
     merged: list[tuple[str, str]] = []
-    for word in words:
-        surface, pron = str(word["string"]), str(word["pron"])
-        if merged and surface and set(surface) <= _ITERATION_MARKS:
-            merged[-1] = (merged[-1][0] + surface, merged[-1][1])
-        else:
-            merged.append((surface, pron))
+    i = 0
+    while i < len(words):  # a next word that is one iteration mark is glued on (only one, official)
+        surface, pron = str(words[i]["string"]), str(words[i]["pron"])
+        if i + 1 < len(words) and str(words[i + 1]["string"]) in _ITERATION_MARKS:
+            surface += str(words[i + 1]["string"])
+            i += 1
+        merged.append((surface, pron))
+        i += 1
     readings = []
     for surface, pron in merged:
         surface = normalise_surface(surface)
         reading = pron.replace("’", "")
         if reading == "、":
-            if surface and surface not in _PUNCT:
+            if surface not in _UNREAD_OK:
                 surface = _kana_of(surface)
             reading = surface
         if reading == "？":

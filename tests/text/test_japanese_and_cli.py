@@ -50,6 +50,17 @@ def test_japanese_iteration_mark_and_unknown_reading_fallback(monkeypatch: pytes
     assert phones.split("|") == ["t", "o", "k", "i", "e", "e", "?"]
 
 
+def test_japanese_only_one_iteration_mark_word_is_glued(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The official loop glues the next word only if it is exactly one iteration mark, and then
+    skips it: of 時 々 々 the second 々 is a word of its own (read "、" by OpenJTalk, so it goes
+    through the kana fallback, here "エー" → e e). A multi-character mark word is not glued."""
+    monkeypatch.setattr(ja, "_kana_of", lambda surface: "エー")
+    analyser = StandIn([("時", "トキ"), ("々", "、"), ("々", "、")])
+    assert ja.japanese_phones("時々々", analyser).split("|") == ["t", "o", "k", "i", "e", "e"]
+    analyser = StandIn([("時", "トキ"), ("々々", "、")])
+    assert ja.japanese_phones("時々々", analyser).split("|") == ["t", "o", "k", "i", "e", "e"]
+
+
 def test_japanese_word_initial_long_vowel_takes_previous_word_phoneme() -> None:
     assert ja.readings_to_phones(["カ", "ー"]).split("|") == ["k", "a", "a"]
     with pytest.raises(TextError):
