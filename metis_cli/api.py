@@ -84,23 +84,16 @@ class Pipeline:
         self.task = engine.task
 
     # -- one job ------------------------------------------------------------------------------------
-    def __call__(
-        self,
-        *inputs: Any,
-        seed: int | None = None,
-        text: str | None = None,
-        prompt_text: str | None = None,
-        language: str | None = None,
-        prompt_language: str | None = None,
-        duration: float | None = None,
-        **decoding: Any,
-    ) -> Result:
+    def __call__(self, *inputs: Any, seed: int | None = None, **kwargs: Any) -> Result:
         """Run one job and return its waveform (nothing is written). Inputs in the task's order
         (se: noisy; vc: source, reference; tse: mix, enrolment; tts: prompt; l2s: video[, prompt]):
         paths or `AudioArray`s (a (N,) numpy array needs a sample rate: wrap it in `AudioArray`).
-        Raises the job's own `MetisError` subclass on bad input."""
-        job = self.make_job(inputs, "<memory>", seed, text, prompt_text, language, prompt_language, duration)
-        dec = self._decoding(**decoding)
+        Keywords: the job fields of `jobs.make_job` (text, prompt_text, language, prompt_language,
+        duration) and decoding overrides (steps, cfg, ...). Raises the job's own `MetisError`
+        subclass on bad input."""
+        fields = {k: kwargs.pop(k) for k in list(kwargs) if k in J.JOB_FIELDS}
+        job = self.make_job(inputs, "<memory>", seed, **fields)
+        dec = self._decoding(**kwargs)
         (res,) = list(self.engine.run([job], dec, write=False))
         if not res.ok:
             cls = res.error_type if res.error_type and issubclass(res.error_type, MetisError) else MetisError
@@ -112,23 +105,21 @@ class Pipeline:
         inputs: Iterable[Any] | Mapping[str, Any],
         output: str | Path,
         seed: int | None = None,
-        text: str | None = None,
-        prompt_text: str | None = None,
-        language: str | None = None,
-        prompt_language: str | None = None,
-        duration: float | None = None,
+        **fields: Any,
     ) -> Job:
-        """A validated job for this task (`jobs.make_job`). `inputs`: files or `AudioArray`s in
-        the task's role order, or {role: file}."""
+        """A validated job for this task (`jobs.make_job`; `fields`: text, prompt_text, language,
+        prompt_language, duration). `inputs`: files or `AudioArray`s in the task's role order, or
+        {role: file}."""
         if isinstance(inputs, np.ndarray) or (
             not isinstance(inputs, Mapping) and any(isinstance(p, np.ndarray) for p in inputs)
         ):
             raise InputError(
                 "a numpy array input needs its sample rate: pass AudioArray(samples, sample_rate)"
             )
-        return J.make_job(
-            self.task, inputs, output, seed, text, prompt_text, language, prompt_language, duration
-        )
+        unknown = [k for k in fields if k not in J.JOB_FIELDS]
+        if unknown:
+            raise UsageError(f"unknown job field(s): {', '.join(unknown)} (known: {', '.join(J.JOB_FIELDS)})")
+        return J.make_job(self.task, inputs, output, seed, **fields)
 
     def _decoding(self, **overrides: Any) -> Decoding:
         return replace(self.decoding, **_decoding_overrides(overrides))

@@ -48,8 +48,9 @@ WRITE_EXTENSIONS_DEFAULT = ".wav"
 # default output suffix per task: <stem>.<suffix>.wav next to the input
 OUTPUT_SUFFIX = {"se": "enhanced", "tse": "tse", "vc": "vc", "l2s": "l2s", "tts": "tts"}
 
-# manifest fields besides the task's input roles
+# manifest fields besides the task's input roles (also `make_job`'s per-job fields)
 TEXT_FIELDS = ("text", "prompt_text", "language", "prompt_language", "duration")
+JOB_FIELDS = TEXT_FIELDS
 COMMON_FIELDS = ("output", "seed", "id")
 
 
@@ -209,26 +210,18 @@ def _str_field(origin: str, name: str, v: Any) -> str:
     return v
 
 
-def _int_field(origin: str, name: str, v: Any) -> int:
+def _number_field(origin: str, name: str, v: Any, kind: type) -> Any:
+    """An int (kind=int) or float field; CSV cells arrive as strings."""
+    what = "an integer" if kind is int else "a number"
     if isinstance(v, str):
         try:
-            v = int(v.strip())
+            v = kind(v.strip())
         except ValueError:
-            raise InputError(f"{origin}: field '{name}' must be an integer (got {v!r})") from None
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise InputError(f"{origin}: field '{name}' must be an integer (got {type(v).__name__} {v!r})")
-    return v
-
-
-def _float_field(origin: str, name: str, v: Any) -> float:
-    if isinstance(v, str):
-        try:
-            v = float(v.strip())
-        except ValueError:
-            raise InputError(f"{origin}: field '{name}' must be a number (got {v!r})") from None
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise InputError(f"{origin}: field '{name}' must be a number (got {type(v).__name__} {v!r})")
-    return float(v)
+            raise InputError(f"{origin}: field '{name}' must be {what} (got {v!r})") from None
+    allowed = (int,) if kind is int else (int, float)
+    if isinstance(v, bool) or not isinstance(v, allowed):
+        raise InputError(f"{origin}: field '{name}' must be {what} (got {type(v).__name__} {v!r})")
+    return kind(v)
 
 
 def parse_row(task: str, row: ManifestRow) -> dict[str, Any]:
@@ -254,9 +247,9 @@ def parse_row(task: str, row: ManifestRow) -> dict[str, Any]:
         elif k == "output":
             out["output"] = Path(_str_field(origin, k, v))
         elif k == "seed":
-            out["seed"] = _int_field(origin, k, v)
+            out["seed"] = _number_field(origin, k, v, int)
         elif k == "duration":
-            out["duration"] = _float_field(origin, k, v)
+            out["duration"] = _number_field(origin, k, v, float)
         elif k == "id":
             out["id"] = str(v)
         else:
