@@ -139,6 +139,8 @@ def _signals_save():
     received: list[int] = []
 
     def handler(signum: int, _frame: object) -> None:
+        if received:  # a repeated SIGTERM must not interrupt the checkpoint being written
+            return
         received.append(signum)
         raise KeyboardInterrupt
 
