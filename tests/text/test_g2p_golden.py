@@ -76,7 +76,13 @@ def test_g2p_case(rec: dict, expected_overrides: dict, request: pytest.FixtureRe
         request.getfixturevalue("zh_resources")
     expected = {**rec, **expected_overrides.get(rec["id"], {})}
     if expected.get("error"):
-        with pytest.raises(Exception):  # noqa: B017 - any error type, as the golden README says
+        # the official code raises "Exception: Unknown language: other" (or ": " for an empty
+        # text) when nothing in the text maps to a language; ours says why in a TextError
+        from metis_cli.errors import TextError
+
+        reason = "empty text" if not rec["text"].strip() else "has no letters or Chinese characters"
+        assert expected["error"].startswith("Exception: Unknown language:")
+        with pytest.raises(TextError, match=reason):
             g2p(rec["text"], rec["lang"])
         return
     phones, ids = g2p(rec["text"], rec["lang"])
