@@ -226,6 +226,18 @@ class EngineOptions:
     )
     # fast mode: conditional + unconditional CFG passes in one forward
     fused_cfg: bool = opt(False, "--fused-cfg", "Fast mode: both CFG passes in one batched forward.")
+    # fast mode for GPUs: every decoding step has the same shapes (finished items ride along)
+    static_shapes: bool = opt(
+        False, "--static-shapes",
+        "GPU fast mode: fixed shapes per decoding step (finished items stay in the batch; "
+        "token-identical to the default loop in fp32 on CPU).",
+    )  # fmt: skip
+    # fast mode for GPUs: the backbone forward captured with torch.compile(mode="reduce-overhead")
+    cuda_graphs: bool = opt(
+        False,
+        "--cuda-graphs",
+        "GPU fast mode: CUDA-graph the per-step forward (with --static-shapes; no-op off CUDA).",
+    )
     # jobs per padded batch
     batch_size: int = opt(
         1, "--batch-size",
@@ -358,6 +370,52 @@ class JobDefaults:
     )  # fmt: skip
 
 
+# ---- sharded and resumable runs (metis_cli/shard.py, metis_cli/ledger.py) --------------------------
+
+
+def _shard(flag: str, v: Any) -> None:
+    if v is None:
+        return
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(v))
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise UsageError(f"{flag}: must be I/N with 0 <= I < N, e.g. 0/8 (got {v!r})")
+
+
+@dataclass(frozen=True)
+class RunControl:
+    """Which share of the planned jobs this process runs, and the results ledger."""
+
+    # "I/N" (0-based); None: from RANK/WORLD_SIZE (torchrun, accelerate) or SLURM, else everything
+    shard: str | None = opt(
+        None, "--shard",
+        "Run shard I of N (0-based, I/N: planned job i when i mod N == I). Default: from RANK/"
+        "WORLD_SIZE (torchrun, accelerate) or SLURM_ARRAY_TASK_ID / SLURM_PROCID, else all jobs.",
+        _shard,
+    )  # fmt: skip
+    # JSONL ledger: one --json record per job, fsync'd as it finishes (per shard: FILE.shard-I-of-N.jsonl)
+    results: Path | None = opt(
+        None, "--results",
+        "Results ledger (JSONL): one --json record per job, on disk as each job finishes. Sharded "
+        "runs write FILE.shard-0000I-of-0000N.jsonl. `metis results FILE` merges them.",
+    )  # fmt: skip
+    # skip jobs the ledger records as done (output there and complete)
+    resume: bool = opt(
+        False, "--resume",
+        "Continue the run of --results: skip jobs recorded ok whose output is complete; rerun "
+        "failed and interrupted ones.",
+    )  # fmt: skip
+    # with --resume: rerun jobs recorded as failed
+    retry_failed: bool = opt(
+        True, "--retry-failed/--no-retry-failed", "With --resume: rerun jobs that failed before."
+    )
+    # --batch-size > 1: sort jobs by input length so padded batches hold similar lengths
+    length_buckets: bool = opt(
+        True, "--length-buckets/--no-length-buckets",
+        "With --batch-size > 1: batch jobs of similar input length (longest first) instead of "
+        "plan order.",
+    )  # fmt: skip
+
+
 # groups whose options every task command shows, in --help order
 COMMAND_GROUPS: tuple[type, ...] = (
     LongformOptions,
@@ -367,6 +425,7 @@ COMMAND_GROUPS: tuple[type, ...] = (
     EngineOptions,
     OutputPolicy,
     ReportOptions,
+    RunControl,
 )
 
 
@@ -396,6 +455,7 @@ __all__ = [
     "ModelOptions",
     "OutputPolicy",
     "ReportOptions",
+    "RunControl",
     "build",
     "parse_s2a_steps",
     "replace",

@@ -95,6 +95,10 @@ def _register() -> None:
     models.register(app)
     g2p.register(app)
     train.register(app)
+    from . import ray_cmd, results  # sharded runs: metis results, metis ray
+
+    results.register(app)
+    ray_cmd.register(app)
     serve.register(app)
 
 

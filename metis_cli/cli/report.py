@@ -187,6 +187,9 @@ def _run(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) 
         **{k: getattr(groups[O.DecodingOptions], k) for k in O.names(O.DecodingOptions)},
     }
     load_kw["offline"] = load_kw["offline"] or None  # None: honour HF_HUB_OFFLINE
+    from ..shard import local_device, prepare  # sharded runs: cuda:LOCAL_RANK, shard, resume, ledger
+
+    load_kw["device"] = local_device(load_kw["device"])
     try:
         pipe = load(task, **load_kw)  # lazy: reads cards, resolves the device; no weights yet
     except MetisError as exc:
@@ -195,10 +198,11 @@ def _run(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) 
     plan = J.plan(J.Request(**request_kw))
     for w in plan.warnings:
         printer.message(f"warning: {w}")
-    return _execute(printer, pipe, plan)
+    session = prepare(plan, groups, printer.message)  # metis_cli/ledger.py Session
+    return session.finish(_execute(printer, pipe, session.plan, session.record))
 
 
-def _execute(printer: Printer, pipe: Any, plan: J.Plan) -> int:
+def _execute(printer: Printer, pipe: Any, plan: J.Plan, on_report: Any = None) -> int:
     failures: list[Any] = []
     done = 0
     total = len(plan)
@@ -212,7 +216,7 @@ def _execute(printer: Printer, pipe: Any, plan: J.Plan) -> int:
             progress.update(chunk_bar[0], completed=p.index + 1, total=p.total)
 
         try:
-            for rep in pipe.run(plan, on_chunk=on_chunk):
+            for rep in pipe.run(plan, on_chunk=on_chunk, on_report=on_report):
                 done += 1
                 progress.advance(bar)
                 if chunk_bar:
