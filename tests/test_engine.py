@@ -158,3 +158,21 @@ def test_dropped_pipeline_frees_its_models_without_gc(tiny_bundle):
         assert ref() is None  # no reference cycle keeps the weights alive until gc.collect()
     finally:
         gc.enable()
+
+
+def test_static_shapes_engine_option_is_token_identical_in_fp32(tiny_bundle, tmp_path, monkeypatch):
+    """--static-shapes reaches the loops (finished items ride along) and, in fp32 on CPU, gives the
+    default loop's audio for every item of a padded batch of unequal lengths."""
+    files = [wav(tmp_path / f"{n}.wav", s, seed=i) for i, (n, s) in enumerate((("a", 0.6), ("b", 1.1)))]
+    outs, calls = {}, []
+    real = sampling.remask_static
+    monkeypatch.setattr(sampling, "remask_static", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for static in (False, True):
+        pipe = load(tiny_bundle, "se", batch_size=2, static_shapes=static)
+        assert pipe.engine.options.static_shapes is static
+        jobs = [pipe.make_job([f], tmp_path / f"{f.stem}.{static}.wav", seed=3) for f in files]
+        assert [r.status for r in pipe.run(jobs)] == ["ok", "ok"]
+        outs[static] = [sf.read(j.output)[0] for j in jobs]
+        assert bool(calls) is static  # the fixed-shape re-mask ran exactly when asked for
+    for a, b in zip(outs[False], outs[True], strict=True):
+        np.testing.assert_array_equal(a, b)

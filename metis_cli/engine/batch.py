@@ -119,6 +119,8 @@ class BatchGenerator:
             temperature=decoding.temperature,
             filter_thres=decoding.filter_thres,
             fused_cfg=ld.options.fused_cfg,
+            static_shapes=ld.options.static_shapes,
+            cuda_graphs=ld.options.cuda_graphs,
         )
         dev = ld.device
         conds = [c for _, c in ready]
@@ -157,6 +159,8 @@ class BatchGenerator:
                 filter_thres=decoding.s2a_filter_thres,
                 rescale_cfg=decoding.s2a_rescale_cfg,
                 fused_cfg=ld.options.fused_cfg,
+                static_shapes=ld.options.static_shapes,
+                cuda_graphs=ld.options.cuda_graphs,
             )
         del s1, sf
         return semantic, codes
