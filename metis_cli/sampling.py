@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -243,10 +244,10 @@ def backbone_forward(net, opts: DecodeOptions, device: torch.device) -> Callable
     On any other device this is `net.run` itself: the flag is a no-op there."""
     if not (opts.cuda_graphs and device.type == "cuda"):
         return net.run
-    fn = net.__dict__.get("_metis_compiled_run")
-    if fn is None:
+    owner, fn = net.__dict__.get("_metis_compiled_run", (None, None))
+    if owner is None or owner() is not net:  # none yet, or copied along by a deepcopy of another net
         fn = torch.compile(net.run, mode="reduce-overhead", dynamic=False)
-        net.__dict__["_metis_compiled_run"] = fn
+        net.__dict__["_metis_compiled_run"] = (weakref.ref(net), fn)
     return fn
 
 

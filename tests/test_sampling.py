@@ -503,6 +503,10 @@ def test_cuda_graphs_flag_compiles_once_per_module_on_cuda(monkeypatch):
     assert f1 is f2 and f1 != net.run and calls == [{"mode": "reduce-overhead", "dynamic": False}]
     assert backbone_forward(net, DecodeOptions(steps=1), torch.device("cuda")) == net.run
     assert backbone_forward(net, on, torch.device("mps")) == net.run
+    import copy
+
+    twin = copy.deepcopy(net)  # carries the cache entry along: it must compile its own forward
+    assert backbone_forward(twin, on, torch.device("cuda")) is not f1 and len(calls) == 2
 
 
 # ----------------------------------------------------------------------------- non-finite guard
