@@ -98,6 +98,7 @@ class Service:
         self.batchers: dict[str, Batcher] = {}
         for task, pipe in pipelines.items():
             device = str(getattr(pipe.engine, "device", "cpu"))
+            self.metrics.declare(task)
             self.batchers[task] = Batcher(
                 task,
                 pipe,

@@ -51,7 +51,7 @@ class BatchFailed(Exception):
     """The whole batch failed (an error about the models themselves)."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two requests are never "equal"
 class Work:
     job: Job
     decoding: Decoding
@@ -62,6 +62,7 @@ class Work:
     enqueued: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)
     started: bool = False
+    cancel_reason: str = "disconnected"  # why `cancelled` was set: "disconnected" | "deadline"
     batch_size: int = 0
     queue_seconds: float = 0.0
 
@@ -69,7 +70,9 @@ class Work:
         def settle() -> None:
             if self.future.done():
                 return
-            if error is not None:
+            if self.cancelled.is_set():  # nobody waits for it any more
+                self.future.cancel()
+            elif error is not None:
                 self.future.set_exception(error)
             else:
                 self.future.set_result(value)
@@ -160,6 +163,7 @@ class Batcher:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    work.cancel_reason = "deadline"
                     work.cancelled.set()
                     raise DeadlineExceeded()
                 try:
@@ -182,7 +186,12 @@ class Batcher:
             group = self._next_group()
             if group is None:
                 return
-            self._execute(group)
+            try:
+                self._execute(group)
+            except Exception as exc:  # noqa: BLE001 - never let the worker die: fail this group only
+                log.error("%s: batch failed unexpectedly: %s", self.task, type(exc).__name__, exc_info=exc)
+                for w in group:
+                    w.resolve(error=BatchFailed(f"internal error ({type(exc).__name__})"))
 
     def _load(self) -> bool:
         t0 = time.perf_counter()
@@ -234,8 +243,10 @@ class Batcher:
         live: list[Work] = []
         for w in group:
             if w.cancelled.is_set():
-                self.metrics.dropped.labels(self.task, "disconnected").inc()
-                log.info("%s: request %s dropped before its batch (client gone)", self.task, w.request_id)
+                self.metrics.dropped.labels(self.task, w.cancel_reason).inc()
+                log.info(
+                    "%s: request %s dropped before its batch (%s)", self.task, w.request_id, w.cancel_reason
+                )
                 w.resolve(error=ClientGone())
             elif now >= w.deadline:
                 self.metrics.dropped.labels(self.task, "deadline").inc()

@@ -42,10 +42,20 @@ def media_type(fmt: str) -> str:
 def encode(wav: np.ndarray, fmt: str, sample_rate: int = CODEC_SAMPLE_RATE) -> bytes:
     """The waveform as a file of format `fmt` (see `response_formats`), PCM 16 where the format has PCM."""
     fmt_name, subtype, _ = _ENCODERS[fmt]
+    data = np.asarray(wav, dtype=np.float32)
+    if fmt == "flac":  # libsndfile's FLAC rounds floats differently: take the WAV's 16-bit samples
+        data = _pcm16(data, sample_rate)
     buf = io.BytesIO()
     extra = {"endian": "LITTLE"} if fmt_name == "RAW" else {}
-    sf.write(buf, np.asarray(wav, dtype=np.float32), sample_rate, format=fmt_name, subtype=subtype, **extra)
+    sf.write(buf, data, sample_rate, format=fmt_name, subtype=subtype, **extra)
     return buf.getvalue()
+
+
+def _pcm16(wav: np.ndarray, sample_rate: int) -> np.ndarray:
+    """The int16 samples the WAV writer (and the CLI) stores for a float waveform."""
+    buf = io.BytesIO()
+    sf.write(buf, wav, sample_rate, format="RAW", subtype="PCM_16", endian="LITTLE")
+    return np.frombuffer(buf.getvalue(), "<i2")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -42,5 +42,14 @@ class Metrics:
             "metis_pipeline_ready", "1 when the pipeline's models are loaded.", ["task"], registry=r
         )
 
+    def declare(self, task: str) -> None:
+        """Show a pipeline's series from the start (zeros until something happens)."""
+        for metric in (self.queue_seconds, self.batch_size, self.audio_in, self.audio_out):
+            metric.labels(task)
+        self.queue_depth.labels(task).set(0)
+        self.ready.labels(task).set(0)
+        for status in ("ok", "error"):
+            self.jobs.labels(task, status)
+
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

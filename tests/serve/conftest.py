@@ -1,0 +1,109 @@
+"""A real uvicorn server on 127.0.0.1 (a free port) running the tiny bundle, shared by the tests."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import soundfile as sf
+
+from tests.conftest import speechlike
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[test]'")
+
+API_KEY = "test-key-123"
+VOICE_TEXT = "A prompt text for the voice."
+FAST_FIELDS = {"steps": "2", "s2a_steps": "2,2"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wav_bytes(seconds: float, sr: int = 24_000, seed: int = 0) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, speechlike(seconds, sr, seed), sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+@dataclass
+class Served:
+    url: str
+    key: str
+    folder: Path
+    app: Any
+    server: Any
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+class ServerThread:
+    """uvicorn.Server in a thread (signals stay with pytest); stopped like SIGTERM stops it."""
+
+    def __init__(self, app: Any, port: int) -> None:
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def start(self, ready_path: str = "/readyz", timeout: float = 120.0) -> None:
+        import httpx
+
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + ready_path, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if not self.thread.is_alive():
+                raise RuntimeError("the server thread ended")
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.url}{ready_path} not ready within {timeout} s")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
+
+
+@pytest.fixture(scope="session")
+def served(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
+    from metis_cli.serve import Limits, ServeConfig
+    from metis_cli.serve.app import create_app
+
+    folder = tmp_path_factory.mktemp("serve")
+    sf.write(folder / "alice.wav", speechlike(3.0, seed=5), 24_000)
+    (folder / "voices.json").write_text(
+        json.dumps({"alice": {"audio": "alice.wav", "text": VOICE_TEXT, "language": "en"}})
+    )
+    config = ServeConfig(
+        tasks=("tts", "se", "vc", "tse"),
+        max_batch=4,
+        max_wait_ms=300.0,
+        max_queue=32,
+        request_timeout=120.0,
+        api_key=API_KEY,
+        voices_file=folder / "voices.json",
+        limits=Limits(
+            max_upload_bytes=2 * 1024 * 1024, max_audio_seconds=30.0, max_text_chars=400, max_steps=50
+        ),
+        load_options={"checkpoint_dir": tiny_bundle, "offline": True, "steps": 2, "s2a_steps": "2,2"},
+    )
+    app = create_app(config)
+    thread = ServerThread(app, free_port())
+    thread.start()
+    yield Served(thread.url, API_KEY, folder, app, thread.server)
+    thread.stop()
