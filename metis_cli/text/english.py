@@ -6,6 +6,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
+from metis_cli.errors import TextError
 from metis_cli.text.espeak import phonemise
 
 _ABBREVIATIONS = [
@@ -51,8 +52,11 @@ def _dollars(m: re.Match[str]) -> str:
     parts = m.group(1).split(".")
     if len(parts) > 2:
         return f" {m.group(1)} dollars "
-    dollars = int(parts[0]) if parts[0] else 0
-    cents = int(parts[1]) if len(parts) > 1 and parts[1] else 0
+    try:
+        dollars = int(parts[0]) if parts[0] else 0
+        cents = int(parts[1]) if len(parts) > 1 and parts[1] else 0
+    except ValueError:  # e.g. "$,5": the official code raises here too
+        raise TextError(f"cannot read the amount ${m.group(1)} (official: int() fails)") from None
     if dollars and cents:
         return f" {_plural(dollars, 'dollar')}, {_plural(cents, 'cent')} "
     if dollars:

@@ -44,6 +44,9 @@ _IPA = (
     "py=pj,ry=ɾj,sh=ɕ,ts=tsɯ"
 )
 XPHONE_IPA: dict[str, str] = dict(item.split("=", 1) for item in _IPA.split(","))
+# The official table writes ç as "c" + U+0327 COMBINING CEDILLA (vocabulary id 323), not the
+# precomposed U+00E7 (id 68) that a normalised copy of it shows.
+XPHONE_IPA.update({"h": "c\u0327", "hy": "c\u0327j"})
 
 _PUNCT = set(MARKS)  # a reading that is one of these is its own phoneme
 _UNREAD_OK = _PUNCT | {"-", ""}  # normalised surfaces left as they are when OpenJTalk reads "、"

@@ -6,11 +6,14 @@ import re
 
 from metis_cli.text.espeak import phonemise
 
-# Spec §9.4's ranges plus the three CJK compatibility ideograph blocks that the official
-# character class also lists (U+F900-FA2D, U+FA30-FA6A, U+FA70-FAD9; the spec omits them).
+# The official character class ends with three more ranges written with the characters 豈-鶴 侮-頻
+# 並-龎; in the official file (checked in the maskgct==0.0.19 sdist) these are the unified
+# ideographs U+8C48-9DB4, U+4FAE-983B, U+4E26-9F8E, inside U+4E00-9FC3 already, not the CJK
+# compatibility ideographs U+F900-FAD9 that the classic form of this class means. So the
+# compatibility ideographs are kept, as the official code keeps them.
 _HANJA = re.compile(
     "[\u2e80-\u2e99\u2e9b-\u2ef3\u2f00-\u2fd5\u3005\u3007\u3021-\u3029\u3038-\u303b\u3400-\u4db5"
-    "\u4e00-\u9fc3\uf900-\ufa2d\ufa30-\ufa6a\ufa70-\ufad9]"
+    "\u4e00-\u9fc3]"
 )
 _LATIN_TABLE = {
     "KOREA": "코리아", "IDOL": "아이돌", "IT": "아이티", "IQ": "아이큐", "UP": "업", "DOWN": "다운",

@@ -266,14 +266,15 @@ def test_german_rules() -> None:
 
 
 def test_korean_rules() -> None:
-    """Korean: hanja deleted (incl. the compatibility ideographs U+F900-FAD9 of the official
-    character class), upper-case table words read in Hangul (case-sensitive: 'Ai' is not 'AI'),
+    """Korean: hanja deleted (the official class; the CJK compatibility ideographs U+F900-FAD9
+    are *not* in it, see korean.py), upper-case table words read in Hangul (case-sensitive: 'Ai' is not 'AI'),
     unlisted runs lower-cased. The text is stripped before the hanja go, so the space after them
     stays (official order)."""
     from metis_cli.text.korean import korean_normalise
 
     assert korean_normalise(" 韓國 AI와 Ai, BTS ") == " 에이아이와 ai, bts"
-    assert korean_normalise("\uf900\ufa30\ufa70한국") == "한국"
+    assert korean_normalise("\u4e00\u9fc3\u3400한국") == "한국"
+    assert korean_normalise("\uf900한국") == "\uf900한국"
 
 
 # ------------------------------------------------------------------------------------------
