@@ -109,31 +109,22 @@ class Printer:
         )
 
 
-def _configure_quiet(quiet: bool) -> None:
-    import logging
-
+def _configure_quiet(quiet: bool, offline: bool = False) -> None:
+    """stderr policy for a run: our logging, and huggingface_hub's warnings and progress bars."""
+    from ..cards import quiet_hub
     from .logs import configure
 
     configure(quiet)
-    if quiet or not sys.stderr.isatty():  # no download progress bars when quiet or piped
-        try:
-            from huggingface_hub.utils import disable_progress_bars
+    quiet_hub(quiet, offline)
+    if not sys.stderr.isatty():  # no download progress bars when piped
+        from huggingface_hub.utils import disable_progress_bars
 
-            disable_progress_bars()
-        except ImportError:  # pragma: no cover
-            pass
-    if quiet:
-        try:
-            from ..cards import quiet_hub
-
-            quiet_hub()
-        except ImportError:  # pragma: no cover - older cards module
-            logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+        disable_progress_bars()
 
 
 def run_guarded(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) -> None:
     """Load (lazily), plan, run and print; turns every outcome into its exit code."""
-    _configure_quiet(printer.quiet)
+    _configure_quiet(printer.quiet, bool(getattr(groups.get(O.ModelOptions), "offline", False)))
     code = EXIT_OK
     try:
         with signals():
@@ -221,6 +212,8 @@ def _execute(printer: Printer, pipe: Any, plan: J.Plan, on_report: Any = None) -
                 progress.advance(bar)
                 if chunk_bar:
                     progress.remove_task(chunk_bar.pop())
+                for w in rep.info.get("warnings", ()):
+                    printer.message(f"warning: {w}")
                 if printer.as_json:
                     printer.result(json.dumps(rep.to_dict(), ensure_ascii=False))
                 elif rep.status == "ok" and rep.output != "-":

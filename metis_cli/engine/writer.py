@@ -9,7 +9,6 @@ is standard output: the blocks are collected and written as one WAV when complet
 
 from __future__ import annotations
 
-import io
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import AtomicAudioWriter
+from ..audio import AtomicAudioWriter, encode_audio
 from ..constants import CODEC_SAMPLE_RATE
 
 
@@ -55,10 +54,6 @@ def _join(blocks: Iterable[np.ndarray]) -> np.ndarray:
 
 
 def _to_stdout(wav: np.ndarray, sr: int) -> None:
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    sf.write(buf, wav, sr, format="WAV", subtype="PCM_16")
     out = sys.stdout.buffer
-    out.write(buf.getvalue())
+    out.write(encode_audio(wav, sr, "wav"))
     out.flush()
