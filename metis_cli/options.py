@@ -389,7 +389,7 @@ class RunControl:
     shard: str | None = opt(
         None, "--shard",
         "Run shard I of N (0-based, I/N: planned job i when i mod N == I). Default: from RANK/"
-        "WORLD_SIZE (torchrun, accelerate) or SLURM_ARRAY_TASK_ID / SLURM_PROCID, else all jobs.",
+        "WORLD_SIZE (torchrun, accelerate), SLURM_ARRAY_TASK_ID or srun's SLURM_PROCID, else all jobs.",
         _shard,
     )  # fmt: skip
     # JSONL ledger: one --json record per job, fsync'd as it finishes (per shard: FILE.shard-I-of-N.jsonl)

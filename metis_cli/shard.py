@@ -7,9 +7,9 @@ communication between them:
 * `Shard(index, count)`: from `--shard I/N` (0-based), else from the launcher's environment
   (`shard_from_env`): torchrun / `accelerate launch` (`RANK`, `WORLD_SIZE`), a SLURM array
   (`SLURM_ARRAY_TASK_ID` with `SLURM_ARRAY_TASK_COUNT`, or `SLURM_ARRAY_TASK_MIN`/`_MAX`/`_STEP`)
-  or SLURM tasks (`SLURM_PROCID`, `SLURM_NTASKS`). A SLURM array whose tasks each launch several
-  processes (torchrun or `srun -n M`) is split twice: shard = array index x M + rank, of
-  array count x M.
+  or the tasks of an `srun` step (`SLURM_PROCID` of `SLURM_STEP_NUM_TASKS`). A SLURM array whose
+  tasks each launch several processes (torchrun or `srun -n M`) is split twice: shard = array
+  index x M + rank, of array count x M.
 * `select(plan, shard)`: round-robin by position in the plan: item i (0-based, bad manifest
   lines included) belongs to shard i mod N. The split depends only on the planned list and N,
   so a rerun selects the same items, and every item is in exactly one shard; shards differ in
@@ -129,11 +129,12 @@ def _slurm_array(env: Mapping[str, str]) -> Shard | None:
 def shard_from_env(env: Mapping[str, str] | None = None) -> Shard | None:
     """The shard the launcher's environment describes, or None (one process runs everything).
 
-    torchrun / accelerate: RANK, WORLD_SIZE; else SLURM tasks: SLURM_PROCID, SLURM_NTASKS. An
-    enclosing SLURM array (SLURM_ARRAY_TASK_ID ...) multiplies: each array task's processes
-    split that task's share."""
+    torchrun / accelerate: RANK, WORLD_SIZE; else the tasks of an `srun` step: SLURM_PROCID of
+    SLURM_STEP_NUM_TASKS (not SLURM_NTASKS: a batch script itself runs once with SLURM_PROCID=0
+    and SLURM_NTASKS of the whole allocation, and must not take a share). An enclosing SLURM
+    array (SLURM_ARRAY_TASK_ID ...) multiplies: each array task's processes split its share."""
     env = os.environ if env is None else env
-    inner = _pair(env, "RANK", "WORLD_SIZE") or _pair(env, "SLURM_PROCID", "SLURM_NTASKS")
+    inner = _pair(env, "RANK", "WORLD_SIZE") or _pair(env, "SLURM_PROCID", "SLURM_STEP_NUM_TASKS")
     outer = _slurm_array(env)
     if outer is None:
         shard = inner

@@ -169,12 +169,21 @@ def _run(printer: Printer, task: str, values: dict[str, Any], groups: dict[type,
         )
         with printer.progress(len(rows)) as progress:
             bar = progress.add_task(printer.task, total=len(rows))
-            for block in results.iter_batches(batch_size=None, batch_format="pyarrow"):
-                for row in block.to_pylist():
-                    rec = json.loads(row["record"])
-                    session.record_dict(rec, row["key"])
-                    progress.advance(bar)
-                    _print(printer, rec, failures)
+            try:
+                for block in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    for row in block.to_pylist():
+                        rec = json.loads(row["record"])
+                        session.record_dict(rec, row["key"])
+                        progress.advance(bar)
+                        _print(printer, rec, failures)
+            except (StdoutClosed, Terminated):
+                raise
+            except Exception as exc:  # the cluster failed (a worker died, the head went away)
+                why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                error_line(
+                    f"ray: {type(exc).__name__}: {why} (finished jobs are in the ledger; rerun with --resume)"
+                )
+                return session.finish(EXIT_FAILED)
     finally:
         if started:
             ray.shutdown()

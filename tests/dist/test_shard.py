@@ -48,8 +48,9 @@ def test_parse_and_names():
         ({}, None),
         ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, Shard(1, 2)),  # torchrun / accelerate
         ({"RANK": "0", "WORLD_SIZE": "1"}, None),
-        ({"SLURM_PROCID": "2", "SLURM_NTASKS": "4"}, Shard(2, 4)),  # srun -n 4
-        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, None),  # a plain sbatch job
+        ({"SLURM_PROCID": "2", "SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "4"}, Shard(2, 4)),  # srun -n 4
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, None),  # the batch script of an --ntasks=4 job
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1"}, None),
         ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "8"}, Shard(5, 8)),
         ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "8"}, Shard(2, 8)),
         (  # --array=0-12:4 → tasks 0, 4, 8, 12
@@ -59,7 +60,7 @@ def test_parse_and_names():
         ),
         (  # an array of 3 tasks, each a 2-process torchrun: 6 shards
             {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "3", "RANK": "1", "WORLD_SIZE": "2",
-             "SLURM_PROCID": "0", "SLURM_NTASKS": "1"},
+             "SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1"},
             Shard(5, 6),
         ),
     ],
