@@ -416,6 +416,66 @@ class RunControl:
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class TrainOptions:
+    """Training schedule and optimiser (`metis finetune`, `metis pretrain`); ranges are checked
+    by `train.loop.check_options` (usage errors before anything loads)."""
+
+    # passes over the data (ignored when max_steps is given)
+    epochs: int = opt(3, "--epochs", "Passes over the data (ignored with --max-steps).", tasks=())
+    # total optimizer steps (fixes the schedule)
+    max_steps: int | None = opt(
+        None,
+        "--max-steps",
+        "Total optimizer steps; fixes the schedule (a larger value extends a run).",
+        tasks=(),
+    )
+    # items per micro-batch
+    batch_size: int = opt(8, "--batch-size", "Items per micro-batch.", tasks=())
+    # micro-batches per optimizer step
+    grad_accum: int = opt(1, "--grad-accum", "Micro-batches per optimizer step.", tasks=())
+    # peak learning rate (AdamW)
+    lr: float = opt(1e-4, "--lr", "Peak learning rate (AdamW).", tasks=())
+    # linear warm-up steps (capped at a tenth of a shorter run), then cosine decay
+    warmup: int = opt(
+        100, "--warmup", "Linear warm-up steps (at most a tenth of the run), then cosine.", tasks=()
+    )
+    # AdamW weight decay
+    weight_decay: float = opt(0.0, "--weight-decay", "AdamW weight decay.", tasks=())
+    # max gradient norm (0 = off)
+    grad_clip: float = opt(1.0, "--grad-clip", "Max gradient norm (0 = off).", tasks=())
+    # random crop of longer items (50 frames = 1 s); not tts items
+    max_frames: int = opt(
+        500, "--max-frames", "Random crop of longer items, in 50 Hz frames (not tts).", tasks=()
+    )
+    # seeds data order, crops, masks and new LoRA/adapter weights
+    seed: int = opt(0, "--seed", "Seeds data order, crops, masks and new LoRA/adapter weights.", tasks=())
+    # checkpoint (and export) interval in steps; 0 = only at the end
+    save_every: int = opt(
+        500, "--save-every", "Checkpoint and export every N steps (0 = at the end only).", tasks=()
+    )
+    # extra held-out evaluations every N steps (0 = per epoch and at the end)
+    val_every: int = opt(
+        0, "--val-every", "Also evaluate --val every N steps (always per epoch, at the end).", tasks=()
+    )
+    # probability of a micro-batch without prompt; None = the model config's cfg_scale
+    cfg_scale: float | None = opt(
+        None, "--cfg-scale",
+        "Probability that a batch trains without its prompt (CFG dropout; default: the model config's "
+        "cfg_scale, 0.15 released; se data has no prompt).",
+        tasks=(),
+    )  # fmt: skip
+    # bf16 autocast; None = on for CUDA, off on CPU
+    bf16: bool | None = opt(
+        None, "--bf16/--fp32", "bf16 autocast (default: on for CUDA, off on CPU).", tasks=()
+    )
+    # stop (checkpointed, resumable) after this step
+    stop_after: int | None = opt(
+        None, "--stop-after", "Stop after this step with a checkpoint (--resume continues, same schedule).",
+        tasks=(),
+    )  # fmt: skip
+
+
 # groups whose options every task command shows, in --help order
 COMMAND_GROUPS: tuple[type, ...] = (
     LongformOptions,

@@ -26,20 +26,38 @@ def _plain(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def group_params(groups: Iterable[type], task: str | None = None) -> list[inspect.Parameter]:
-    """One keyword parameter per option field that has a flag (and is shown for `task`)."""
+def group_params(
+    groups: Iterable[type],
+    task: str | None = None,
+    only: Iterable[str] | None = None,
+    override: dict[str, dict[str, Any]] | None = None,
+) -> list[inspect.Parameter]:
+    """One keyword parameter per option field that has a flag (and is shown for `task`).
+
+    only: just these fields (a command that shares a few options of a group); override:
+    {field: {"default": ..., "help": ...}} for a command whose default differs (training's
+    `--device cpu`)."""
     out: list[inspect.Parameter] = []
+    only = None if only is None else set(only)
+    override = override or {}
     for cls in groups:
         hints = typing.get_type_hints(cls)
         for f in fields(cls):
-            meta = f.metadata
-            if not meta.get("flag") or (task is not None and task not in meta.get("tasks", (task,))):
+            meta = {**f.metadata, **override.get(f.name, {})}
+            if not meta.get("flag"):
+                continue
+            if only is not None:
+                if f.name not in only:
+                    continue
+            elif task is not None and task not in meta.get("tasks", (task,)):
                 continue
             tp, nullable = _plain(hints[f.name])
-            default = f.default
-            if tp is bool:
+            default = meta.get("default", f.default)
+            if tp is bool and "/" in meta["flag"]:  # --on/--off pair: None = not given
+                annotation: Any = bool | None
+            elif tp is bool:
                 default = bool(default)  # `--offline` off means "honour HF_HUB_OFFLINE" (None)
-                annotation: Any = bool
+                annotation = bool
             else:
                 annotation = tp | None if nullable else tp
             decls = [meta["flag"]] + ([meta["short"]] if meta.get("short") else [])

@@ -16,50 +16,7 @@ import typer
 
 from metis_cli.errors import MetisError
 
-_CKPT = typer.Option(
-    None,
-    "--checkpoint-dir",
-    envvar="METIS_CHECKPOINT_DIR",
-    help="Local tree <org>/<repo>/<file> of checkpoints (default: the Hugging Face cache).",
-)
-_OFFLINE = typer.Option(False, "--offline", help="Never download (also HF_HUB_OFFLINE=1).")
-_DEVICE = typer.Option("cpu", "--device", help="cpu (bit-exact resume), auto, cuda, cuda:N or mps.")
-_CACHE = typer.Option(
-    None, "--cache-dir", help="Feature cache folder (default: $METIS_CACHE_DIR/features or ~/.cache/metis)."
-)
-_OUT = typer.Option(..., "--out", "-o", help="Output model folder (card.json, weights, log.jsonl).")
-_EPOCHS = typer.Option(3, "--epochs", help="Passes over the data (ignored with --max-steps).")
-_MAX_STEPS = typer.Option(
-    None, "--max-steps", help="Total optimizer steps; fixes the schedule (a larger value extends a run)."
-)
-_BATCH = typer.Option(8, "--batch-size", help="Items per micro-batch.")
-_ACCUM = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step.")
-_LR = typer.Option(1e-4, "--lr", help="Peak learning rate (AdamW).")
-_WARMUP = typer.Option(
-    100, "--warmup", help="Linear warm-up steps (at most a tenth of the run), then cosine."
-)
-_WD = typer.Option(0.0, "--weight-decay", help="AdamW weight decay.")
-_CLIP = typer.Option(1.0, "--grad-clip", help="Max gradient norm (0 = off).")
-_FRAMES = typer.Option(500, "--max-frames", help="Random crop of longer items, in 50 Hz frames (not tts).")
-_SEED = typer.Option(0, "--seed", help="Seeds data order, crops, masks and new LoRA/adapter weights.")
-_SAVE = typer.Option(500, "--save-every", help="Checkpoint and export every N steps (0 = at the end only).")
-_VALEVERY = typer.Option(
-    0, "--val-every", help="Also evaluate --val every N steps (always per epoch, at the end)."
-)
-_RESUME = typer.Option(False, "--resume", help="Continue the run saved in OUT (bit-identical on CPU).")
-_CFG = typer.Option(
-    None,
-    "--cfg-scale",
-    help="Probability that a batch trains without its prompt (CFG dropout; default: the model "
-    "config's cfg_scale, 0.15 released). se data has no prompt.",
-)
-_BF16 = typer.Option(None, "--bf16/--fp32", help="bf16 autocast (default: on for CUDA, off on CPU).")
-_STOP = typer.Option(
-    None, "--stop-after", help="Stop after this step with a checkpoint (--resume continues, same schedule)."
-)
-_NAME = typer.Option(None, "--name", help="Model name in card.json (default: the folder name).")
-_JSON = typer.Option(False, "--json", help="Print the summary as one JSON object.")
-_QUIET = typer.Option(False, "--quiet", "-q", help="No progress or reports on stderr.")
+from .params import command, group_params, param
 
 
 def _options(**kw) -> object:
@@ -209,185 +166,208 @@ def _call(fn, **kw):
             _fail(f"{signal.Signals(signum).name}: stopped before training started", 128 + signum)
 
 
+def _shared() -> list:
+    """The options finetune and pretrain share, generated from `metis_cli.options`."""
+    from .. import options as O
+
+    return [
+        *group_params([O.TrainOptions]),
+        param(
+            "resume",
+            bool,
+            typer.Option(False, "--resume", help="Continue the run saved in OUT (bit-identical on CPU)."),
+        ),
+        param(
+            "name",
+            str | None,
+            typer.Option(None, "--name", help="Model name in card.json (default: the folder name)."),
+        ),
+        param(
+            "cache_dir",
+            Path | None,
+            typer.Option(
+                None,
+                "--cache-dir",
+                help="Feature cache folder (default: $METIS_CACHE_DIR/features or ~/.cache/metis).",
+            ),
+        ),
+        *group_params([O.ModelOptions], only=("checkpoint_dir", "offline")),
+        *group_params(
+            [O.EngineOptions],
+            only=("device",),
+            override={
+                "device": {"default": "cpu", "help": "cpu (bit-exact resume), auto, cuda, cuda:N or mps."}
+            },
+        ),
+        *group_params(
+            [O.ReportOptions],
+            only=("json", "quiet"),
+            override={
+                "json": {"help": "Print the summary as one JSON object."},
+                "quiet": {"help": "No progress or reports on stderr."},
+            },
+        ),
+    ]
+
+
+_OUT = param(
+    "out", Path, typer.Option(..., "--out", "-o", help="Output model folder (card.json, weights, log.jsonl).")
+)
+
+
+def _train_options(values: dict) -> object:
+    from .. import options as O
+
+    return _options(**{k: values[k] for k in O.names(O.TrainOptions)})
+
+
+def _finetune(values: dict) -> None:
+    from metis_cli.train import finetune
+
+    opts = _train_options(values)
+    task = values["task"]
+    _check(task, opts, values["lora_r"], values["lora_alpha"])
+    with _progress(f"finetune {task}", values["quiet"]) as (on_step, on_skip):
+        res = _call(
+            finetune,
+            task=task,
+            data=values["data"],
+            out=values["out"],
+            base=values["base"],
+            val=values["val"],
+            full=values["full"],
+            lora_r=values["lora_r"],
+            lora_alpha=values["lora_alpha"],
+            options=opts,
+            resume=values["resume"],
+            name=values["name"],
+            cache_dir=values["cache_dir"],
+            checkpoint_dir=values["checkpoint_dir"],
+            offline=values["offline"] or None,
+            device=values["device"],
+            visual_checkpoint=values["visual_checkpoint"],
+            on_step=on_step,
+            on_skip=on_skip,
+        )
+    _report(res, values["json"])
+
+
+def _pretrain(values: dict) -> None:
+    from metis_cli.train import pretrain
+
+    opts = _train_options(values)
+    _check(None, opts)
+    with _progress("pretrain", values["quiet"]) as (on_step, _):
+        res = _call(
+            pretrain,
+            data=values["data"],
+            out=values["out"],
+            base=values["base"],
+            config=values["config"],
+            val=values["val"],
+            options=opts,
+            resume=values["resume"],
+            name=values["name"],
+            cache_dir=values["cache_dir"],
+            checkpoint_dir=values["checkpoint_dir"],
+            offline=values["offline"] or None,
+            device=values["device"],
+            on_step=on_step,
+        )
+    _report(res, values["json"])
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("finetune")
-    def finetune_command(
-        task: str = typer.Option(..., "--task", "-t", help="se, tse, vc, tts or l2s."),
-        data: Path = typer.Option(
-            ..., "--data", help="Training manifest: one JSON object per line (README)."
-        ),
-        out: Path = _OUT,
-        val: Path = typer.Option(
-            None, "--val", help="Held-out manifest: loss and masked-token accuracy per epoch."
-        ),
-        base: str = typer.Option(
-            None,
-            "--base",
-            "-m",
-            help="Start model: card name or folder (default: the task's released model, else metis-base; "
-            "l2s: metis-l2s or an l2s folder).",
-        ),
-        visual_checkpoint: Path = typer.Option(
-            None,
-            "--visual-checkpoint",
-            envvar="METIS_VISUAL_CHECKPOINT",
-            help="l2s (required): Auto-AVSR visual-only model.pth (model.json beside it), as for metis l2s.",
-        ),
-        full: bool = typer.Option(
-            False, "--full", help="Full-scale fine-tuning: train every stage-1 weight."
-        ),
-        lora_r: int = typer.Option(
-            None, "--lora-r", help="Rank of a fresh LoRA (default: se/tse/tts/l2s 32, vc 16)."
-        ),
-        lora_alpha: float = typer.Option(
-            None,
-            "--lora-alpha",
-            help="Alpha of a fresh LoRA (default: se/tse/tts/l2s 64, vc 32; else 2 x rank).",
-        ),
-        epochs: int = _EPOCHS,
-        max_steps: int = _MAX_STEPS,
-        lr: float = _LR,
-        batch_size: int = _BATCH,
-        grad_accum: int = _ACCUM,
-        seed: int = _SEED,
-        resume: bool = _RESUME,
-        warmup: int = _WARMUP,
-        weight_decay: float = _WD,
-        grad_clip: float = _CLIP,
-        max_frames: int = _FRAMES,
-        save_every: int = _SAVE,
-        val_every: int = _VALEVERY,
-        cfg_scale: float = _CFG,
-        bf16: bool = _BF16,
-        stop_after: int = _STOP,
-        name: str = _NAME,
-        cache_dir: Path = _CACHE,
-        checkpoint_dir: Path = _CKPT,
-        offline: bool = _OFFLINE,
-        device: str = _DEVICE,
-        as_json: bool = _JSON,
-        quiet: bool = _QUIET,
-    ) -> None:
-        """Fine-tune stage 1 (LoRA + adapter, or --full) on a JSON-lines manifest."""
-        from metis_cli.train import finetune
+    from .. import options as O
 
-        opts = _options(
-            epochs=epochs,
-            max_steps=max_steps,
-            batch_size=batch_size,
-            grad_accum=grad_accum,
-            lr=lr,
-            warmup=warmup,
-            weight_decay=weight_decay,
-            grad_clip=grad_clip,
-            max_frames=max_frames,
-            seed=seed,
-            save_every=save_every,
-            val_every=val_every,
-            cfg_scale=cfg_scale,
-            bf16=bf16,
-            stop_after=stop_after,
+    finetune = [
+        param("task", str, typer.Option(..., "--task", "-t", help="se, tse, vc, tts or l2s.")),
+        param(
+            "data",
+            Path,
+            typer.Option(..., "--data", help="Training manifest: one JSON object per line (README)."),
+        ),
+        _OUT,
+        param(
+            "val",
+            Path | None,
+            typer.Option(None, "--val", help="Held-out manifest: loss and masked-token accuracy per epoch."),
+        ),
+        param(
+            "base",
+            str | None,
+            typer.Option(
+                None,
+                "--base",
+                "-m",
+                help="Start model: card name or folder (default: the task's released model, else metis-base; "
+                "l2s: metis-l2s or an l2s folder).",
+            ),
+        ),
+        *group_params(
+            [O.EngineOptions],
+            only=("visual_checkpoint",),
+            override={
+                "visual_checkpoint": {
+                    "help": "l2s (required): Auto-AVSR visual-only model.pth (model.json beside it), "
+                    "as for metis l2s."
+                }
+            },
+        ),
+        param(
+            "full",
+            bool,
+            typer.Option(False, "--full", help="Full-scale fine-tuning: train every stage-1 weight."),
+        ),
+        param(
+            "lora_r",
+            int | None,
+            typer.Option(None, "--lora-r", help="Rank of a fresh LoRA (default: se/tse/tts/l2s 32, vc 16)."),
+        ),
+        param(
+            "lora_alpha",
+            float | None,
+            typer.Option(
+                None,
+                "--lora-alpha",
+                help="Alpha of a fresh LoRA (default: se/tse/tts/l2s 64, vc 32; else 2 x rank).",
+            ),
+        ),
+        *_shared(),
+    ]
+    app.command("finetune")(
+        command(
+            _finetune, finetune, "Fine-tune stage 1 (LoRA + adapter, or --full) on a JSON-lines manifest."
         )
-        _check(task, opts, lora_r, lora_alpha)
-        with _progress(f"finetune {task}", quiet) as (on_step, on_skip):
-            res = _call(
-                finetune,
-                task=task,
-                data=data,
-                out=out,
-                base=base,
-                val=val,
-                full=full,
-                lora_r=lora_r,
-                lora_alpha=lora_alpha,
-                options=opts,
-                resume=resume,
-                name=name,
-                cache_dir=cache_dir,
-                checkpoint_dir=checkpoint_dir,
-                offline=offline or None,
-                device=device,
-                visual_checkpoint=visual_checkpoint,
-                on_step=on_step,
-                on_skip=on_skip,
-            )
-        _report(res, as_json)
-
-    @app.command("pretrain")
-    def pretrain_command(
-        data: Path = typer.Option(
-            ..., "--data", help="Text file of audio paths (one a line) or a folder of audio files."
+    )
+    pretrain = [
+        param(
+            "data",
+            Path,
+            typer.Option(
+                ..., "--data", help="Text file of audio paths (one a line) or a folder of audio files."
+            ),
         ),
-        out: Path = _OUT,
-        base: str = typer.Option("metis-base", "--base", "-m", help="Base model to continue from."),
-        config: Path = typer.Option(
-            None, "--config", help="Start from random weights: JSON with a t2s_model block (--base ignored)."
+        _OUT,
+        param("base", str, typer.Option("metis-base", "--base", "-m", help="Base model to continue from.")),
+        param(
+            "config",
+            Path | None,
+            typer.Option(
+                None,
+                "--config",
+                help="Start from random weights: JSON with a t2s_model block (--base ignored).",
+            ),
         ),
-        val: Path = typer.Option(None, "--val", help="Held-out audio list: loss and masked-token accuracy."),
-        epochs: int = _EPOCHS,
-        max_steps: int = _MAX_STEPS,
-        lr: float = _LR,
-        batch_size: int = _BATCH,
-        grad_accum: int = _ACCUM,
-        seed: int = _SEED,
-        resume: bool = _RESUME,
-        warmup: int = _WARMUP,
-        weight_decay: float = _WD,
-        grad_clip: float = _CLIP,
-        max_frames: int = _FRAMES,
-        save_every: int = _SAVE,
-        val_every: int = _VALEVERY,
-        cfg_scale: float = typer.Option(
-            None,
-            "--cfg-scale",
-            help="Probability of a batch without prompt (default: the config's cfg_scale, 0.15 released).",
+        param(
+            "val",
+            Path | None,
+            typer.Option(None, "--val", help="Held-out audio list: loss and masked-token accuracy."),
         ),
-        bf16: bool = _BF16,
-        stop_after: int = _STOP,
-        name: str = _NAME,
-        cache_dir: Path = _CACHE,
-        checkpoint_dir: Path = _CKPT,
-        offline: bool = _OFFLINE,
-        device: str = _DEVICE,
-        as_json: bool = _JSON,
-        quiet: bool = _QUIET,
-    ) -> None:
-        """Masked generative pre-training of a base stage-1 model on unlabeled speech."""
-        from metis_cli.train import pretrain
-
-        opts = _options(
-            epochs=epochs,
-            max_steps=max_steps,
-            batch_size=batch_size,
-            grad_accum=grad_accum,
-            lr=lr,
-            warmup=warmup,
-            weight_decay=weight_decay,
-            grad_clip=grad_clip,
-            max_frames=max_frames,
-            seed=seed,
-            save_every=save_every,
-            val_every=val_every,
-            cfg_scale=cfg_scale,
-            bf16=bf16,
-            stop_after=stop_after,
+        *_shared(),
+    ]
+    app.command("pretrain")(
+        command(
+            _pretrain, pretrain, "Masked generative pre-training of a base stage-1 model on unlabeled speech."
         )
-        _check(None, opts)
-        with _progress("pretrain", quiet) as (on_step, _):
-            res = _call(
-                pretrain,
-                data=data,
-                out=out,
-                base=base,
-                config=config,
-                val=val,
-                options=opts,
-                resume=resume,
-                name=name,
-                cache_dir=cache_dir,
-                checkpoint_dir=checkpoint_dir,
-                offline=offline or None,
-                device=device,
-                on_step=on_step,
-            )
-        _report(res, as_json)
+    )

@@ -45,6 +45,7 @@ import torch
 
 from ..constants import PHONE_PAD_ID
 from ..errors import InputError, UsageError
+from ..options import TrainOptions  # defined with the other user options
 from . import objective
 from .data import Item
 from .dist import SINGLE, DistContext
@@ -54,25 +55,6 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "log.jsonl"
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    epochs: int = 3  # passes over the data (ignored when max_steps is given)
-    max_steps: int | None = None  # total optimizer steps (fixes the schedule)
-    batch_size: int = 8  # items per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-4  # peak learning rate
-    warmup: int = 100  # linear warm-up steps (capped at a tenth of a shorter run)
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # max gradient norm (0 = off)
-    max_frames: int = 500  # random crop of longer items (50 frames = 1 s); not tts items
-    seed: int = 0
-    save_every: int = 500  # checkpoint (and export) interval in steps; 0 = only at the end
-    val_every: int = 0  # extra held-out evaluations every N steps (0 = per epoch and at the end)
-    cfg_scale: float | None = None  # probability of a micro-batch without prompt; None = model config's
-    bf16: bool | None = None  # bf16 autocast; None = on for CUDA
-    stop_after: int | None = None  # stop (checkpointed, resumable) after this step
 
 
 SEED_MAX = 2**63 - 1
