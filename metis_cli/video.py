@@ -171,7 +171,9 @@ def detect_landmarks(
       ``metis download face-detector`` caches (see `fetch_face_detector`).
 
     As upstream, the full-range model runs on every frame and the short-range one only if the
-    full-range pass found no face anywhere (a single given model file runs alone). Keypoints
+    full-range pass found no face anywhere (a single given model file runs alone). The Tasks
+    graph of mediapipe 0.10.x cannot run the full-range model (its anchors are the short-range
+    ones); there the short-range model runs alone, with a warning (1.x runs both). Keypoints
     are truncated to integer pixels like upstream. With several faces, upstream's selection is
     mirrored: the last detection, or the first one if the last box has a non-positive
     (w - x) + (h - y).
@@ -190,8 +192,15 @@ def detect_landmarks(
             if not path.is_file():
                 raise VideoError(f"{source}: face-detector model {path} not found")
         passes = [lambda f, path=path: _detect_tasks(mp, f, path, source) for path in paths]
-    for detect in passes:  # full range, then short range
-        marks = detect(frames)
+    for k, detect in enumerate(passes):  # full range, then short range
+        try:
+            marks = detect(frames)
+        except VideoError as exc:
+            if model is not None or k + 1 == len(passes):
+                raise
+            # mediapipe 0.10.x's Tasks graph knows only the short-range anchors
+            log.warning("%s; using the short-range model alone", exc)
+            continue
         if not np.isnan(marks).all():
             return marks
     raise VideoError(f"{source}: no face found in any frame")
@@ -213,13 +222,24 @@ def _detect_tasks(mp, frames: np.ndarray, model: Path, source: str) -> np.ndarra
     try:
         detector = vision.FaceDetector.create_from_options(options)
     except (RuntimeError, ValueError) as exc:
-        raise VideoError(f"{source}: cannot load face-detector model {model}: {exc}") from None
-    with detector:
-        rows = []
-        for f in frames:
-            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(f))
-            rows.append(_tasks_keypoints(detector.detect(image).detections, f.shape))
+        raise VideoError(f"{source}: cannot load face-detector model {model}: {_first_line(exc)}") from None
+    rows = []
+    try:
+        with detector:
+            for f in frames:
+                image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(f))
+                rows.append(_tasks_keypoints(detector.detect(image).detections, f.shape))
+    except RuntimeError as exc:  # e.g. a model whose anchors this mediapipe's graph does not know
+        raise VideoError(
+            f"{source}: mediapipe {getattr(mp, '__version__', '?')} cannot run face-detector model "
+            f"{model.name}: {_first_line(exc)}"
+        ) from None
     return np.stack(rows)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] or type(exc).__name__
 
 
 def _select(boxes: list[tuple[int, int, int, int]]) -> int:

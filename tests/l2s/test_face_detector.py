@@ -294,3 +294,27 @@ def test_download_face_detector_offline_exits_1_with_one_line(tmp_path, monkeypa
     assert res.exit_code == 1
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "face-detector" in lines[0] and "HF_HUB_OFFLINE" in lines[0]
+
+
+def test_tasks_route_falls_back_when_the_full_range_model_cannot_run(tmp_path, monkeypatch, caplog) -> None:
+    """mediapipe 0.10.x's Tasks graph cannot run the full-range model (RuntimeError in detect):
+    the default pair then runs the short-range model alone, with a warning; a model the user
+    gave is never replaced (its failure is a one-line VideoError)."""
+    _model_files(tmp_path, monkeypatch)
+    monkeypatch.delenv("METIS_FACE_MODEL", raising=False)
+
+    class Broken(list):
+        def __getitem__(self, i):
+            raise RuntimeError("CalculatorGraph::Run() failed:\n RET_CHECK failure (num_boxes_)")
+
+    used = _install_fake_mediapipe(
+        monkeypatch,
+        {"full.tflite": Broken(), "short.tflite": [[_tasks_detection((20, 10, 60, 60), FACE)]] * 2},
+    )
+    with caplog.at_level("WARNING", logger="metis_cli.video"):
+        marks = video.detect_landmarks(FRAMES, "clip")
+    assert used == ["full.tflite", "short.tflite"] and marks[0, 3].tolist() == [40, 40]
+    assert "short-range model alone" in caplog.text
+    with pytest.raises(VideoError, match="cannot run face-detector model full.tflite") as info:
+        video.detect_landmarks(FRAMES, "clip", face_model=tmp_path / "full.tflite")
+    assert "\n" not in str(info.value)
