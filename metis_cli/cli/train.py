@@ -221,6 +221,12 @@ def _train_options(values: dict) -> object:
     return _options(**{k: values[k] for k in O.names(O.TrainOptions)})
 
 
+def _run_kw(values: dict, opts: object) -> dict:
+    """The keywords finetune and pretrain share."""
+    shared = ("data", "out", "base", "val", "resume", "name", "cache_dir", "checkpoint_dir", "device")
+    return {**{k: values[k] for k in shared}, "options": opts, "offline": values["offline"] or None}
+
+
 def _finetune(values: dict) -> None:
     from metis_cli.train import finetune
 
@@ -231,21 +237,8 @@ def _finetune(values: dict) -> None:
         res = _call(
             finetune,
             task=task,
-            data=values["data"],
-            out=values["out"],
-            base=values["base"],
-            val=values["val"],
-            full=values["full"],
-            lora_r=values["lora_r"],
-            lora_alpha=values["lora_alpha"],
-            options=opts,
-            resume=values["resume"],
-            name=values["name"],
-            cache_dir=values["cache_dir"],
-            checkpoint_dir=values["checkpoint_dir"],
-            offline=values["offline"] or None,
-            device=values["device"],
-            visual_checkpoint=values["visual_checkpoint"],
+            **_run_kw(values, opts),
+            **{k: values[k] for k in ("full", "lora_r", "lora_alpha", "visual_checkpoint")},
             on_step=on_step,
             on_skip=on_skip,
         )
@@ -258,22 +251,7 @@ def _pretrain(values: dict) -> None:
     opts = _train_options(values)
     _check(None, opts)
     with _progress("pretrain", values["quiet"]) as (on_step, _):
-        res = _call(
-            pretrain,
-            data=values["data"],
-            out=values["out"],
-            base=values["base"],
-            config=values["config"],
-            val=values["val"],
-            options=opts,
-            resume=values["resume"],
-            name=values["name"],
-            cache_dir=values["cache_dir"],
-            checkpoint_dir=values["checkpoint_dir"],
-            offline=values["offline"] or None,
-            device=values["device"],
-            on_step=on_step,
-        )
+        res = _call(pretrain, **_run_kw(values, opts), config=values["config"], on_step=on_step)
     _report(res, values["json"])
 
 
