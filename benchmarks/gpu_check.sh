@@ -39,7 +39,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 df -h /tmp | tail -1 | tee -a "$OUTDIR/nvidia_smi.txt"   # the full-size checkpoints need ~12 GB
 
 # 360 s of checks inside a 420 s hard limit; sections that would not fit are skipped, not cut
-timeout 420 "$PY" benchmarks/gpu_check.py --out "$OUTDIR" --budget 360 "$@" 2>&1 | tee "$OUTDIR/gpu_check.log"
+timeout --kill-after=20 420 "$PY" benchmarks/gpu_check.py --out "$OUTDIR" --budget 360 "$@" 2>&1 | tee "$OUTDIR/gpu_check.log"
 rc=${PIPESTATUS[0]}
 echo "gpu_check: exit $rc (0 = every check passed; 124 = the hard time limit; results in $OUTDIR)"
 exit "$rc"
