@@ -8,7 +8,6 @@ a model cannot be loaded, 2 usage errors.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from pathlib import Path
@@ -105,9 +104,8 @@ def _serve(values: dict[str, Any]) -> None:
     # uvicorn re-raises the signal it stopped on once it has drained: we record it and exit 0
     signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
     signal.signal(signal.SIGINT, lambda signum, frame: stopped.append(signum))
-    sys.stderr.write(
-        f"metis serve: http://{_url_host(host)}:{config.port}/ (tasks: {', '.join(config.tasks)})\n"
-    )
+    where = f"http://{_url_host(host)}:{config.port}/" if config.port else f"{host}, a free port (see below)"
+    sys.stderr.write(f"metis serve: {where} (tasks: {', '.join(config.tasks)})\n")
     sys.stderr.flush()
     server.run()
     if failed:
@@ -212,4 +210,4 @@ def register(app: typer.Typer) -> None:
     )
 
 
-__all__ = ["register", "os"]
+__all__ = ["register"]

@@ -530,6 +530,8 @@ async def _run(service: Service, request: Request, task: str, job: Any, decoding
     }
     if res.audio_seconds is not None:
         headers["X-Metis-Audio-Seconds"] = f"{res.audio_seconds:.3f}"
+    if res.info.get("chunks"):  # a long input, generated chunk by chunk (docs/LONGFORM.md)
+        headers["X-Metis-Chunks"] = str(res.info["chunks"])
     return Response(content, media_type=media.media_type(fmt), headers=headers)
 
 

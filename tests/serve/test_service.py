@@ -295,3 +295,18 @@ def test_one_bad_job_in_a_batch_fails_alone(served):
     assert [r.status_code for r in rs] == [200, 422, 200, 200], [r.text for r in rs]
     msg = rs[1].json()["error"]["message"]
     assert msg.startswith("input:") and "\n" not in msg
+
+
+def test_long_upload_takes_the_longform_path(served):
+    """24 s (over the 20 s chunk length): chunked, joined, the input's length exactly."""
+    r = httpx.post(
+        served.url + "/v1/enhance",
+        data={"seed": "2"},
+        files={"input": ("long.wav", wav_bytes(24.0, 16_000, seed=6))},
+        headers=served.auth,
+        timeout=300,
+    )
+    assert r.status_code == 200, r.text
+    assert int(r.headers["x-metis-chunks"]) >= 2
+    wav, sr = _wav(r.content)
+    assert len(wav) == 24 * sr
