@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,7 @@ def _run(printer: Printer, task: str, values: dict[str, Any], groups: dict[type,
     started = not ray.is_initialized()
     if started:
         local = {} if address is not None or values["num_cpus"] is None else {"num_cpus": values["num_cpus"]}
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         ray.init(
             address=address,
             include_dashboard=False,
@@ -152,6 +154,9 @@ def _run(printer: Printer, task: str, values: dict[str, Any], groups: dict[type,
             logging_level="DEBUG" if verbose else "ERROR",
             **local,
         )
+        for sig, handler in handlers.items():  # Ray's own handlers abort the driver (no clean-up)
+            if handler is not None:
+                signal.signal(sig, handler)
     failures: list[str] = []
     try:
         ctx = ray.data.DataContext.get_current()

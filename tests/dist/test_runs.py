@@ -174,6 +174,8 @@ def test_sigkill_midway_then_resume(tiny_bundle, corpus):
     for r in before.values():
         assert output_complete(r, root / r["output"]) is None
     n_lines = len(ledger.read_text().splitlines())
+    stale = root / "out" / ".metis-0123456789ab.tmp"  # what a writer killed mid-file leaves
+    stale.write_bytes(b"RIFF")
 
     # the same command with --resume: finishes the shard, redoes nothing that finished
     res = _run(
@@ -194,6 +196,7 @@ def test_sigkill_midway_then_resume(tiny_bundle, corpus):
     after = _stamps(root)
     assert {k: after[k] for k in stamps} == stamps  # the finished outputs were not written again
     assert not list((root / "out").glob(".metis-*"))  # no temporary file of the killed run is left
+    assert f"removed out/{stale.name}" in res.stderr
     # shard 0 as a SLURM array task, then the whole run is there
     res = _run(cmd, root, tiny_bundle, SLURM_ARRAY_TASK_ID="0", SLURM_ARRAY_TASK_COUNT="2")
     assert res.returncode == 1
