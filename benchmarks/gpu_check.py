@@ -125,8 +125,8 @@ def cpu_noise():
 @contextlib.contextmanager
 def instrument(dev: torch.device, static: bool = False, graphs: bool = False, count_syncs: bool = False):
     """Around the sampling entry points the engine calls: keep the tokens, time stage 1 and each
-    S2A model (synchronised), opt into static shapes / CUDA graphs (the engine has no flag for
-    them yet), and count host syncs inside the loops (torch.cuda sync debug mode, warn)."""
+    S2A model (synchronised), opt into static shapes / CUDA graphs (as --static-shapes and
+    --cuda-graphs do), and count host syncs inside the loops (torch.cuda sync debug mode, warn)."""
     from metis_cli import sampling
 
     rec = {
@@ -159,7 +159,9 @@ def instrument(dev: torch.device, static: bool = False, graphs: bool = False, co
         return out
 
     def fast(opts):
-        return dataclasses.replace(opts, static_shapes=static or opts.static_shapes, cuda_graphs=graphs)
+        return dataclasses.replace(
+            opts, static_shapes=static or opts.static_shapes, cuda_graphs=graphs or opts.cuda_graphs
+        )
 
     def s1(model, prompts, lens, phones, cond, opts, noise):
         rec["loops"] += 1
