@@ -210,8 +210,8 @@ class EngineOptions:
     # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
     device: str = opt(
         "auto", "--device",
-        "auto, cpu, cuda, cuda:N or mps. The fp32 reference (official tokens) is CPU; CUDA draws "
-        "other random numbers and runs TF32 off in fp32.",
+        "auto, cpu, cuda, cuda:N or mps. The fp32 reference (official tokens) is the CPU; fp32 on CUDA "
+        "(TF32 off) rounds GEMMs differently and uses CUDA's random generator, so a seed gives other audio.",
         _device,
     )  # fmt: skip
     # "float32" (reference) | "bfloat16" (fast) | "float16" (GPU only)
@@ -229,8 +229,8 @@ class EngineOptions:
     # fast mode for GPUs: every decoding step has the same shapes (finished items ride along)
     static_shapes: bool = opt(
         False, "--static-shapes",
-        "GPU fast mode: fixed shapes per decoding step (finished items stay in the batch; "
-        "token-identical to the default loop in fp32 on CPU).",
+        "GPU fast mode: fixed shapes per decoding step (finished items stay in the batch); tokens "
+        "equal the default loop's unless two confidence scores tie exactly.",
     )  # fmt: skip
     # fast mode for GPUs: the backbone forward captured with torch.compile(mode="reduce-overhead")
     cuda_graphs: bool = opt(
