@@ -290,3 +290,17 @@ def test_corrupt_config_overrides_is_one_line(tiny_bundle, tmp_path):
         and res.exception is None
         or isinstance(res.exception, SystemExit)
     )
+
+
+def test_g2p_stops_quietly_on_a_closed_pipe(tmp_path):
+    lines = "\n".join(["Hello there."] * 200) + "\n"
+    cmd = " ".join([*METIS, "g2p", "--language", "en"])
+    res = subprocess.run(
+        ["bash", "-c", f'{cmd} | head -1; echo "rc=${{PIPESTATUS[0]}}" >&2'],
+        input=lines.encode(),
+        capture_output=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=120,
+    )
+    assert res.stdout.decode().count("\n") == 1 and res.stdout.decode().startswith("en\t")
+    assert b"rc=141" in res.stderr and b"Traceback" not in res.stderr and b"Error" not in res.stderr
