@@ -176,3 +176,17 @@ def test_static_shapes_engine_option_is_token_identical_in_fp32(tiny_bundle, tmp
         assert bool(calls) is static  # the fixed-shape re-mask ran exactly when asked for
     for a, b in zip(outs[False], outs[True], strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_prompts_outside_the_training_range_warn(tiny_bundle, tmp_path):
+    src = wav(tmp_path / "src.wav", 1.0)
+    short, ok = wav(tmp_path / "short.wav", 1.5, seed=1), wav(tmp_path / "ok.wav", 3.5, seed=2)
+    pipe = load(tiny_bundle, "vc")
+    reps = list(
+        pipe.run([pipe.make_job([src, r], tmp_path / f"{r.stem}.out.wav", seed=1) for r in (short, ok)])
+    )
+    assert [r.status for r in reps] == ["ok", "ok"]
+    assert reps[0].info["warnings"] == [
+        f"{short}: speaker prompt is 1.5 s, outside the 3-30 s of the training data"
+    ]
+    assert "warnings" not in reps[1].info
