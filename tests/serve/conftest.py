@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import threading
 import time
@@ -21,6 +22,21 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed: pip ins
 API_KEY = "test-key-123"
 VOICE_TEXT = "A prompt text for the voice."
 FAST_FIELDS = {"steps": "2", "s2a_steps": "2,2"}
+
+
+@pytest.fixture(autouse=True)
+def _hub_offline_restored():
+    """An in-process `metis ... --offline` turns HF_HUB_OFFLINE on for the whole process
+    (cards.quiet_hub); put it back so that later test files see the environment they expect."""
+    import huggingface_hub.constants as hub
+
+    env, const = os.environ.get("HF_HUB_OFFLINE"), hub.HF_HUB_OFFLINE
+    yield
+    if env is None:
+        os.environ.pop("HF_HUB_OFFLINE", None)
+    else:
+        os.environ["HF_HUB_OFFLINE"] = env
+    hub.HF_HUB_OFFLINE = const
 
 
 def free_port() -> int:
