@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import warnings
 
 # third-party loggers that warn once per word or per retry (phonemizer's "words count mismatch",
 # huggingface_hub's connection retries)
@@ -28,6 +27,16 @@ class OncePerMessage(logging.Filter):
         return True
 
 
+def saved_levels() -> dict[str, int]:
+    """The levels `configure` may change (restored after an in-process run, e.g. under tests)."""
+    return {name: logging.getLogger(name or None).level for name in ("", *NOISY)}
+
+
+def restore_levels(levels: dict[str, int]) -> None:
+    for name, level in levels.items():
+        logging.getLogger(name or None).setLevel(level)
+
+
 def configure(quiet: bool = False, verbose: bool = False) -> None:
     """Set up the root logger on stderr (called per command; idempotent)."""
     root = logging.getLogger()
@@ -44,6 +53,5 @@ def configure(quiet: bool = False, verbose: bool = False) -> None:
         root.setLevel(logging.ERROR)
         for name in NOISY:
             logging.getLogger(name).setLevel(logging.ERROR)
-        warnings.filterwarnings("ignore")
     elif root.level == logging.NOTSET or root.level > logging.WARNING:
         root.setLevel(logging.WARNING)

@@ -109,13 +109,14 @@ class Printer:
         )
 
 
-def _configure_quiet(quiet: bool, offline: bool = False) -> None:
-    """stderr policy for a run: our logging, and huggingface_hub's warnings and progress bars."""
+def _configure_quiet(quiet: bool) -> None:
+    """stderr policy for a run: our logging, and huggingface_hub's warnings and progress bars.
+    (--offline is the model store's business: it never calls the hub when offline.)"""
     from ..cards import quiet_hub
     from .logs import configure
 
     configure(quiet)
-    quiet_hub(quiet, offline)
+    quiet_hub(quiet)
     if not sys.stderr.isatty():  # no download progress bars when piped
         from huggingface_hub.utils import disable_progress_bars
 
@@ -124,10 +125,13 @@ def _configure_quiet(quiet: bool, offline: bool = False) -> None:
 
 def run_guarded(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) -> None:
     """Load (lazily), plan, run and print; turns every outcome into its exit code."""
-    _configure_quiet(printer.quiet, bool(getattr(groups.get(O.ModelOptions), "offline", False)))
+    from .logs import restore_levels, saved_levels
+
+    levels = saved_levels()
+    _configure_quiet(printer.quiet)
     code = EXIT_OK
     try:
-        with signals():
+        with signals(), _quiet_warnings(printer.quiet):
             code = _run(printer, groups, request_kw)
     except UsageError as exc:
         error_line(str(exc))
@@ -144,7 +148,19 @@ def run_guarded(printer: Printer, groups: dict[type, Any], request_kw: dict[str,
         from ..audio import remove_temp_files
 
         remove_temp_files()
+        restore_levels(levels)
     raise typer.Exit(code)
+
+
+@contextmanager
+def _quiet_warnings(quiet: bool) -> Any:
+    """--quiet: Python warnings from libraries are not shown (restored afterwards)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        if quiet:
+            warnings.simplefilter("ignore")
+        yield
 
 
 def _silence_stdout() -> None:
