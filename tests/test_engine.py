@@ -190,3 +190,19 @@ def test_prompts_outside_the_training_range_warn(tiny_bundle, tmp_path):
         f"{short}: speaker prompt is 1.5 s, outside the 3-30 s of the training data"
     ]
     assert "warnings" not in reps[1].info
+
+
+def test_low_memory_frees_large_models_on_the_long_input_path(tiny_bundle, tmp_path, monkeypatch):
+    long = wav(tmp_path / "long.wav", 10.0)
+    pipe = load(tiny_bundle, "se", chunk_seconds=3, overlap_seconds=0.5, context_seconds=1, low_memory=True)
+    seen: list[set[str]] = []
+    real = sampling.metis_semantic_to_acoustic
+
+    def s2a(*a, **k):  # what is resident while a chunk's S2A runs
+        seen.append(pipe.engine.loader.resident)
+        return real(*a, **k)
+
+    monkeypatch.setattr(sampling, "metis_semantic_to_acoustic", s2a)
+    res = pipe(long, seed=1)
+    assert res.info["chunks"] == len(seen) >= 3
+    assert all(not (r & {"ssl", "stage1"}) for r in seen)  # w2v-BERT and stage 1 freed every chunk
