@@ -577,20 +577,16 @@ def summarize(paths: Iterable[str | os.PathLike]) -> Summary:
             else:
                 records.append(rec)
     totals = [h["total"] for h in headers if isinstance(h.get("total"), int)]
-    counts: set[int] = set()
-    present: set[int] = set()
-    for h in headers:
+    shards: list[Shard] = []
+    for h in sorted(headers, key=lambda h: h.get("time") if isinstance(h.get("time"), (int, float)) else 0):
         s = h.get("shard")
-        if isinstance(s, str):
-            try:
-                sh = Shard.parse(s)
-            except UsageError:
-                continue
-            counts.add(sh.count)
-            present.add(sh.index)
-        else:
-            counts.add(1)
-    n = max(counts) if counts else None
+        try:
+            shards.append(Shard.parse(s) if isinstance(s, str) else Shard(0, 1))
+        except UsageError:
+            continue
+    # N of the latest run (a resumed run may use another N than the first)
+    n = shards[-1].count if shards else None
+    present = {sh.index for sh in shards if sh.count == n}
     absent = [i for i in range(n) if i not in present] if n and n > 1 else []
     return Summary(files, max(totals) if totals else None, n, latest(records), absent, headers)
 

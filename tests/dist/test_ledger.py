@@ -27,6 +27,7 @@ from metis_cli.ledger import (
     read_ledger,
     resume,
     run_ledgers,
+    summarize,
 )
 from metis_cli.shard import Shard
 
@@ -215,3 +216,12 @@ def test_results_complete_and_incomplete(tmp_path: Path):
     # nothing there: usage error
     res = _results(str(tmp_path / "nothing.jsonl"))
     assert res.exit_code == 2 and "no results ledger" in res.stderr
+
+
+def test_results_after_resuming_with_another_shard_count(tmp_path: Path):
+    base = tmp_path / "r.jsonl"
+    for shard, t in ((Shard(0, 2), 1), (Shard(1, 2), 1), (Shard(0, 3), 2), (Shard(2, 3), 2)):
+        with Ledger(ledger_path(base, shard)) as led:
+            led.append({**header("se", shard, 6, shard.size(6), t == 2), "time": t})
+    s = summarize([base])
+    assert (s.shards, s.absent_shards, s.total, s.unrecorded) == (3, [1], 6, 6)

@@ -218,8 +218,10 @@ out = ds.map_batches(
     num_cpus=1,
     batch_size=2,
 )
+out = out.materialize()  # run once; then read and write the rows without running again
 rows = out.take_all()
 json.dump(rows, open("rows.json", "w"))
+out.write_parquet("parquet")
 ray.shutdown()
 """
 
@@ -232,6 +234,12 @@ def test_ray_local_cluster(tiny_bundle, corpus):
     res = _run([sys.executable, "ray_api.py"], root, tiny_bundle, RAY_AUTH_MODE="disabled")
     assert res.returncode == 0, res.stderr[-3000:]
     rows = json.loads((root / "rows.json").read_text())
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(root / "parquet")
+    assert table.num_rows == N_JOBS and sorted(table.column("key").to_pylist()) == sorted(
+        r["key"] for r in rows
+    )
     assert len(rows) == N_JOBS and len({r["key"] for r in rows}) == N_JOBS
     assert len({r["pid"] for r in rows if r["status"] == "ok"}) == 2  # two actors did the work
     recs = [json.loads(r["record"]) for r in rows]
