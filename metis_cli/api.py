@@ -15,7 +15,7 @@ offline, visual_checkpoint; plus the finer `engine.Decoding` fields (rescale_cfg
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -161,25 +161,10 @@ class Pipeline:
             self.engine.on_chunk = None
 
     def _report(self, job: Job, status: str, error: str | None = None) -> Report:
-        return Report(
-            inputs=_inputs_text(job.inputs),
-            output=str(job.output),
-            seed=job.seed,
-            status=status,
-            error=error,
-            steps=self.decoding.steps,
-            origin=job.origin,
-            id=job.job_id,
-            text=job.text[:TEXT_IN_REPORT] if job.text else None,
-        )
+        return job_report(job, status, error, self.decoding.steps)
 
     def _rejected(self, item: J.Rejected) -> Report:
-        if item.job is not None:
-            rep = self._report(item.job, item.status, item.error or None)
-        else:
-            rep = Report(item.inputs, item.output or "", None, item.status, item.error, origin=item.origin)
-        rep.error_type = item.error_type if item.status == "error" else None
-        return rep
+        return rejected_report(item, self.decoding.steps)
 
     def _finish(self, res: JobResult, dec: Decoding) -> Report:
         rep = self._report(res.job, "ok" if res.ok else "error", res.error)
@@ -191,6 +176,31 @@ class Pipeline:
             rep.output_seconds = round(res.output_samples / CODEC_SAMPLE_RATE, 3)
         rep.info = res.info
         return rep
+
+
+def job_report(job: Job, status: str, error: str | None = None, steps: int | None = None) -> Report:
+    """The report of a job before or without running it (rejected, skipped, remote)."""
+    return Report(
+        inputs=_inputs_text(job.inputs),
+        output=str(job.output),
+        seed=job.seed,
+        status=status,
+        error=error,
+        steps=steps,
+        origin=job.origin,
+        id=job.job_id,
+        text=job.text[:TEXT_IN_REPORT] if job.text else None,
+    )
+
+
+def rejected_report(item: J.Rejected, steps: int | None = None) -> Report:
+    """The report of a planned item that does not run (a bad manifest line, an existing output)."""
+    if item.job is not None:
+        rep = job_report(item.job, item.status, item.error or None, steps)
+    else:
+        rep = Report(item.inputs, item.output or "", None, item.status, item.error, origin=item.origin)
+    rep.error_type = item.error_type if item.status == "error" else None
+    return rep
 
 
 def _decoding_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -241,4 +251,4 @@ def load(task: str, model: str | None = None, **kwargs: Any) -> Pipeline:
     return Pipeline(engine, Decoding.from_card(engine.card, task, **dec_overrides))
 
 
-__all__ = ["Pipeline", "Report", "Result", "load", "fields"]
+__all__ = ["Pipeline", "Report", "Result", "job_report", "load", "rejected_report"]

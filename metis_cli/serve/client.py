@@ -157,24 +157,9 @@ def _num(value: str | None, kind: type) -> Any:
 
 
 def _rejected(item: Any) -> Any:
-    from ..api import TEXT_IN_REPORT, Report
+    from ..api import rejected_report
 
-    job = item.job
-    if job is not None:
-        rep = Report(
-            inputs={k: str(v) for k, v in job.inputs.items()},
-            output=str(job.output),
-            seed=job.seed,
-            status=item.status,
-            error=item.error or None,
-            origin=job.origin,
-            id=job.job_id,
-            text=job.text[:TEXT_IN_REPORT] if job.text else None,
-        )
-    else:
-        rep = Report(item.inputs, item.output or "", None, item.status, item.error, origin=item.origin)
-    rep.error_type = item.error_type if item.status == "error" else None
-    return rep
+    return rejected_report(item)
 
 
 def run_remote(url: str, plan: Any, decoding_overrides: dict[str, Any], printer: Any) -> int:
