@@ -10,6 +10,22 @@ import sys
 NOISY = ("phonemizer", "huggingface_hub", "urllib3", "filelock")
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler that writes to whatever `sys.stderr` is now (not the stream it was made with, which
+    an in-process run, e.g. a test runner's capture, may have closed since)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
+
+
 class OncePerMessage(logging.Filter):
     """Lets each distinct (logger, level, message) through once."""
 
@@ -42,7 +58,7 @@ def configure(quiet: bool = False, verbose: bool = False) -> None:
     root = logging.getLogger()
     handler = next((h for h in root.handlers if getattr(h, "_metis", False)), None)
     if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderr()
         handler._metis = True  # type: ignore[attr-defined]
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         handler.addFilter(OncePerMessage())
