@@ -450,7 +450,9 @@ def _fraction(r: dict, stage: str, rates: dict[str, float]) -> float | None:
     return got / rates[dtype] if got and dtype in rates else None
 
 
-def table(results: list[dict], agree: dict | None, rates: dict[str, float] | None = None) -> None:
+def table(
+    results: list[dict], agree: dict | None, rates: dict[str, float] | None = None, m: int = 600
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -494,7 +496,7 @@ def table(results: list[dict], agree: dict | None, rates: dict[str, float] | Non
     Console().print(tab)
     if rates:
         Console().print(
-            "matmul microbenchmark (this invocation, backbone shapes): "
+            f"matmul microbenchmark (this invocation, backbone shapes, {m} rows): "
             + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items())
         )
     if agree:
@@ -523,6 +525,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--logit-error", action="store_true", help="fp32 vs bf16 logits per stage")
     p.add_argument("--device", default="auto", help="--logit-error: the engine's device (auto, cpu, cuda...)")
     p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument(
+        "--matmul-m",
+        type=int,
+        default=0,
+        help="rows of the matmul microbenchmark (default: the run's target frames, else 600)",
+    )
+    p.add_argument(
+        "--save-outputs",
+        type=Path,
+        help="copy each configuration's tokens.pt and output wavs to DIR/c<i>/ (token identity checks)",
+    )
     args = p.parse_args(argv)
     if not args.cache.is_dir():
         raise SystemExit(f"{args.cache}: no checkpoints; run benchmarks/make_full_size.py first")
@@ -547,13 +560,27 @@ def main(argv: list[str] | None = None) -> int:
             sub.mkdir()
             results.append({"label": labels[i], **run_config(args, opts, sub, [str(wav)])})
         agree = agreement(results[0], results[1]) if len(results) == 2 else None
+        if args.save_outputs:
+            import shutil
+
+            for i in range(len(results)):
+                dst = args.save_outputs / f"c{i}"
+                dst.mkdir(parents=True, exist_ok=True)
+                for f in (Path(td) / f"c{i}").iterdir():
+                    if f.suffix in (".pt", ".wav"):
+                        shutil.copy2(f, dst / f.name)
         for r in results:
             r.pop("tokens_file")
-    rates = matmul_rates()
-    table(results, agree, rates)
+    # the microbenchmark at the rows of the run's passes (its target frames), unless given
+    frames = [n for r in results for n in r.get("semantic_frames", [])]
+    m = args.matmul_m or (max(frames) if frames else 600)
+    rates = matmul_rates(m=m)
+    table(results, agree, rates, m)
     if args.json:
         args.json.write_text(
-            json.dumps({"results": results, "agreement": agree, "matmul_gflops": rates}, indent=1)
+            json.dumps(
+                {"results": results, "agreement": agree, "matmul_gflops": rates, "matmul_m": m}, indent=1
+            )
         )
     return 0
 

@@ -19,6 +19,11 @@ accumulation order can move the last bits (README, Exactness). Numerically sensi
 activations' dtype, upcast to float32 only for bf16 / fp16 weights (`numerics.compute_dtype`):
 a `.double()` model is a true float64 evaluation. In fp16, eager attention scales q before the
 q k^T product so the unscaled scores cannot overflow fp16's range.
+
+Fast modes (bf16 / fp16) concatenate each layer's q/k/v and gate/up weights once, at the first
+pass without gradients, and run one GEMM for each group (`fuse_linears`; the separate
+parameters become views of the concatenation, so the state_dict and the memory stay the same).
+float32 and float64 always run the separate products.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..constants import MLP_RATIO, RMS_NORM_EPS, ROPE_BASE, TIME_EMBED_MAX_PERIOD
-from .numerics import compute_dtype
+from .numerics import REDUCED_PRECISION, compute_dtype
 
 ATTN_IMPLS = ("eager", "sdpa")
 
@@ -76,6 +81,36 @@ def key_padding_bias(keep: Tensor, dtype: torch.dtype = torch.float32) -> Tensor
     return bias[:, None, None, :]
 
 
+def fuse_linears(linears: tuple[nn.Linear, ...]) -> Tensor:
+    """Concatenate bias-free linears' weights (rows) into one tensor, once, and make each
+    linear's weight a view of its rows: same values, same state_dict, no second copy (the
+    original tensors, e.g. memory-mapped file pages, are released). Returns the concatenation."""
+    with torch.inference_mode(False), torch.no_grad():
+        cat = torch.cat([lin.weight.detach() for lin in linears])  # (sum of out, in)
+        start = 0
+        for lin in linears:
+            n = lin.weight.shape[0]
+            lin.weight = nn.Parameter(cat[start : start + n], requires_grad=lin.weight.requires_grad)
+            start += n
+    return cat
+
+
+def fused_weight(owner: nn.Module, attr: str, linears: tuple[nn.Linear, ...]) -> Tensor | None:
+    """The concatenated weight `owner.<attr>` made by `fuse_linears`, if it is still exactly the
+    linears' weights (each one a view of its rows) and no gradient is being recorded; else None
+    (the separate linears run: after a reload, `.to()`, or in training)."""
+    cat = owner.__dict__.get(attr)
+    if cat is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return None  # (compiled graphs, e.g. --cuda-graphs, keep the separate linears)
+    ptr, step = cat.data_ptr(), cat.element_size() * cat.shape[1]
+    for lin in linears:
+        w = lin.weight
+        if w.data_ptr() != ptr or w.dtype != cat.dtype or w.device != cat.device:
+            return None
+        ptr += step * w.shape[0]
+    return cat
+
+
 class AdaptiveRMSNorm(nn.Module):
     """x * rsqrt(mean(x^2) + eps) * to_weight(c); statistics in x's dtype (float32 for bf16 / fp16)."""
 
@@ -101,12 +136,21 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(dim, dim, bias=False)
         self.o_proj = nn.Linear(dim, dim, bias=False)
 
+    def fuse(self) -> None:
+        """Fast modes: one (3H, H) weight for q/k/v (see `fused_weight`)."""
+        self._qkv = fuse_linears((self.q_proj, self.k_proj, self.v_proj))
+
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, bias: Tensor | None, impl: str) -> Tensor:
         # x (B, N, H); cos/sin (N, hd) and bias (B, 1, 1, N) or None in compute_dtype(x.dtype)
         B, N, H = x.shape
-        q = self.q_proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, N, hd)
-        k = self.k_proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+        qkv = fused_weight(self, "_qkv", (self.q_proj, self.k_proj, self.v_proj))
+        if qkv is not None:  # fast modes: one GEMM, q/k/v are views of its output
+            qkv = F.linear(x, qkv).view(B, N, 3, self.num_heads, self.head_dim)
+            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (B, nh, N, hd)
+        else:
+            q = self.q_proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, N, hd)
+            k = self.k_proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+            v = self.v_proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
@@ -134,7 +178,15 @@ class GatedMLP(nn.Module):
         self.up_proj = nn.Linear(dim, hidden, bias=False)
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
+    def fuse(self) -> None:
+        """Fast modes: one (2 * hidden, H) weight for gate/up (see `fused_weight`)."""
+        self._gate_up = fuse_linears((self.gate_proj, self.up_proj))
+
     def forward(self, x: Tensor) -> Tensor:
+        gate_up = fused_weight(self, "_gate_up", (self.gate_proj, self.up_proj))
+        if gate_up is not None:  # fast modes: one GEMM
+            gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -169,8 +221,20 @@ class _DiffLlamaBase(nn.Module):
         if cond_mlp:
             self.cond_mlp = mlp(H, MLP_RATIO * H, H)
         self.attn_impl = attn_impl  # "eager" (reference) or "sdpa" (fast mode); may be changed later
+        # fused q/k/v and gate/up weights: None = automatic (bf16 / fp16 fuse at their first
+        # pass; float32 / float64, the reference and the exact evaluation, never do), True = fused
+        self.fuse_projections: bool | None = None
         self.passes = 0  # forward passes run (benchmark counter)
         self.rows = 0  # sequences processed (batch rows summed over passes)
+
+    def fuse(self) -> None:
+        """Concatenate every layer's q/k/v and gate/up weights once (`fuse_linears`); the fused
+        GEMMs then run whenever no gradient is recorded. A fast-mode layout: the reference
+        (float32) keeps the official separate products."""
+        for layer in self.layers:
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
+        self.fuse_projections = True
 
     @property
     def has_cond_mlp(self) -> bool:
@@ -186,6 +250,13 @@ class _DiffLlamaBase(nn.Module):
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
         self.passes += 1
         self.rows += h.shape[0]
+        if (
+            self.fuse_projections is None
+            and h.dtype in REDUCED_PRECISION
+            and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
+        ):
+            self.fuse()  # fast modes: fused q/k/v and gate/up GEMMs from the first pass on
         c = self.time_embedding(t, h.dtype)  # (B, H)
         hd = self.hidden_size // self.num_heads
         cdt = compute_dtype(h.dtype)

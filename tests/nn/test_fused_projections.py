@@ -1,0 +1,95 @@
+"""Fused q/k/v and gate/up weights of the DiffLlama backbones (fast modes only).
+
+bf16 / fp16 backbones concatenate each layer's q/k/v and gate/up weights once, at their first
+pass without gradients; the separate parameters become views of the concatenation. float32
+(the reference) and float64 never fuse.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from metis_cli.nn.llama import DiffLlama, DiffLlamaPrefix
+
+
+def _net(dtype: torch.dtype, prefix: bool = False):
+    torch.manual_seed(0)
+    if prefix:
+        net = DiffLlamaPrefix(64, 2, 4, use_phone_cond=False)
+    else:
+        net = DiffLlama(64, 2, 4)
+    return net.to(dtype).eval()
+
+
+def _inputs(dtype: torch.dtype, B: int = 1, N: int = 13):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(B, N, 64, generator=g).to(dtype)
+    cond = torch.randn(B, N, 64, generator=g).to(dtype)
+    return x, torch.full((B,), 0.4), cond
+
+
+def _state(net) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def test_bf16_fuses_and_is_bit_identical_to_separate_projections():
+    net = _net(torch.bfloat16)
+    ref = copy.deepcopy(net)
+    ref.fuse_projections = False  # never fuse: the separate GEMMs
+    before = _state(net)
+    x, t, cond = _inputs(torch.bfloat16)
+    with torch.inference_mode():
+        want = ref(x, t, cond)
+        got = net(x, t, cond)
+    assert net.fuse_projections is True and ref.fuse_projections is False
+    attn, mlp = net.layers[0].self_attn, net.layers[0].mlp
+    assert attn.__dict__["_qkv"].shape == (192, 64) and mlp.__dict__["_gate_up"].shape == (512, 64)
+    assert attn.q_proj.weight.data_ptr() == attn.__dict__["_qkv"].data_ptr()  # a view, no copy
+    assert torch.equal(got, want)
+    after = net.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
+    # padded batches too (key mask)
+    x, t, cond = _inputs(torch.bfloat16, B=2, N=9)
+    keep = torch.ones(2, 9)
+    keep[1, 6:] = 0
+    with torch.no_grad():
+        assert torch.equal(net(x, t, cond, keep), ref(x, t, cond, keep))
+
+
+def test_float32_and_float64_never_fuse():
+    for dtype in (torch.float32, torch.float64):
+        net = _net(dtype, prefix=True)
+        x, t, _ = _inputs(dtype)
+        with torch.inference_mode():
+            net(x, t)
+        assert net.fuse_projections is None
+        assert "_qkv" not in net.layers[0].self_attn.__dict__
+
+
+def test_fused_weights_are_dropped_when_the_parameters_change():
+    net = _net(torch.bfloat16)
+    x, t, cond = _inputs(torch.bfloat16)
+    with torch.no_grad():
+        net(x, t, cond)
+    # a reload replaces the parameters: the stale concatenation must not be used
+    new = {k: torch.randn_like(v.float()).to(v.dtype) for k, v in net.state_dict().items()}
+    net.load_state_dict(new, assign=True)
+    ref = _net(torch.bfloat16)
+    ref.fuse_projections = False
+    ref.load_state_dict(new, assign=True)
+    with torch.no_grad():
+        assert torch.equal(net(x, t, cond), ref(x, t, cond))
+
+
+def test_gradients_flow_through_the_separate_projections():
+    net = _net(torch.bfloat16)
+    x, t, cond = _inputs(torch.bfloat16)
+    with torch.no_grad():
+        net(x, t, cond)  # fused now
+    net.train()
+    net(x, t, cond).float().sum().backward()
+    for layer in net.layers:
+        for lin in (layer.self_attn.q_proj, layer.self_attn.v_proj, layer.mlp.up_proj):
+            assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
