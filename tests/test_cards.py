@@ -104,6 +104,8 @@ def test_failed_download_names_the_fix(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # CI runs offline; the network is faked here
+        monkeypatch.delenv(var, raising=False)
     store = ModelStore(None, offline=False)
     card = get_card("metis-vc-lora16")
     with pytest.raises(MissingModelError) as err:

@@ -72,11 +72,18 @@ def test_missing_zh_resources_name_the_download_command(tmp_path: Path) -> None:
         res.zh_frontend_dir(tmp_path)
 
 
+def _online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI runs with HF_HUB_OFFLINE=1; these tests fake the network, so downloads must be on."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+
+
 def test_fetch_zh_offline_is_a_one_line_text_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def offline(*args: object, **kwargs: object) -> None:
         raise OSError("network unreachable")
 
     monkeypatch.setattr(res.urllib.request, "urlopen", offline)
+    _online(monkeypatch)
     with pytest.raises(TextError) as info:
         res.fetch_zh_frontend(tmp_path / "zh")
     assert "\n" not in str(info.value)
@@ -95,6 +102,7 @@ def test_fetch_zh_rejects_wrong_content(tmp_path: Path, monkeypatch: pytest.Monk
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     monkeypatch.setattr(res, "_pypi_sdist_url", lambda name, version: "unused")
+    _online(monkeypatch)
     monkeypatch.setattr(res, "_download", lambda url, target: target.write_bytes(archive.read_bytes()))
     with pytest.raises(TextError, match="blob id"):
         res.fetch_zh_frontend(tmp_path / "zh")
