@@ -253,6 +253,13 @@ class EngineOptions:
     bf16_cache: bool = opt(True, None, "bf16: cache converted weights on disk.")
     # CUDA fp32: allow TF32 matmuls/convolutions (off by default: closer to the reference)
     allow_tf32: bool = opt(False, None, "CUDA fp32: allow TF32 (fast, less exact).")
+    # L2S: a MediaPipe Tasks face-detector model file (None: $METIS_FACE_MODEL or the downloaded ones)
+    face_model: Path | None = opt(
+        None, "--face-model",
+        "Face-detector model file (.tflite) for the MediaPipe Tasks API (default: the models of "
+        "`metis download face-detector`; also METIS_FACE_MODEL).",
+        tasks=("l2s",),
+    )  # fmt: skip
     # L2S: the Auto-AVSR visual encoder model.pth (model.json beside it)
     visual_checkpoint: Path | None = opt(
         None, "--visual-checkpoint",

@@ -9,7 +9,6 @@ progress, warnings and the summary go to stderr. Exit codes: docs/CLI.md.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -118,8 +117,6 @@ def _l2s(values: dict[str, Any]) -> None:
         fail_usage("give video files or --manifest, not both")
     if values["landmarks"] is not None and len(values["videos"] or ()) > 1:
         fail_usage("--landmarks describes one video; use a --manifest with a landmarks field per video")
-    if values["face_model"] is not None:  # read by metis_cli.video.detect_landmarks
-        os.environ["METIS_FACE_MODEL"] = str(values["face_model"])
     fixed = {"prompt": values["prompt"], "landmarks": values["landmarks"]}
     _run("l2s", values, tuple(values["videos"] or ()), fixed=fixed)
 
@@ -226,16 +223,6 @@ def register(app: typer.Typer) -> None:
                 "--landmarks",
                 help="Face keypoints .npy (frames, 4, 2): right eye, left eye, nose tip, mouth centre in "
                 "pixels, NaN rows for frames without a face (instead of the MediaPipe detector; one video).",
-            ),
-        ),
-        param(
-            "face_model",
-            Path | None,
-            typer.Option(
-                None,
-                "--face-model",
-                help="Face-detector model file (.tflite) for the MediaPipe Tasks API (default: the models "
-                "of `metis download face-detector`; also METIS_FACE_MODEL).",
             ),
         ),
         *_common("l2s"),

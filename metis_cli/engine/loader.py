@@ -318,7 +318,7 @@ class ModelLoader:
         from ..video import load_mouth_rois, visual_features
 
         encoder = self.component("visual")
-        rois = load_mouth_rois(path, landmarks=landmarks)
+        rois = load_mouth_rois(path, landmarks=landmarks, face_model=self.options.face_model)
         return visual_features(encoder, rois)
 
 
