@@ -451,7 +451,7 @@ def _fraction(r: dict, stage: str, rates: dict[str, float]) -> float | None:
 
 
 def table(
-    results: list[dict], agree: dict | None, rates: dict[str, float] | None = None, m: int = 600
+    results: list[dict], agree: dict | None, rates: dict[str, float] | None = None, rows: int = 600
 ) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -496,7 +496,7 @@ def table(
     Console().print(tab)
     if rates:
         Console().print(
-            f"matmul microbenchmark (this invocation, backbone shapes, {m} rows): "
+            f"matmul microbenchmark (this invocation, backbone shapes, {rows} rows): "
             + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items())
         )
     if agree:
