@@ -81,10 +81,18 @@ def key_padding_bias(keep: Tensor, dtype: torch.dtype = torch.float32) -> Tensor
     return bias[:, None, None, :]
 
 
-def fuse_linears(linears: tuple[nn.Linear, ...]) -> Tensor:
+def _plain(linears: tuple[nn.Module, ...]) -> bool:
+    """Bias-free `nn.Linear`s only (not e.g. a wrapped, unmerged LoRA linear)."""
+    return all(type(lin) is nn.Linear and lin.bias is None for lin in linears)
+
+
+def fuse_linears(linears: tuple[nn.Linear, ...]) -> Tensor | None:
     """Concatenate bias-free linears' weights (rows) into one tensor, once, and make each
     linear's weight a view of its rows: same values, same state_dict, no second copy (the
-    original tensors, e.g. memory-mapped file pages, are released). Returns the concatenation."""
+    original tensors, e.g. memory-mapped file pages, are released). Returns the concatenation,
+    or None (nothing changed) unless every module is a plain bias-free `nn.Linear`."""
+    if not _plain(linears):
+        return None
     with torch.inference_mode(False), torch.no_grad():
         cat = torch.cat([lin.weight.detach() for lin in linears])  # (sum of out, in)
         start = 0
@@ -100,8 +108,8 @@ def fused_weight(owner: nn.Module, attr: str, linears: tuple[nn.Linear, ...]) ->
     linears' weights (each one a view of its rows) and no gradient is being recorded; else None
     (the separate linears run: after a reload, `.to()`, or in training)."""
     cat = owner.__dict__.get(attr)
-    if cat is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return None  # (compiled graphs, e.g. --cuda-graphs, keep the separate linears)
+    if cat is None or torch.is_grad_enabled() or torch.compiler.is_compiling() or not _plain(linears):
+        return None  # (compiled graphs, e.g. --cuda-graphs, and wrapped linears keep the separate ones)
     ptr, step = cat.data_ptr(), cat.element_size() * cat.shape[1]
     for lin in linears:
         w = lin.weight

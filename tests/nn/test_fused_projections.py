@@ -93,3 +93,27 @@ def test_gradients_flow_through_the_separate_projections():
     for layer in net.layers:
         for lin in (layer.self_attn.q_proj, layer.self_attn.v_proj, layer.mlp.up_proj):
             assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
+
+
+def test_wrapped_linears_are_never_fused():
+    from metis_cli.lora import LoraLinear
+
+    net = _net(torch.bfloat16)
+    x, t, cond = _inputs(torch.bfloat16)
+    with torch.no_grad():
+        net(x, t, cond)  # fused
+    ref = copy.deepcopy(net)
+    ref.fuse_projections = False
+    for model in (net, ref):  # an unmerged LoRA pair on q_proj of layer 0 (as in training)
+        attn = model.layers[0].self_attn
+        g = torch.Generator().manual_seed(2)
+        a = torch.randn(4, 64, generator=g).to(torch.bfloat16)
+        b = torch.randn(64, 4, generator=g).to(torch.bfloat16)
+        attn.q_proj = LoraLinear(attn.q_proj, a, b, 0.5)
+    with torch.no_grad():
+        assert torch.equal(net(x, t, cond), ref(x, t, cond))  # the LoRA delta is not skipped
+    fresh = _net(torch.bfloat16)
+    fresh.layers[0].self_attn.q_proj = LoraLinear(fresh.layers[0].self_attn.q_proj, a, b, 0.5)
+    with torch.no_grad():
+        fresh(x, t, cond)
+    assert "_qkv" not in fresh.layers[0].self_attn.__dict__ or fresh.layers[0].self_attn._qkv is None
