@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "dtype": args.dtype,
         "attention": args.attention,
-        "fused_projections": not args.no_fuse and args.dtype != "float32",
+        "fused_projections": args.fuse,
         "frames": args.frames,
         "threads": torch.get_num_threads(),
         "load_s": load_s,
@@ -226,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     for name in args.models:
         model = models[name]
-        if args.no_fuse:
-            model.diff_estimator.fuse_projections = False
+        if args.fuse:
+            model.diff_estimator.fuse()
         one_pass, one_step, x = make_step(name, model, args.frames)
         fa = faults()
         cold = timed(one_pass, 1)[0]

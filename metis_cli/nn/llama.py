@@ -20,10 +20,9 @@ activations' dtype, upcast to float32 only for bf16 / fp16 weights (`numerics.co
 a `.double()` model is a true float64 evaluation. In fp16, eager attention scales q before the
 q k^T product so the unscaled scores cannot overflow fp16's range.
 
-Fast modes (bf16 / fp16) concatenate each layer's q/k/v and gate/up weights once, at the first
-pass without gradients, and run one GEMM for each group (`fuse_linears`; the separate
-parameters become views of the concatenation, so the state_dict and the memory stay the same).
-float32 and float64 always run the separate products.
+`_DiffLlamaBase.fuse()` (opt-in, bf16 / fp16 only) concatenates each layer's q/k/v and gate/up
+weights once and runs one GEMM per group (`fuse_linears`; the separate parameters become views of
+the concatenation, so the state_dict stays the same). Measured: no faster on the CPU, so off.
 """
 
 from __future__ import annotations
@@ -229,16 +228,19 @@ class _DiffLlamaBase(nn.Module):
         if cond_mlp:
             self.cond_mlp = mlp(H, MLP_RATIO * H, H)
         self.attn_impl = attn_impl  # "eager" (reference) or "sdpa" (fast mode); may be changed later
-        # fused q/k/v and gate/up weights: None = automatic (bf16 / fp16 fuse at their first
-        # pass; float32 / float64, the reference and the exact evaluation, never do), True = fused
-        self.fuse_projections: bool | None = None
+        # fused q/k/v and gate/up weights (opt-in, `fuse()`; measured no faster, see fuse())
+        self.fuse_projections = False
         self.passes = 0  # forward passes run (benchmark counter)
         self.rows = 0  # sequences processed (batch rows summed over passes)
 
     def fuse(self) -> None:
-        """Concatenate every layer's q/k/v and gate/up weights once (`fuse_linears`); the fused
-        GEMMs then run whenever no gradient is recorded. A fast-mode layout: the reference
-        (float32) keeps the official separate products."""
+        """Opt-in, for reduced precision only: concatenate every layer's q/k/v and gate/up
+        weights once (`fuse_linears`); the fused GEMMs then run whenever no gradient is recorded.
+        In bf16 on the CPU they are bit-identical to the separate GEMMs but were not faster at
+        full size (docs/PERFORMANCE.md, issue 18) and hold ~70 % of the backbone's weights a
+        second time in private memory, so nothing calls this by default. float32 never fuses."""
+        if not all(p.dtype in REDUCED_PRECISION for p in self.layers.parameters()):
+            raise ValueError("fused projections are a reduced-precision (bf16 / fp16) fast mode")
         for layer in self.layers:
             layer.self_attn.fuse()
             layer.mlp.fuse()
@@ -258,13 +260,6 @@ class _DiffLlamaBase(nn.Module):
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
         self.passes += 1
         self.rows += h.shape[0]
-        if (
-            self.fuse_projections is None
-            and h.dtype in REDUCED_PRECISION
-            and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling()
-        ):
-            self.fuse()  # fast modes: fused q/k/v and gate/up GEMMs from the first pass on
         c = self.time_embedding(t, h.dtype)  # (B, H)
         hd = self.hidden_size // self.num_heads
         cdt = compute_dtype(h.dtype)

@@ -1,14 +1,14 @@
-"""Fused q/k/v and gate/up weights of the DiffLlama backbones (fast modes only).
+"""Fused q/k/v and gate/up weights of the DiffLlama backbones (opt-in, bf16 / fp16 only).
 
-bf16 / fp16 backbones concatenate each layer's q/k/v and gate/up weights once, at their first
-pass without gradients; the separate parameters become views of the concatenation. float32
-(the reference) and float64 never fuse.
+`fuse()` concatenates each layer's q/k/v and gate/up weights once; the separate parameters
+become views of the concatenation. Nothing fuses by default, and float32 / float64 refuse.
 """
 
 from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from metis_cli.nn.llama import DiffLlama, DiffLlamaPrefix
@@ -36,12 +36,12 @@ def _state(net) -> dict[str, torch.Tensor]:
 
 def test_bf16_fuses_and_is_bit_identical_to_separate_projections():
     net = _net(torch.bfloat16)
-    ref = copy.deepcopy(net)
-    ref.fuse_projections = False  # never fuse: the separate GEMMs
+    ref = copy.deepcopy(net)  # the separate GEMMs
     before = _state(net)
     x, t, cond = _inputs(torch.bfloat16)
     with torch.inference_mode():
         want = ref(x, t, cond)
+        net.fuse()
         got = net(x, t, cond)
     assert net.fuse_projections is True and ref.fuse_projections is False
     attn, mlp = net.layers[0].self_attn, net.layers[0].mlp
@@ -58,26 +58,29 @@ def test_bf16_fuses_and_is_bit_identical_to_separate_projections():
         assert torch.equal(net(x, t, cond, keep), ref(x, t, cond, keep))
 
 
-def test_float32_and_float64_never_fuse():
-    for dtype in (torch.float32, torch.float64):
+def test_nothing_fuses_by_default_and_float32_float64_refuse():
+    for dtype in (torch.bfloat16, torch.float32, torch.float64):
         net = _net(dtype, prefix=True)
         x, t, _ = _inputs(dtype)
         with torch.inference_mode():
             net(x, t)
-        assert net.fuse_projections is None
+        assert net.fuse_projections is False
         assert "_qkv" not in net.layers[0].self_attn.__dict__
+        if dtype != torch.bfloat16:
+            with pytest.raises(ValueError, match="reduced-precision"):
+                net.fuse()
 
 
 def test_fused_weights_are_dropped_when_the_parameters_change():
     net = _net(torch.bfloat16)
     x, t, cond = _inputs(torch.bfloat16)
+    net.fuse()
     with torch.no_grad():
         net(x, t, cond)
     # a reload replaces the parameters: the stale concatenation must not be used
     new = {k: torch.randn_like(v.float()).to(v.dtype) for k, v in net.state_dict().items()}
     net.load_state_dict(new, assign=True)
     ref = _net(torch.bfloat16)
-    ref.fuse_projections = False
     ref.load_state_dict(new, assign=True)
     with torch.no_grad():
         assert torch.equal(net(x, t, cond), ref(x, t, cond))
@@ -86,8 +89,7 @@ def test_fused_weights_are_dropped_when_the_parameters_change():
 def test_gradients_flow_through_the_separate_projections():
     net = _net(torch.bfloat16)
     x, t, cond = _inputs(torch.bfloat16)
-    with torch.no_grad():
-        net(x, t, cond)  # fused now
+    net.fuse()
     net.train()
     net(x, t, cond).float().sum().backward()
     for layer in net.layers:
@@ -100,10 +102,8 @@ def test_wrapped_linears_are_never_fused():
 
     net = _net(torch.bfloat16)
     x, t, cond = _inputs(torch.bfloat16)
-    with torch.no_grad():
-        net(x, t, cond)  # fused
     ref = copy.deepcopy(net)
-    ref.fuse_projections = False
+    net.fuse()
     for model in (net, ref):  # an unmerged LoRA pair on q_proj of layer 0 (as in training)
         attn = model.layers[0].self_attn
         g = torch.Generator().manual_seed(2)
@@ -114,6 +114,5 @@ def test_wrapped_linears_are_never_fused():
         assert torch.equal(net(x, t, cond), ref(x, t, cond))  # the LoRA delta is not skipped
     fresh = _net(torch.bfloat16)
     fresh.layers[0].self_attn.q_proj = LoraLinear(fresh.layers[0].self_attn.q_proj, a, b, 0.5)
-    with torch.no_grad():
-        fresh(x, t, cond)
+    fresh.fuse()
     assert "_qkv" not in fresh.layers[0].self_attn.__dict__ or fresh.layers[0].self_attn._qkv is None
