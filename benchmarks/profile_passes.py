@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=25, help="rows of each profile table")
     p.add_argument("--models", nargs="*", default=["stage1", "s2a_1layer", "s2a_full"])
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
-    p.add_argument("--no-fuse", action="store_true", help="bf16: keep separate q/k/v and gate/up GEMMs (A/B)")
+    p.add_argument("--fuse", action="store_true", help="bf16: fused q/k/v and gate/up GEMMs (opt-in; A/B)")
     p.add_argument("--out", type=Path, help="write tables and summary.json here")
     args = p.parse_args(argv)
     if args.threads:
