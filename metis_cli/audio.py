@@ -129,7 +129,7 @@ def _check_file(path: Path) -> None:
         raise AudioError(f"{path}: not a regular file")
 
 
-def _pcm_to_float32(x: np.ndarray, name: str) -> np.ndarray:
+def pcm_to_float32(x: np.ndarray, name: str) -> np.ndarray:
     """Samples of any common dtype as float32, scaled like libsndfile's PCM reads."""
     if x.dtype == np.float32:
         return x
@@ -160,7 +160,7 @@ def _array_frames(a: AudioArray) -> np.ndarray:
         raise AudioError(
             f"{name}: expected samples of shape (N,) or (N, channels), got {tuple(np.shape(a.samples))}"
         )
-    return _pcm_to_float32(x, name)
+    return pcm_to_float32(x, name)
 
 
 def _av_to_float32(frame, name: str) -> np.ndarray:
@@ -171,7 +171,7 @@ def _av_to_float32(frame, name: str) -> np.ndarray:
         data = arr.T  # (C, n) -> (n, C)
     else:
         data = arr.reshape(-1, channels)  # (1, n*C) interleaved -> (n, C)
-    return _pcm_to_float32(np.ascontiguousarray(data), name)
+    return pcm_to_float32(np.ascontiguousarray(data), name)
 
 
 class _AvDecoder:

@@ -15,7 +15,7 @@ import re
 import numpy as np
 import soundfile as sf
 
-from ..audio import AudioArray, writable_formats
+from ..audio import AudioArray, pcm_to_float32, writable_formats
 from ..constants import CODEC_SAMPLE_RATE
 from ..errors import AudioError
 
@@ -64,20 +64,6 @@ def _first_line(exc: BaseException) -> str:
     return re.sub(r"^Error opening <[^>]*>: ", "", text)  # soundfile names the BytesIO object
 
 
-def _pcm_float32(arr: np.ndarray) -> np.ndarray:
-    if arr.dtype == np.float32:
-        return arr
-    if np.issubdtype(arr.dtype, np.floating):
-        return arr.astype(np.float32)
-    if arr.dtype == np.int16:
-        return arr.astype(np.float32) / np.float32(32768.0)
-    if arr.dtype == np.int32:
-        return (arr.astype(np.float64) / 2147483648.0).astype(np.float32)
-    if arr.dtype == np.uint8:
-        return (arr.astype(np.float32) - np.float32(128.0)) / np.float32(128.0)
-    raise AudioError(f"unsupported sample type {arr.dtype}")
-
-
 def _decode_av(data: bytes, name: str, sf_reason: str) -> AudioArray:
     try:
         import av
@@ -102,7 +88,7 @@ def _decode_av(data: bytes, name: str, sf_reason: str) -> AudioArray:
                 block = arr.T
             else:
                 block = arr.reshape(-1, frame.layout.nb_channels)
-            blocks.append(_pcm_float32(np.ascontiguousarray(block)))
+            blocks.append(pcm_to_float32(np.ascontiguousarray(block), name))
     except AudioError:
         raise
     except Exception as exc:  # noqa: BLE001 - corrupt data mid-stream
