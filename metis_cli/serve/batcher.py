@@ -268,9 +268,11 @@ class Batcher:
         try:
             with self.device_lock:
                 results = self.pipeline.engine.run([w.job for w in live], live[0].decoding, write=False)
-                for w, res in zip(live, results, strict=False):
+                for w, res in zip(live, results, strict=False):  # results is lazy: resolve each as it comes
                     done += 1
                     w.resolve(res)
+                if done < len(live):  # never leave a request waiting on a result that will not come
+                    raise RuntimeError(f"the engine returned {done} results for {len(live)} jobs")
         except Exception as exc:  # noqa: BLE001 - a model error ends this batch, not the service
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             log.error("%s: batch failed: %s", self.task, text)
