@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from metis_cli.errors import (
     AudioError,
     CheckpointError,
     InputError,
@@ -27,20 +27,20 @@ from .errors import (
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import Pipeline
-    from .audio import AudioArray
+    from metis_cli.api import Pipeline
+    from metis_cli.audio import AudioArray
 
 
 def load(task: str, model: str | None = None, **kwargs: Any) -> Pipeline:
     """Build a pipeline for a task; see `metis_cli.api.load` (imported lazily: torch is heavy)."""
-    from .api import load as _load
+    from metis_cli.api import load as _load
 
     return _load(task, model, **kwargs)
 
 
 def __getattr__(name: str) -> Any:
     if name == "AudioArray":  # numpy + soundfile: imported on first use
-        from .audio import AudioArray
+        from metis_cli.audio import AudioArray
 
         return AudioArray
     raise AttributeError(f"module 'metis_cli' has no attribute {name!r}")

@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from . import jobs as J
-from . import options as O
-from .cards import ModelStore
-from .constants import CODEC_SAMPLE_RATE
-from .engine import Decoding, Engine, JobResult
-from .errors import InputError, MetisError, UsageError
-from .tasks import Job
+from metis_cli import jobs as J
+from metis_cli import options as O
+from metis_cli.cards import ModelStore
+from metis_cli.constants import CODEC_SAMPLE_RATE
+from metis_cli.engine import Decoding, Engine, JobResult
+from metis_cli.errors import InputError, MetisError, UsageError
+from metis_cli.tasks import Job
 
 random_seed = J.random_seed
 TEXT_IN_REPORT = 80  # characters of a TTS text shown in its report

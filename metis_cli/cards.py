@@ -20,8 +20,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import check_keys, read_header
-from .errors import CheckpointError, InputError, MissingModelError
+from metis_cli.checkpoint import check_keys, read_header
+from metis_cli.errors import CheckpointError, InputError, MissingModelError
 
 log = logging.getLogger(__name__)
 

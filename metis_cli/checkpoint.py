@@ -15,7 +15,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from metis_cli.errors import CheckpointError
 
 M = TypeVar("M", bound=nn.Module)
 

@@ -22,7 +22,7 @@ import platform
 
 import torch
 
-from .errors import InputError
+from metis_cli.errors import InputError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MPS_MIN_MACOS = (14, 0)

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import options as O
-from .errors import InputError, MetisError, TextError, UsageError
-from .tasks import TASKS, Job
+from metis_cli import options as O
+from metis_cli.errors import InputError, MetisError, TextError, UsageError
+from metis_cli.tasks import TASKS, Job
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ def make_job(
 
 
 def _as_input(p: Any) -> Any:
-    from .audio import AudioArray
+    from metis_cli.audio import AudioArray
 
     return p if isinstance(p, AudioArray) else Path(p)
 
@@ -401,7 +401,7 @@ def output_problem(job: Job, existing: str) -> Rejected | None:
     if any(isinstance(p, Path) and out == _key(p) for p in job.inputs.values()):
         return reject(f"{job.output}: output would overwrite an input file")
     try:
-        from .audio import output_format
+        from metis_cli.audio import output_format
 
         output_format(job.output)
     except ImportError:  # pragma: no cover - older audio module
@@ -590,7 +590,7 @@ def _one(req: Request, inputs: dict[str, Any], out: Path) -> Job | Rejected:
 
 def _check_format(out: Path) -> None:
     """`-o FILE.ext` whose format cannot be written: a usage error before anything runs."""
-    from .audio import output_format
+    from metis_cli.audio import output_format
 
     try:
         output_format(out)

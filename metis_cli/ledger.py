@@ -44,10 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import jobs as J
-from .constants import CODEC_SAMPLE_RATE
-from .errors import UsageError
-from .shard import Buckets, Shard, bucket, resolve_shard, select, torchrun_barrier
+from metis_cli import jobs as J
+from metis_cli.constants import CODEC_SAMPLE_RATE
+from metis_cli.errors import UsageError
+from metis_cli.shard import Buckets, Shard, bucket, resolve_shard, select, torchrun_barrier
 
 LEDGER_TAG = "metis-results"
 LEDGER_VERSION = 1
@@ -374,7 +374,7 @@ class Session:
         message: Callable[[str], None],
         shard_env: Mapping[str, str] | None = None,
     ) -> Session:
-        from . import options as O
+        from metis_cli import options as O
 
         ctl = groups.get(O.RunControl) or O.RunControl()
         batch_size = groups[O.EngineOptions].batch_size if O.EngineOptions in groups else 1

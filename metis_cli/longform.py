@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from .audio import resample, resampled_length
-from .constants import CODEC_SAMPLE_RATE, FRAME_RATE, HOP_SAMPLES, SSL_SAMPLE_RATE
-from .errors import AudioError, InputError
-from .options import LongformOptions  # noqa: F401  (re-exported: it used to live here)
+from metis_cli.audio import resample, resampled_length
+from metis_cli.constants import CODEC_SAMPLE_RATE, FRAME_RATE, HOP_SAMPLES, SSL_SAMPLE_RATE
+from metis_cli.errors import AudioError, InputError
+from metis_cli.options import LongformOptions  # noqa: F401  (re-exported: it used to live here)
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class BlockReader:
     """
 
     def __init__(self, path: Any) -> None:
-        from .audio import open_blocks
+        from metis_cli.audio import open_blocks
 
         self.path = path  # a file path or an `audio.AudioArray`
         self._src = open_blocks(path)  # AudioError naming the source if unreadable

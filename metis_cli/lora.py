@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import build_on_meta, check_keys, load_state
-from .errors import CheckpointError
-from .nn.stage1 import MetisStage1, Stage1Config
+from metis_cli.checkpoint import build_on_meta, check_keys, load_state
+from metis_cli.errors import CheckpointError
+from metis_cli.nn.stage1 import MetisStage1, Stage1Config
 
 # the 7 peft target modules of every layer (module-name suffixes of the official LoraConfig)
 LORA_TARGETS = (

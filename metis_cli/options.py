@@ -23,7 +23,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from metis_cli.errors import UsageError
 
 ALL_TASKS = ("tts", "vc", "tse", "se", "l2s")
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
@@ -299,7 +299,7 @@ class LongformOptions:
 
     def validate(self) -> LongformOptions:
         """Ranges that depend on each other (chunk, overlap, context); UsageError naming the flag."""
-        from .longform import TRAIN_MAX_SECONDS, TRAIN_MIN_SECONDS
+        from metis_cli.longform import TRAIN_MAX_SECONDS, TRAIN_MIN_SECONDS
 
         for name in ("chunk_seconds", "overlap_seconds", "context_seconds", "search_seconds"):
             _num("--" + name.replace("_", "-"), getattr(self, name), float)

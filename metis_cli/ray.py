@@ -37,9 +37,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import jobs as J
-from .ledger import item_key
-from .tasks import Job
+from metis_cli import jobs as J
+from metis_cli.ledger import item_key
+from metis_cli.tasks import Job
 
 TASK_NAMES = {"enhance": "se", "se": "se", "tse": "tse", "vc": "vc", "tts": "tts", "l2s": "l2s"}
 
@@ -148,7 +148,7 @@ def _task(name: str) -> str:
     try:
         return TASK_NAMES[name]
     except KeyError:
-        from .errors import UsageError
+        from metis_cli.errors import UsageError
 
         raise UsageError(f"unknown task '{name}' (known: {', '.join(TASK_NAMES)})") from None
 
@@ -174,7 +174,7 @@ class TaskActor:
     task: str = ""
 
     def __init__(self, **options: Any) -> None:
-        from .api import load
+        from metis_cli.api import load
 
         self.options = dict(options)
         self.pipe = load(self.task, **self.options)  # validates now; weights load on first use

@@ -42,8 +42,8 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor
 
-from .constants import GUMBEL_EPS, MIN_TEMPERATURE, SINGLE_STEP_TEMPERATURE
-from .errors import InputError, NonFiniteError
+from metis_cli.constants import GUMBEL_EPS, MIN_TEMPERATURE, SINGLE_STEP_TEMPERATURE
+from metis_cli.errors import InputError, NonFiniteError
 
 log = logging.getLogger(__name__)
 

@@ -36,9 +36,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UsageError
-from .jobs import Job, Plan, Rejected
-from .tasks import TASKS
+from metis_cli.errors import UsageError
+from metis_cli.jobs import Job, Plan, Rejected
+from metis_cli.tasks import TASKS
 
 BUCKET_WINDOW = 32  # length buckets: jobs are sorted within windows of this many batches
 
@@ -243,7 +243,7 @@ def job_seconds(job: Job) -> float | None:
     its audio inputs (the prompt is part of the sequence for TSE/VC); TTS adds its target
     length (`duration`, else the prompt's seconds per character times the text's characters).
     None when unknown (L2S videos, unreadable inputs)."""
-    from .audio import probe
+    from metis_cli.audio import probe
 
     spec = TASKS[job.task]
     if spec.needs_visual:
@@ -351,7 +351,7 @@ def bucket(
 
 def prepare(plan: Plan, groups: Mapping[type, Any], message: Callable[[str], None] | None = None) -> Any:
     """Shard, resume, bucket and open the ledger for a CLI run (see `ledger.Session`)."""
-    from .ledger import Session
+    from metis_cli.ledger import Session
 
     return Session.start(plan, groups, message or (lambda text: None))
 

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import audio
-from .constants import CODEC_MIN_SAMPLES, CODEC_SAMPLE_RATE, NUM_ACOUSTIC_CODEBOOKS, SSL_SAMPLE_RATE
-from .errors import AudioError, MissingModelError
+from metis_cli import audio
+from metis_cli.constants import CODEC_MIN_SAMPLES, CODEC_SAMPLE_RATE, NUM_ACOUSTIC_CODEBOOKS, SSL_SAMPLE_RATE
+from metis_cli.errors import AudioError, MissingModelError
 
 
 class Tokenizers:
@@ -64,7 +64,7 @@ class Tokenizers:
     @torch.inference_mode()
     def acoustic_codes(self, wav24: np.ndarray, what: str = "input") -> torch.Tensor:
         """(T, 12) int64 acoustic codes of a 24 kHz waveform."""
-        from .nn.acoustic_codec import wav_to_codes
+        from metis_cli.nn.acoustic_codec import wav_to_codes
 
         if len(wav24) < CODEC_MIN_SAMPLES:
             raise AudioError(
@@ -79,7 +79,7 @@ class Tokenizers:
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> np.ndarray:
         """(T, 12) acoustic codes → (T*480,) float32 waveform at 24 kHz."""
-        from .nn.acoustic_codec import codes_to_wav
+        from metis_cli.nn.acoustic_codec import codes_to_wav
 
         dec = self._get("acoustic_decoder")
         p = next(dec.parameters())

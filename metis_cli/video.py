@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .constants import VIDEO_FPS
-from .errors import MissingModelError, VideoError
+from metis_cli.constants import VIDEO_FPS
+from metis_cli.errors import MissingModelError, VideoError
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ def fetch_face_detector(dest: Path | None = None, offline: bool | None = None) -
     except MissingModelError:
         pass
     if offline is None:
-        from .cards import env_offline
+        from metis_cli.cards import env_offline
 
         offline = env_offline()
     if offline:

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import build_on_meta, check_keys, load_state
-from .errors import CheckpointError, MissingModelError
-from .nn.visual import VisualEncoder, VisualEncoderConfig, tiny_config
+from metis_cli.checkpoint import build_on_meta, check_keys, load_state
+from metis_cli.errors import CheckpointError, MissingModelError
+from metis_cli.nn.visual import VisualEncoder, VisualEncoderConfig, tiny_config
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from .. import __version__
+from metis_cli import __version__
 
 # Typer's click exceptions (recent Typer releases vendor click: take the classes from Typer itself)
 _EXC = sys.modules[typer.BadParameter.__module__]
@@ -83,19 +83,19 @@ def _root(
         False, "--verbose", "-v", help="Debug logging on stderr (tracebacks of failed jobs)."
     ),
 ) -> None:
-    from .logs import configure
+    from metis_cli.cli.logs import configure
 
     configure(verbose=verbose)
 
 
 def _register() -> None:
-    from . import g2p, models, serve, tasks, train
+    from metis_cli.cli import g2p, models, serve, tasks, train
 
     tasks.register(app)
     models.register(app)
     g2p.register(app)
     train.register(app)
-    from . import ray_cmd, results  # sharded runs: metis results, metis ray
+    from metis_cli.cli import ray_cmd, results  # sharded runs: metis results, metis ray
 
     results.register(app)
     ray_cmd.register(app)

@@ -63,7 +63,7 @@ def g2p_command(
             else:
                 _out(f"{result['lang']}\t{result['phones']}\t{' '.join(map(str, result['ids']))}")
     except BrokenPipeError:  # the reader closed stdout (`| head -1`): stop quietly, like SIGPIPE
-        from .report import EXIT_SIGPIPE, _silence_stdout
+        from metis_cli.cli.report import EXIT_SIGPIPE, _silence_stdout
 
         _silence_stdout()
         raise typer.Exit(EXIT_SIGPIPE) from None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import MetisError
+from metis_cli.errors import MetisError
 
 # Front-end resources that `metis download` fetches besides the model cards.
 FRONTENDS = ("zh-frontend", "ja-frontend", "face-detector")
@@ -43,7 +43,14 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="One JSON object per model on stdout."),
     ) -> None:
         """List the model cards, which of their files are present locally, and their sizes."""
-        from ..cards import DEFAULT_MODEL, OVERRIDES_FILE, ModelStore, card_names, file_status, get_card
+        from metis_cli.cards import (
+            DEFAULT_MODEL,
+            OVERRIDES_FILE,
+            ModelStore,
+            card_names,
+            file_status,
+            get_card,
+        )
 
         store = ModelStore(checkpoint_dir, offline=True)
         defaults = {v: k for k, v in DEFAULT_MODEL.items()}
@@ -111,7 +118,7 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     ) -> None:
         """Fetch model files into the Hugging Face cache (only the files the cards name)."""
-        from ..cards import DEFAULT_MODEL, ModelStore, get_card, quiet_hub
+        from metis_cli.cards import DEFAULT_MODEL, ModelStore, get_card, quiet_hub
 
         names = list(names or sorted(set(DEFAULT_MODEL.values())))
         for name in names:  # an unknown name is a usage error, before anything downloads
@@ -127,7 +134,7 @@ def register(app: typer.Typer) -> None:
         failed = False
         for name in [n for n in names if n in FRONTENDS]:
             try:
-                from .. import text, video
+                from metis_cli import text, video
 
                 fetch = {
                     "zh-frontend": text.fetch_zh_frontend,
@@ -155,8 +162,8 @@ def register(app: typer.Typer) -> None:
         """Print versions, devices, the espeak-ng library in use and where weights are looked for."""
         import torch
 
-        from .. import __version__
-        from ..cards import ModelStore
+        from metis_cli import __version__
+        from metis_cli.cards import ModelStore
 
         info: dict = {
             "metis": __version__,
@@ -172,7 +179,7 @@ def register(app: typer.Typer) -> None:
         except ImportError:
             info["transformers"] = None
         try:
-            from ..text import espeak_info
+            from metis_cli.text import espeak_info
 
             info["espeak"] = espeak_info()
         except MetisError as exc:

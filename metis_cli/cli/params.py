@@ -82,8 +82,8 @@ def command(body: Callable[[dict[str, Any]], None], params: list[inspect.Paramet
         raise ValueError(f"duplicate parameters: {sorted(n for n in names if names.count(n) > 1)}")
 
     def run(**values: Any) -> None:
-        from ..errors import UsageError
-        from .report import fail_usage
+        from metis_cli.cli.report import fail_usage
+        from metis_cli.errors import UsageError
 
         try:
             body(values)

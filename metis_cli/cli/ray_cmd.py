@@ -19,10 +19,9 @@ from typing import Any
 
 import typer
 
-from .. import options as O
-from ..errors import UsageError
-from .params import command, group_params, param
-from .report import (
+from metis_cli import options as O
+from metis_cli.cli.params import command, group_params, param
+from metis_cli.cli.report import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_SIGINT,
@@ -37,13 +36,14 @@ from .report import (
     fail_usage,
     signals,
 )
+from metis_cli.errors import UsageError
 
 TASKS_HELP = "enhance (se), tse, vc, tts or l2s."
 _OPTION_NAMES = {n for g in O.COMMAND_GROUPS for n in O.names(g)}
 
 
 def _body(values: dict[str, Any]) -> None:
-    from ..ray import TASK_NAMES
+    from metis_cli.ray import TASK_NAMES
 
     task = TASK_NAMES.get(values["task"])
     if task is None:
@@ -94,11 +94,11 @@ def _load_kw(groups: dict[type, Any]) -> dict[str, Any]:
 
 
 def _run(printer: Printer, task: str, values: dict[str, Any], groups: dict[type, Any]) -> int:
-    from .. import jobs as J
-    from ..api import load
-    from ..errors import InputError, MetisError
-    from ..ledger import Session
-    from ..ray import actor_class, plan_rows
+    from metis_cli import jobs as J
+    from metis_cli.api import load
+    from metis_cli.errors import InputError, MetisError
+    from metis_cli.ledger import Session
+    from metis_cli.ray import actor_class, plan_rows
 
     ctl: O.RunControl = groups[O.RunControl]
     eng: O.EngineOptions = groups[O.EngineOptions]

@@ -21,9 +21,9 @@ from typing import Any, NoReturn
 
 import typer
 
-from .. import jobs as J
-from .. import options as O
-from ..errors import InputError, MetisError, UsageError
+from metis_cli import jobs as J
+from metis_cli import options as O
+from metis_cli.errors import InputError, MetisError, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_SIGPIPE, EXIT_SIGINT, EXIT_SIGTERM = 141, 130, 143
@@ -112,8 +112,8 @@ class Printer:
 def _configure_quiet(quiet: bool) -> None:
     """stderr policy for a run: our logging, and huggingface_hub's warnings and progress bars.
     (--offline is the model store's business: it never calls the hub when offline.)"""
-    from ..cards import quiet_hub
-    from .logs import configure
+    from metis_cli.cards import quiet_hub
+    from metis_cli.cli.logs import configure
 
     configure(quiet)
     quiet_hub(quiet)
@@ -125,7 +125,7 @@ def _configure_quiet(quiet: bool) -> None:
 
 def run_guarded(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) -> None:
     """Load (lazily), plan, run and print; turns every outcome into its exit code."""
-    from .logs import restore_levels, saved_levels
+    from metis_cli.cli.logs import restore_levels, saved_levels
 
     levels = saved_levels()
     _configure_quiet(printer.quiet)
@@ -145,7 +145,7 @@ def run_guarded(printer: Printer, groups: dict[type, Any], request_kw: dict[str,
     except Terminated:
         code = EXIT_SIGTERM
     finally:
-        from ..audio import remove_temp_files
+        from metis_cli.audio import remove_temp_files
 
         remove_temp_files()
         restore_levels(levels)
@@ -174,12 +174,12 @@ def _silence_stdout() -> None:
 
 
 def _run(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) -> int:
-    from ..api import load
+    from metis_cli.api import load
 
     task = request_kw["task"]
     server = getattr(groups.get(O.ReportOptions), "server", None)
     if server:  # client mode: the jobs run on a running `metis serve` (metis_cli/serve/client.py)
-        from ..serve.client import run_remote
+        from metis_cli.serve.client import run_remote
 
         plan = J.plan(J.Request(**request_kw))
         for w in plan.warnings:
@@ -194,7 +194,7 @@ def _run(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) 
         **{k: getattr(groups[O.DecodingOptions], k) for k in O.names(O.DecodingOptions)},
     }
     load_kw["offline"] = load_kw["offline"] or None  # None: honour HF_HUB_OFFLINE
-    from ..shard import local_device, prepare  # sharded runs: cuda:LOCAL_RANK, shard, resume, ledger
+    from metis_cli.shard import local_device, prepare  # sharded runs: cuda:LOCAL_RANK, shard, resume, ledger
 
     load_kw["device"] = local_device(load_kw["device"])
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from .report import EXIT_FAILED, EXIT_OK, EXIT_USAGE, error_line
+from metis_cli.cli.report import EXIT_FAILED, EXIT_OK, EXIT_USAGE, error_line
 
 MAX_LISTED = 50  # failures/missing jobs listed one per line (the rest counted); --json lists all
 
@@ -27,8 +27,8 @@ def results(
     ),
 ) -> None:
     """Merge the results ledgers of a run: totals, failures and missing jobs (exit 1 if any)."""
-    from ..errors import UsageError
-    from ..ledger import summarize
+    from metis_cli.errors import UsageError
+    from metis_cli.ledger import summarize
 
     try:
         summary = summarize(files)

@@ -15,10 +15,10 @@ from typing import Any
 
 import typer
 
-from .. import options as O
-from ..errors import MetisError, UsageError
-from .params import command, group_params, param
-from .report import error_line
+from metis_cli import options as O
+from metis_cli.cli.params import command, group_params, param
+from metis_cli.cli.report import error_line
+from metis_cli.errors import MetisError, UsageError
 
 # engine options that the service sets itself: the batch size is --max-batch; l2s is not served
 _NOT_SHOWN = {"batch_size", "visual_checkpoint"}
@@ -29,11 +29,11 @@ def _serve(values: dict[str, Any]) -> None:
     try:
         import uvicorn
 
-        from ..serve.config import Limits, ServeConfig, is_loopback, parse_tasks
+        from metis_cli.serve.config import Limits, ServeConfig, is_loopback, parse_tasks
     except ImportError as exc:
         error_line(f"metis serve needs the serve extra: pip install 'metis-cli[serve]' ({exc.name} missing)")
         raise typer.Exit(2) from None
-    from .logs import configure
+    from metis_cli.cli.logs import configure
 
     option_values = {k: v for k, v in values.items() if k in {n for g in _GROUPS for n in O.names(g)}}
     O.split(option_values, _GROUPS)  # every engine/decoding option checked before anything loads
@@ -73,7 +73,7 @@ def _serve(values: dict[str, Any]) -> None:
 
     for name in ("metis.serve", "metis_cli.serve"):  # one line per request and per batch
         logging.getLogger(name).setLevel(logging.DEBUG if values["verbose"] else logging.INFO)
-    from ..serve.app import create_app
+    from metis_cli.serve.app import create_app
 
     server_box: list[Any] = []
     failed: list[str] = []

@@ -15,10 +15,10 @@ from typing import Any
 
 import typer
 
-from .. import options as O
-from ..errors import InputError, MetisError, UsageError
-from .params import command, group_params, param
-from .report import Printer, fail_usage, run_guarded, text_from
+from metis_cli import options as O
+from metis_cli.cli.params import command, group_params, param
+from metis_cli.cli.report import Printer, fail_usage, run_guarded, text_from
+from metis_cli.errors import InputError, MetisError, UsageError
 
 OUTPUT_HELP = {
     "se": "Output file (one input) or folder (default: next to each input, <stem>.enhanced.wav).",

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import typer
 
+from metis_cli.cli.params import command, group_params, param
 from metis_cli.errors import MetisError
-
-from .params import command, group_params, param
 
 
 def _options(**kw) -> object:
@@ -168,7 +167,7 @@ def _call(fn, **kw):
 
 def _shared() -> list:
     """The options finetune and pretrain share, generated from `metis_cli.options`."""
-    from .. import options as O
+    from metis_cli import options as O
 
     return [
         *group_params([O.TrainOptions]),
@@ -216,7 +215,7 @@ _OUT = param(
 
 
 def _train_options(values: dict) -> object:
-    from .. import options as O
+    from metis_cli import options as O
 
     return _options(**{k: values[k] for k in O.names(O.TrainOptions)})
 
@@ -256,7 +255,7 @@ def _pretrain(values: dict) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    from .. import options as O
+    from metis_cli import options as O
 
     finetune = [
         param("task", str, typer.Option(..., "--task", "-t", help="se, tse, vc, tts or l2s.")),

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..constants import SSL_NUM_LAYERS_OFFICIAL
-from ..tasks import Conditions, Job
-from .loader import ModelLoader, StageStats
+from metis_cli.constants import SSL_NUM_LAYERS_OFFICIAL
+from metis_cli.engine.loader import ModelLoader, StageStats
+from metis_cli.tasks import Conditions, Job
 
 
 class StageTimer:
@@ -56,7 +56,7 @@ class Decoding:
     def from_card(cls, card, task: str, **overrides) -> Decoding:  # noqa: ANN001
         from dataclasses import replace
 
-        from ..errors import InputError
+        from metis_cli.errors import InputError
 
         d = card.decoding_for(task)
         if not d:
@@ -98,7 +98,7 @@ class BatchGenerator:
         """The job's own generator, advanced past the official hidden SSL draws on CPU."""
         gen = torch.Generator(device=self.loader.device).manual_seed(job.seed)
         if self.loader.device.type == "cpu":
-            from ..ssl import official_hidden_draws
+            from metis_cli.ssl import official_hidden_draws
 
             for _ in range(conds.ssl_forwards):
                 official_hidden_draws(gen, SSL_NUM_LAYERS_OFFICIAL)
@@ -108,7 +108,7 @@ class BatchGenerator:
         self, ready: list[tuple[Job, Conditions]], decoding: Decoding
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Stage 1 + S2A: per item the generated semantic codes (L,) and acoustic codes (L_ac, 12)."""
-        from ..sampling import DecodeOptions, TorchNoise, metis_semantic_to_acoustic, stage1_generate
+        from metis_cli.sampling import DecodeOptions, TorchNoise, metis_semantic_to_acoustic, stage1_generate
 
         ld = self.loader
         noise = [TorchNoise(self.generator(job, c)) for job, c in ready]

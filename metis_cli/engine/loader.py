@@ -25,14 +25,14 @@ from typing import Any
 
 import torch
 
-from .. import checkpoint, weight_cache
-from ..cards import DEFAULT_MODEL, ModelCard, ModelStore, get_card
-from ..constants import SSL_LAYER
-from ..devices import DTYPES, apply_precision, resolve_device
-from ..errors import InputError, MissingModelError
-from ..options import EngineOptions
-from ..tasks import TASKS, TaskSpec
-from ..tokenizer import Tokenizers
+from metis_cli import checkpoint, weight_cache
+from metis_cli.cards import DEFAULT_MODEL, ModelCard, ModelStore, get_card
+from metis_cli.constants import SSL_LAYER
+from metis_cli.devices import DTYPES, apply_precision, resolve_device
+from metis_cli.errors import InputError, MissingModelError
+from metis_cli.options import EngineOptions
+from metis_cli.tasks import TASKS, TaskSpec
+from metis_cli.tokenizer import Tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class ModelLoader:
         return module.eval()
 
     def _load_ssl(self) -> Any:
-        from ..ssl import SSLFeatureExtractor
+        from metis_cli.ssl import SSLFeatureExtractor
 
         card = get_card("w2v-bert-2.0")
         model_dir = self._file("w2v-bert-2.0", "weights").parent
@@ -207,26 +207,26 @@ class ModelLoader:
         )
 
     def _load_semantic_codec(self) -> Any:
-        from ..nn.semantic_codec import SemanticCodec, SemanticCodecConfig
+        from metis_cli.nn.semantic_codec import SemanticCodec, SemanticCodecConfig
 
         cfg = SemanticCodecConfig.from_dict(self.store.config(get_card("maskgct-codecs"))["semantic_codec"])
         module = checkpoint.build_on_meta(lambda: SemanticCodec(cfg))
         return self._load_module(module, self._file("maskgct-codecs", "semantic_codec"))
 
     def _codec_cfg(self) -> Any:
-        from ..nn.acoustic_codec import AcousticCodecConfig
+        from metis_cli.nn.acoustic_codec import AcousticCodecConfig
 
         return AcousticCodecConfig.from_dict(self.store.config(get_card("maskgct-codecs"))["acoustic_codec"])
 
     def _load_acoustic_encoder(self) -> Any:
-        from ..nn.acoustic_codec import CodecEncoder
+        from metis_cli.nn.acoustic_codec import CodecEncoder
 
         cfg = self._codec_cfg()
         module = checkpoint.build_on_meta(lambda: CodecEncoder(cfg.encoder))
         return self._load_module(module, self._file("maskgct-codecs", "acoustic_encoder"))
 
     def _load_acoustic_decoder(self) -> Any:
-        from ..nn.acoustic_codec import CodecDecoder, check_istft_window
+        from metis_cli.nn.acoustic_codec import CodecDecoder, check_istft_window
 
         cfg = self._codec_cfg()
         path = self._file("maskgct-codecs", "acoustic_decoder")
@@ -235,7 +235,7 @@ class ModelLoader:
         return module
 
     def _load_stage1(self) -> Any:
-        from ..nn.stage1 import MetisStage1, Stage1Config
+        from metis_cli.nn.stage1 import MetisStage1, Stage1Config
 
         card = self.card
         block = self.store.config(card)["t2s_model"]
@@ -247,8 +247,8 @@ class ModelLoader:
         return self._load_module(module, self._file(card.name, "stage1"))
 
     def _load_lora_stage1(self, block: dict, ft_type: str | None) -> Any:
-        from ..lora import assemble_lora_stage1, lora_stage1_config
-        from ..nn.stage1 import MetisStage1, Stage1Config
+        from metis_cli.lora import assemble_lora_stage1, lora_stage1_config
+        from metis_cli.nn.stage1 import MetisStage1, Stage1Config
 
         card = self.card
         paths = {role: self._file(card.name, role) for role in ("base", "adapter", "lora")}
@@ -288,7 +288,7 @@ class ModelLoader:
         return model.eval()
 
     def _load_s2a(self, role: str) -> Any:
-        from ..nn.s2a import MaskGCTS2A, S2AConfig
+        from metis_cli.nn.s2a import MaskGCTS2A, S2AConfig
 
         cfg = S2AConfig.from_dict(self.store.config(get_card("maskgct-s2a"))[role])
         module = checkpoint.build_on_meta(lambda: MaskGCTS2A(cfg, attn_impl=self.options.attention))
@@ -303,7 +303,7 @@ class ModelLoader:
         return self._load_s2a("s2a_full")
 
     def _load_visual(self) -> Any:
-        from ..visual_loader import load_visual_encoder
+        from metis_cli.visual_loader import load_visual_encoder
 
         path = self.options.visual_checkpoint
         if path is None:
@@ -315,7 +315,7 @@ class ModelLoader:
 
     def _visual_features(self, path: Path, landmarks: Path | None = None) -> torch.Tensor:
         """(T25, D) visual-encoder features of a video (mouth crops resampled to 25 fps)."""
-        from ..video import load_mouth_rois, visual_features
+        from metis_cli.video import load_mouth_rois, visual_features
 
         encoder = self.component("visual")
         rois = load_mouth_rois(path, landmarks=landmarks, face_model=self.options.face_model)

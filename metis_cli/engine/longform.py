@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import longform as L
-from ..constants import CODEC_SAMPLE_RATE, HOP_SAMPLES
-from ..errors import MetisError
-from ..options import LongformOptions
-from ..tasks import Conditions, Job, prompt_codes
-from .batch import BatchGenerator, Decoding
+from metis_cli import longform as L
+from metis_cli.constants import CODEC_SAMPLE_RATE, HOP_SAMPLES
+from metis_cli.engine.batch import BatchGenerator, Decoding
+from metis_cli.errors import MetisError
+from metis_cli.options import LongformOptions
+from metis_cli.tasks import Conditions, Job, prompt_codes
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..constants import NUM_ACOUSTIC_CODEBOOKS
-from ..errors import CheckpointError, MetisError
-from .convnext import ConvNeXtBackbone
-from .numerics import REDUCED_PRECISION, compute_dtype
+from metis_cli.constants import NUM_ACOUSTIC_CODEBOOKS
+from metis_cli.errors import CheckpointError, MetisError
+from metis_cli.nn.convnext import ConvNeXtBackbone
+from metis_cli.nn.numerics import REDUCED_PRECISION, compute_dtype
 
 ISTFT_WINDOW_KEY = "model.head.istft.window"
 

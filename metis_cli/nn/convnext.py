@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..constants import CODEC_LAYER_NORM_EPS
+from metis_cli.constants import CODEC_LAYER_NORM_EPS
 
 
 class ConvNeXtBlock(nn.Module):

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..constants import MLP_RATIO, RMS_NORM_EPS, ROPE_BASE, TIME_EMBED_MAX_PERIOD
-from .numerics import REDUCED_PRECISION, compute_dtype
+from metis_cli.constants import MLP_RATIO, RMS_NORM_EPS, ROPE_BASE, TIME_EMBED_MAX_PERIOD
+from metis_cli.nn.numerics import REDUCED_PRECISION, compute_dtype
 
 ATTN_IMPLS = ("eager", "sdpa")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .llama import DiffLlama
+from metis_cli.nn.llama import DiffLlama
 
 # The official files hold an empty (0, 256) `embed_tokens` leftover (spec §5.6): accepted, never required.
 S2A_TOLERATED_EXTRA = ("diff_estimator.embed_tokens.weight",)

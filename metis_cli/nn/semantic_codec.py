@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .acoustic_codec import ResidualVQ, config_kwargs
-from .convnext import ConvNeXtBackbone
+from metis_cli.nn.acoustic_codec import ResidualVQ, config_kwargs
+from metis_cli.nn.convnext import ConvNeXtBackbone
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..constants import MLP_RATIO, PHONE_PAD_ID, PHONE_VOCAB_ROWS
-from .llama import DiffLlamaPrefix, mlp
-from .numerics import compute_dtype
+from metis_cli.constants import MLP_RATIO, PHONE_PAD_ID, PHONE_VOCAB_ROWS
+from metis_cli.nn.llama import DiffLlamaPrefix, mlp
+from metis_cli.nn.numerics import compute_dtype
 
 AdapterType = Literal["none", "gated", "plain"]
 FT_TYPES = (None, "tts", "vc", "tse", "se", "l2s", "omni")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .numerics import compute_dtype
+from metis_cli.nn.numerics import compute_dtype
 
 LAYER_NORM_EPS = 1e-12  # every LayerNorm of the encoder (spec §3.3)
 BATCH_NORM_EPS = 1e-5  # every BatchNorm (running statistics at inference)

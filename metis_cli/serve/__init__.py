@@ -15,12 +15,12 @@ prometheus-client, httpx). Nothing here is imported by the rest of the package.
 
 from __future__ import annotations
 
-from .config import Limits, ServeConfig
+from metis_cli.serve.config import Limits, ServeConfig
 
 __all__ = ["Limits", "ServeConfig", "create_app"]
 
 
 def create_app(*args, **kwargs):  # noqa: ANN002, ANN003 - a lazy re-export (FastAPI is optional)
-    from .app import create_app as _create
+    from metis_cli.serve.app import create_app as _create
 
     return _create(*args, **kwargs)

@@ -31,19 +31,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 from starlette.staticfiles import StaticFiles
 
-from .. import __version__
-from .. import jobs as J
-from .. import options as O
-from ..audio import AudioArray
-from ..constants import CODEC_SAMPLE_RATE
-from ..errors import MetisError, UsageError
-from ..tasks import TASKS
-from . import media
-from .batcher import Batcher, BatchFailed, ClientGone, DeadlineExceeded, NotReady, QueueFull
-from .config import ServeConfig
-from .errors import ApiError, field_message, from_job_error, from_metis
-from .metrics import Metrics
-from .voices import VoiceStore
+from metis_cli import __version__
+from metis_cli import jobs as J
+from metis_cli import options as O
+from metis_cli.audio import AudioArray
+from metis_cli.constants import CODEC_SAMPLE_RATE
+from metis_cli.errors import MetisError, UsageError
+from metis_cli.serve import media
+from metis_cli.serve.batcher import Batcher, BatchFailed, ClientGone, DeadlineExceeded, NotReady, QueueFull
+from metis_cli.serve.config import ServeConfig
+from metis_cli.serve.errors import ApiError, field_message, from_job_error, from_metis
+from metis_cli.serve.metrics import Metrics
+from metis_cli.serve.voices import VoiceStore
+from metis_cli.tasks import TASKS
 
 log = logging.getLogger("metis.serve")
 
@@ -132,7 +132,7 @@ def create_app(
     pipeline's worker at start), else built here from `config.load_options`."""
     config = config.validate()
     if pipelines is None:
-        from ..api import load
+        from metis_cli.api import load
 
         pipelines = {
             t: load(t, **{**config.load_options, "batch_size": config.max_batch}) for t in config.tasks
@@ -698,7 +698,7 @@ def _routes(app: FastAPI, service: Service) -> None:
         text = _text(service, _form_value(form, "text"), "text")
         language = _language(_form_value(form, "language"))
         name = _form_value(form, "name")
-        from .voices import valid_name
+        from metis_cli.serve.voices import valid_name
 
         if name is not None and not valid_name(name):
             raise ApiError(

@@ -33,7 +33,7 @@ class _Remote:
         self.decoding = {k: str(v) for k, v in decoding.items() if v is not None}
 
     def run(self, plan: Any, on_chunk: Any = None, on_report: Any = None, **_: Any) -> Iterator[Any]:
-        from ..tasks import Job
+        from metis_cli.tasks import Job
 
         items = plan.items
         with ThreadPoolExecutor(CONCURRENCY) as pool:
@@ -50,7 +50,7 @@ class _Remote:
                         fut.cancel()
 
     def _job(self, job: Any) -> Any:
-        from ..api import TEXT_IN_REPORT, Report
+        from metis_cli.api import TEXT_IN_REPORT, Report
 
         rep = Report(
             inputs={k: str(v) for k, v in job.inputs.items()},
@@ -126,8 +126,8 @@ def _read(path: Path) -> bytes:
 def _write(output: Path, content: bytes) -> None:
     import soundfile as sf
 
-    from ..audio import write_audio_atomic
-    from ..constants import CODEC_SAMPLE_RATE
+    from metis_cli.audio import write_audio_atomic
+    from metis_cli.constants import CODEC_SAMPLE_RATE
 
     if str(output) == "-":
         sys.stdout.buffer.write(content)
@@ -157,7 +157,7 @@ def _num(value: str | None, kind: type) -> Any:
 
 
 def _rejected(item: Any) -> Any:
-    from ..api import rejected_report
+    from metis_cli.api import rejected_report
 
     return rejected_report(item)
 
@@ -166,7 +166,7 @@ def run_remote(url: str, plan: Any, decoding_overrides: dict[str, Any], printer:
     """Run a planned request on the service at `url`; print like the CLI; return the exit code."""
     import httpx
 
-    from ..cli.report import EXIT_FAILED, EXIT_USAGE, _execute, error_line
+    from metis_cli.cli.report import EXIT_FAILED, EXIT_USAGE, _execute, error_line
 
     if plan.task not in ROUTE:
         error_line(f"--server: {plan.task} cannot run on a server (it serves {', '.join(ROUTE)})")

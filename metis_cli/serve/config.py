@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import options as O
-from ..errors import UsageError
+from metis_cli import options as O
+from metis_cli.errors import UsageError
 
 # the tasks the service can run (l2s needs video and a visual checkpoint: not served)
 SERVABLE = ("tts", "se", "vc", "tse")

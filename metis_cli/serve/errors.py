@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import AudioError, InputError, MetisError, OutputError, UsageError
+from metis_cli.errors import AudioError, InputError, MetisError, OutputError, UsageError
 
 TYPES = {
     400: "invalid_request_error",

@@ -22,11 +22,11 @@ from typing import Any
 
 import soundfile as sf
 
-from .. import jobs as J
-from .. import options as O
-from ..audio import AudioArray
-from ..errors import MetisError, UsageError
-from .media import decode_upload, seconds
+from metis_cli import jobs as J
+from metis_cli import options as O
+from metis_cli.audio import AudioArray
+from metis_cli.errors import MetisError, UsageError
+from metis_cli.serve.media import decode_upload, seconds
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 ID_RE = re.compile(r"v_[0-9a-f]{16}")

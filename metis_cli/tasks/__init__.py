@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..tokenizer import Tokenizers
+    from metis_cli.tokenizer import Tokenizers
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def _build_pair(job: Job, tok: Tokenizers, source_role: str, prompt_role: str) -
     feat = tok.ssl_features(np.concatenate([prompt16, src16]), what=str(job.inputs[source_role]))
     target_len = feat.shape[0] - prompt_sem.shape[0]
     if target_len <= 0:
-        from ..errors import AudioError
+        from metis_cli.errors import AudioError
 
         raise AudioError(f"{job.inputs[source_role]}: too short to give a target frame after the prompt")
     return Conditions(
@@ -139,8 +139,8 @@ def build_tse(job: Job, tok: Tokenizers) -> Conditions:
 
 def build_tts(job: Job, tok: Tokenizers) -> Conditions:
     """TTS: phones of [prompt text ; target text]; L by the byte-ratio rule or --duration."""
-    from .. import text as textfe
-    from ..errors import TextError
+    from metis_cli import text as textfe
+    from metis_cli.errors import TextError
 
     if not job.text or not job.text.strip():
         raise TextError("empty target text")
@@ -169,7 +169,7 @@ def build_tts(job: Job, tok: Tokenizers) -> Conditions:
 
 def build_l2s(job: Job, tok: Tokenizers) -> Conditions:
     """L2S: visual features at 25 fps → ×2 to 50 Hz, zero rows for the prompt (spec §10)."""
-    from ..nn.stage1 import l2s_condition
+    from metis_cli.nn.stage1 import l2s_condition
 
     feats = tok.visual_features(job.inputs["video"], job.inputs.get("landmarks"))  # (T_v, D) at 25 fps
     if "prompt" in job.inputs:

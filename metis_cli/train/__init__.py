@@ -10,6 +10,6 @@
 
 from __future__ import annotations
 
-from .run import FinetuneResult, finetune, pretrain
+from metis_cli.train.run import FinetuneResult, finetune, pretrain
 
 __all__ = ["FinetuneResult", "finetune", "pretrain"]

@@ -47,9 +47,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..cards import get_card
-from ..errors import InputError, UsageError
-from ..fsutil import apply_umask
+from metis_cli.cards import get_card
+from metis_cli.errors import InputError, UsageError
+from metis_cli.fsutil import apply_umask
 
 log = logging.getLogger(__name__)
 
@@ -407,7 +407,7 @@ def finetune_item(cache: FeatureCache, ex: Example) -> Item:
 
 def l2s_item(cache: FeatureCache, ex: Example) -> Item:
     """x0 = [codes(prompt) ; codes(target)], cond = [0 (Lp rows) ; up2(visual(video))] (module doc)."""
-    from ..nn.stage1 import l2s_condition
+    from metis_cli.nn.stage1 import l2s_condition
 
     prompt = cache.codes([ex.prompt]) if ex.prompt is not None else torch.zeros(0, dtype=torch.long)
     target = cache.codes([ex.target])
@@ -426,7 +426,7 @@ def l2s_item(cache: FeatureCache, ex: Example) -> Item:
 
 def tts_item(cache: FeatureCache, ex: Example) -> Item:
     """x0 = [codes(prompt) ; codes(audio)], phones = g2p(prompt_text) ++ g2p(text)."""
-    from ..text import tts_phone_ids
+    from metis_cli.text import tts_phone_ids
 
     parts = [ex.prompt, ex.target] if ex.prompt is not None else [ex.target]
     x0 = torch.cat([cache.codes([p]) for p in parts])
@@ -442,7 +442,7 @@ def tts_item(cache: FeatureCache, ex: Example) -> Item:
 
 
 def _phones(text: str, language: str | None) -> list[int]:
-    from ..text import detect_language, g2p
+    from metis_cli.text import detect_language, g2p
 
     return list(g2p(text, language or detect_language(text))[1])
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..engine import resolve_device
-from ..errors import InputError
+from metis_cli.engine import resolve_device
+from metis_cli.errors import InputError
 
 # Collectives wait this long: a rank may compute a large share of the feature cache (or rank 0
 # evaluate a large held-out set) while the other ranks wait at a barrier.

@@ -43,13 +43,13 @@ from pathlib import Path
 
 import torch
 
-from ..constants import PHONE_PAD_ID
-from ..errors import InputError, UsageError
-from ..options import TrainOptions  # defined with the other user options
-from . import objective
-from .data import Item
-from .dist import SINGLE, DistContext
-from .model import Trainable
+from metis_cli.constants import PHONE_PAD_ID
+from metis_cli.errors import InputError, UsageError
+from metis_cli.options import TrainOptions  # defined with the other user options
+from metis_cli.train import objective
+from metis_cli.train.data import Item
+from metis_cli.train.dist import SINGLE, DistContext
+from metis_cli.train.model import Trainable
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn.stage1 import MetisStage1
+from metis_cli.nn.stage1 import MetisStage1
 
 MIN_T = 1e-5  # t is clamped to [MIN_T, 1]
 MIN_MASK_PROB = 0.2  # floor of the stage-1 masking ratio

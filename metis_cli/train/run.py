@@ -20,15 +20,23 @@ from typing import Any
 
 import torch
 
-from ..cards import DEFAULT_MODEL, ModelStore, get_card
-from ..devices import resolve_device
-from ..engine.loader import ModelLoader
-from ..errors import InputError, UsageError
-from ..options import EngineOptions
-from . import data as D
-from .dist import DistContext, session
-from .loop import STATE_FILE, History, TrainOptions, evaluate, resolve_cfg_scale, total_steps, train
-from .model import Trainable, build_finetune, build_pretrain, build_scratch, export
+from metis_cli.cards import DEFAULT_MODEL, ModelStore, get_card
+from metis_cli.devices import resolve_device
+from metis_cli.engine.loader import ModelLoader
+from metis_cli.errors import InputError, UsageError
+from metis_cli.options import EngineOptions
+from metis_cli.train import data as D
+from metis_cli.train.dist import DistContext, session
+from metis_cli.train.loop import (
+    STATE_FILE,
+    History,
+    TrainOptions,
+    evaluate,
+    resolve_cfg_scale,
+    total_steps,
+    train,
+)
+from metis_cli.train.model import Trainable, build_finetune, build_pretrain, build_scratch, export
 
 log = logging.getLogger(__name__)
 
