@@ -68,7 +68,7 @@ def speech_like(seconds: float, sr: int = 24000, seed: int = 0) -> np.ndarray:
 
 def make_input(path: Path, seconds: float, source: str | None) -> None:
     """Write the benchmark input: a fixture/given wav looped to `seconds`, or `speech_like`."""
-    from metis_cli import audio
+    from metis_cli.media import audio
 
     if source:
         wav = audio.load_audio(Path(source), 24000)
@@ -117,14 +117,14 @@ class _Recorder:
     passes and keep the generated tokens (the engine imports them at call time)."""
 
     def __init__(self, stats: dict) -> None:
-        from metis_cli import sampling
+        from metis_cli.core import decoding
 
-        self.stats, self.sampling = stats, sampling
+        self.stats, self.sampling = stats, decoding
         self.semantic: list = []
         self.codes: list = []
         self.passes: dict[str, int] = {}
         self.rows: dict[str, int] = {}
-        self._orig = (sampling.stage1_generate, sampling.s2a_generate, sampling.metis_semantic_to_acoustic)
+        self._orig = (decoding.stage1_generate, decoding.s2a_generate, decoding.metis_semantic_to_acoustic)
         orig_s1, orig_s2a, orig_m = self._orig
 
         self.calls: list[tuple[str, Any, tuple, dict]] = []  # (stage, model, args, kwargs)
@@ -156,8 +156,8 @@ class _Recorder:
             self.codes.extend(o.cpu() for o in out)
             return out
 
-        sampling.stage1_generate, sampling.s2a_generate = stage1, s2a
-        sampling.metis_semantic_to_acoustic = s2a_all
+        decoding.stage1_generate, decoding.s2a_generate = stage1, s2a
+        decoding.metis_semantic_to_acoustic = s2a_all
 
     def restore(self) -> None:
         """Put the original sampling functions back."""
@@ -182,7 +182,7 @@ def _meta_twin(model: Any) -> Any:
 def _on_meta(x: Any) -> Any:
     import torch
 
-    from metis_cli.sampling import TorchNoise
+    from metis_cli.core.decoding import TorchNoise
 
     if isinstance(x, torch.Tensor):
         return x.to("meta")
@@ -311,7 +311,7 @@ def logit_error(cache: str, task: str, seconds: float, seed: int = 0, device: st
     (drawn on the CPU from `seed`, then moved to the engine's device)."""
     import torch
 
-    from metis_cli.cards import ModelStore
+    from metis_cli.assets.cards import ModelStore
     from metis_cli.engine import Engine, EngineOptions
 
     frames = int(seconds * 50)

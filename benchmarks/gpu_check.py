@@ -104,8 +104,8 @@ def cpu_noise():
     """Every job draws from a CPU generator (the official hidden SSL draws first), copied to the
     device by TorchNoise: the noise of a CPU run, so device and CPU tokens compare."""
     from metis_cli.constants import SSL_NUM_LAYERS_OFFICIAL
+    from metis_cli.core.ssl import official_hidden_draws
     from metis_cli.engine.batch import BatchGenerator
-    from metis_cli.ssl import official_hidden_draws
 
     orig = BatchGenerator.generator
 
@@ -127,7 +127,7 @@ def instrument(dev: torch.device, static: bool = False, graphs: bool = False, co
     """Around the sampling entry points the engine calls: keep the tokens, time stage 1 and each
     S2A model (synchronised), opt into static shapes / CUDA graphs (as --static-shapes and
     --cuda-graphs do), and count host syncs inside the loops (torch.cuda sync debug mode, warn)."""
-    from metis_cli import sampling
+    from metis_cli.core import decoding
 
     rec = {
         "semantic": [],
@@ -138,7 +138,7 @@ def instrument(dev: torch.device, static: bool = False, graphs: bool = False, co
         "syncs": 0,
         "loops": 0,
     }
-    o1, o2, om = sampling.stage1_generate, sampling.s2a_generate, sampling.metis_semantic_to_acoustic
+    o1, o2, om = decoding.stage1_generate, decoding.s2a_generate, decoding.metis_semantic_to_acoustic
 
     def timed(key, fn, model, *a, **k):
         sync(dev)
@@ -180,11 +180,11 @@ def instrument(dev: torch.device, static: bool = False, graphs: bool = False, co
         rec["codes"] += [o.cpu() for o in out]
         return out
 
-    sampling.stage1_generate, sampling.s2a_generate, sampling.metis_semantic_to_acoustic = s1, s2a, m
+    decoding.stage1_generate, decoding.s2a_generate, decoding.metis_semantic_to_acoustic = s1, s2a, m
     try:
         yield rec
     finally:
-        sampling.stage1_generate, sampling.s2a_generate, sampling.metis_semantic_to_acoustic = o1, o2, om
+        decoding.stage1_generate, decoding.s2a_generate, decoding.metis_semantic_to_acoustic = o1, o2, om
 
 
 @contextlib.contextmanager
@@ -212,7 +212,7 @@ def synthetic_video():
     """L2S without PyAV: the visual features come from random mouth crops through the real
     (tiny) visual encoder on the device. Patch before the pipeline is built."""
     from metis_cli.engine.loader import ModelLoader
-    from metis_cli.video import visual_features
+    from metis_cli.media.video import visual_features
 
     orig = ModelLoader._visual_features
 
@@ -303,7 +303,7 @@ def public(d: dict) -> dict:
 
 
 def fp32_reference_mode(dev) -> None:
-    from metis_cli.devices import apply_precision
+    from metis_cli.core.devices import apply_precision
 
     apply_precision(dev, torch.float32, allow_tf32=False)
 
@@ -312,7 +312,7 @@ def fp32_reference_mode(dev) -> None:
 def sec_env(args, dev):
     import transformers
 
-    from metis_cli.devices import apply_precision, tf32_state
+    from metis_cli.core.devices import apply_precision, tf32_state
 
     info = {"torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__}
     info["tf32_default"] = tf32_state()
@@ -330,7 +330,13 @@ def sec_env(args, dev):
 
 def sec_golden(args, dev):
     """Golden replays on the device, fp32, TF32 off: tokens must equal the official CPU outputs."""
-    from metis_cli.sampling import ReplayNoise, s2a_generate, s2a_reference, stage1_generate, stage1_reference
+    from metis_cli.core.decoding import (
+        ReplayNoise,
+        s2a_generate,
+        s2a_reference,
+        stage1_generate,
+        stage1_reference,
+    )
     from tests.golden import generator_helpers as gh
     from tests.golden.cases import all_cases
 
@@ -542,20 +548,20 @@ def stage1_profile(pipe, wav: Path, dev) -> dict:
     """Kernel launches and host syncs per stage-1 step (one SE stage-1 loop, profiled)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from metis_cli import sampling
+    from metis_cli.core import decoding
 
     eng = pipe.engine
     job = pipe.make_job([wav], os.devnull, seed=1)
     c = eng.generator.conditions(job)
     model = eng.component("stage1")
     d = pipe.decoding
-    opts = sampling.DecodeOptions(steps=d.steps, cfg=d.cfg, fused_cfg=eng.options.fused_cfg)
+    opts = decoding.DecodeOptions(steps=d.steps, cfg=d.cfg, fused_cfg=eng.options.fused_cfg)
     cond = None if c.finetune_cond is None else [c.finetune_cond.to(dev, eng.dtype)]
     args = ([c.prompt_semantic.to(dev)], [c.target_len], None, cond, opts)
 
     def once():
-        return sampling.stage1_generate(
-            model, *args, [sampling.TorchNoise(torch.Generator(device=dev).manual_seed(1))]
+        return decoding.stage1_generate(
+            model, *args, [decoding.TorchNoise(torch.Generator(device=dev).manual_seed(1))]
         )
 
     once()

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from metis_cli.cards import ModelStore, get_card
-from metis_cli.checkpoint import build_on_meta
+from metis_cli.assets.cards import ModelStore, get_card
+from metis_cli.assets.checkpoint import build_on_meta
 from metis_cli.errors import CheckpointError
 
 log = logging.getLogger("make_full_size")
@@ -239,7 +239,7 @@ def jobs_for(tasks: list[str], root: Path) -> Iterator[tuple[str, str, Path, Cal
 
 def lora_spec(base: nn.Module, r: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Official LoRA-file keys and shapes for rank r (7 projections per layer)."""
-    from metis_cli.lora import expected_lora_shapes
+    from metis_cli.assets.lora import expected_lora_shapes
 
     return {k: (s, torch.float32) for k, s in expected_lora_shapes(base, r).items()}
 

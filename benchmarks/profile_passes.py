@@ -52,7 +52,7 @@ def faults() -> tuple[int, int]:
 
 
 def load(cache: Path, dtype: str, attention: str):
-    from metis_cli.cards import ModelStore
+    from metis_cli.assets.cards import ModelStore
     from metis_cli.engine import Engine, EngineOptions
 
     opts = EngineOptions(dtype=dtype, attention=attention, device="cpu")
@@ -67,7 +67,7 @@ def make_step(name: str, model, frames: int, seed: int = 0):
 
     pass(): the backbone forward(s) of one decoding step (two for the CFG of the full S2A);
     step(): pass + logits head + the sampler's work on the logits (no model state changes)."""
-    from metis_cli import sampling
+    from metis_cli.core import decoding
 
     g = torch.Generator().manual_seed(seed)
     dt = model.dtype
@@ -75,7 +75,7 @@ def make_step(name: str, model, frames: int, seed: int = 0):
     L = frames
     t = torch.full((1,), 0.5)
     masked = torch.rand(1, L, generator=g) < 0.5
-    opts = sampling.DecodeOptions(steps=10, cfg=0.0, temperature=0.9)
+    opts = decoding.DecodeOptions(steps=10, cfg=0.0, temperature=0.9)
     if name == "stage1":
         V = model.cfg.cond_codebook_size
         seq = torch.randint(0, V, (1, L), generator=g)
@@ -104,7 +104,7 @@ def make_step(name: str, model, frames: int, seed: int = 0):
             xu = (cur + net.cond_mlp(cond_l)).detach() if Q > 1 else None  # no prompt: same length
         head = model.to_logits[layer]
         if Q > 1:
-            opts = sampling.DecodeOptions(steps=16, cfg=2.5, temperature=1.5)
+            opts = decoding.DecodeOptions(steps=16, cfg=2.5, temperature=1.5)
 
         def one_pass():
             out = [net.run(x, t)]
@@ -113,17 +113,17 @@ def make_step(name: str, model, frames: int, seed: int = 0):
             return out
 
     steps = opts.steps
-    t_list = sampling.time_grid(steps)
-    noise = sampling.TorchNoise(torch.Generator().manual_seed(seed + 1))
+    t_list = decoding.time_grid(steps)
+    noise = decoding.TorchNoise(torch.Generator().manual_seed(seed + 1))
 
     def one_step():
         outs = one_pass()
-        g_ = outs[0] if len(outs) == 1 else sampling.cfg_combine(outs[0], outs[1], opts.cfg, opts.rescale_cfg)
+        g_ = outs[0] if len(outs) == 1 else decoding.cfg_combine(outs[0], outs[1], opts.cfg, opts.rescale_cfg)
         logits = head(g_).float()
-        slot = sampling._Slot(L, noise)
+        slot = decoding._Slot(L, noise)
         slot.mask, slot.seq = torch.ones(1, L, dtype=torch.bool), torch.zeros(1, L, dtype=torch.long)
         slot.finite = [torch.isfinite(logits).all()]
-        sampling._sample_step(slot, logits, 1, t_list, opts)
+        decoding._sample_step(slot, logits, 1, t_list, opts)
         return slot.seq
 
     return one_pass, one_step, x

@@ -100,7 +100,7 @@ def run_config(
     codes = [p.returncode for p in running]
     if any(codes):
         raise SystemExit(f"{name}: exit codes {codes}\n" + "\n".join(e[-2000:] for e in errors))
-    from metis_cli.ledger import read_ledger, run_ledgers
+    from metis_cli.runs.ledger import read_ledger, run_ledgers
 
     useful = padded = 0.0
     ok = 0

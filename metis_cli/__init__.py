@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
     from metis_cli.api import Pipeline
-    from metis_cli.audio import AudioArray
+    from metis_cli.media.audio import AudioArray
 
 
 def load(task: str, model: str | None = None, **kwargs: Any) -> Pipeline:
@@ -40,7 +40,7 @@ def load(task: str, model: str | None = None, **kwargs: Any) -> Pipeline:
 
 def __getattr__(name: str) -> Any:
     if name == "AudioArray":  # numpy + soundfile: imported on first use
-        from metis_cli.audio import AudioArray
+        from metis_cli.media.audio import AudioArray
 
         return AudioArray
     raise AttributeError(f"module 'metis_cli' has no attribute {name!r}")

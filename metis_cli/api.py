@@ -23,11 +23,11 @@ import numpy as np
 
 from metis_cli import jobs as J
 from metis_cli import options as O
-from metis_cli.cards import ModelStore
+from metis_cli.assets.cards import ModelStore
 from metis_cli.constants import CODEC_SAMPLE_RATE
+from metis_cli.core.tasks import Job
 from metis_cli.engine import Decoding, Engine, JobResult
 from metis_cli.errors import InputError, MetisError, UsageError
-from metis_cli.tasks import Job
 
 random_seed = J.random_seed
 TEXT_IN_REPORT = 80  # characters of a TTS text shown in its report

@@ -32,3 +32,7 @@ TIME_EMBED_MAX_PERIOD = 10_000.0  # sinusoidal diffusion-time embedding base
 GUMBEL_EPS = 1e-10  # eps inside -log(-log(u + eps) + eps)
 SINGLE_STEP_TEMPERATURE = 0.2  # temperature when a layer/stage has exactly one step
 MIN_TEMPERATURE = 1e-3
+
+# Metis was trained on 3-30 s clips: prompts, chunks and generated pieces stay in this range.
+TRAIN_MIN_SECONDS = 3.0
+TRAIN_MAX_SECONDS = 30.0

@@ -23,6 +23,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from metis_cli.constants import TRAIN_MAX_SECONDS, TRAIN_MIN_SECONDS
 from metis_cli.errors import UsageError
 
 ALL_TASKS = ("tts", "vc", "tse", "se", "l2s")
@@ -299,8 +300,6 @@ class LongformOptions:
 
     def validate(self) -> LongformOptions:
         """Ranges that depend on each other (chunk, overlap, context); UsageError naming the flag."""
-        from metis_cli.longform import TRAIN_MAX_SECONDS, TRAIN_MIN_SECONDS
-
         for name in ("chunk_seconds", "overlap_seconds", "context_seconds", "search_seconds"):
             _num("--" + name.replace("_", "-"), getattr(self, name), float)
         _num("--max-chars", self.max_chars, int)
@@ -377,7 +376,7 @@ class JobDefaults:
     )  # fmt: skip
 
 
-# ---- sharded and resumable runs (metis_cli/shard.py, metis_cli/ledger.py) --------------------------
+# ---- sharded and resumable runs (metis_cli/runs/shard.py, metis_cli/runs/ledger.py) -----------------
 
 
 def _shard(flag: str, v: Any) -> None:

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from metis_cli import audio
-from metis_cli.audio import AtomicWavWriter, load_audio, resample, resampled_length, write_wav_atomic
 from metis_cli.errors import AudioError, OutputError
+from metis_cli.media import audio
+from metis_cli.media.audio import AtomicWavWriter, load_audio, resample, resampled_length, write_wav_atomic
 
 FIXTURES = Path(__file__).parent / "fixtures" / "wav"
 FIXTURE_WAVS = sorted(FIXTURES.glob("*/*.wav"))
@@ -445,7 +445,7 @@ def test_any_base_exception_removes_the_temp(tmp_path: Path, exc: type[BaseExcep
 
 _SIGTERM_CHILD = """
 import sys, numpy as np
-from metis_cli import audio
+from metis_cli.media import audio
 with audio.cleanup_on_signal():
     with audio.AtomicWavWriter(sys.argv[1]) as w:
         w.write(np.zeros(24000, np.float32))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from metis_cli.cards import DEFAULT_MODEL, ModelStore, card_names, get_card, manifest
+from metis_cli.assets.cards import DEFAULT_MODEL, ModelStore, card_names, get_card, manifest
 from metis_cli.errors import CheckpointError, InputError, MissingModelError
 
 

@@ -1,4 +1,4 @@
-"""metis_cli.devices on the CPU: device names and their errors, the MPS policy (macOS version
+"""metis_cli.core.devices on the CPU: device names and their errors, the MPS policy (macOS version
 mocked), the TF32 policy (PyTorch's process-wide flags, settable without a GPU)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metis_cli import devices
+from metis_cli.core import devices
 from metis_cli.errors import InputError
 
 

@@ -9,10 +9,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from metis_cli import api, sampling
+from metis_cli import api
 from metis_cli.constants import SSL_NUM_LAYERS_OFFICIAL
-from metis_cli.longform import chunk_seed
-from metis_cli.ssl import official_hidden_draws
+from metis_cli.core import decoding
+from metis_cli.core.ssl import official_hidden_draws
+from metis_cli.media.chunks import chunk_seed
 from tests.conftest import FAST_API, speechlike
 
 
@@ -29,7 +30,7 @@ def load(bundle: Path, task: str, **kw):
 def first_draws(monkeypatch):
     """The first uniform tensor each job's noise source hands out, in creation order."""
     record: list[dict] = []
-    real_init, real_uniform = sampling.TorchNoise.__init__, sampling.TorchNoise.uniform
+    real_init, real_uniform = decoding.TorchNoise.__init__, decoding.TorchNoise.uniform
 
     def init(self, generator=None):
         real_init(self, generator)
@@ -41,8 +42,8 @@ def first_draws(monkeypatch):
         record[self._slot].setdefault("first", (tuple(shape), u.clone()))
         return u
 
-    monkeypatch.setattr(sampling.TorchNoise, "__init__", init)
-    monkeypatch.setattr(sampling.TorchNoise, "uniform", uniform)
+    monkeypatch.setattr(decoding.TorchNoise, "__init__", init)
+    monkeypatch.setattr(decoding.TorchNoise, "uniform", uniform)
     return record
 
 
@@ -165,8 +166,8 @@ def test_static_shapes_engine_option_is_token_identical_in_fp32(tiny_bundle, tmp
     default loop's audio for every item of a padded batch of unequal lengths."""
     files = [wav(tmp_path / f"{n}.wav", s, seed=i) for i, (n, s) in enumerate((("a", 0.6), ("b", 1.1)))]
     outs, calls = {}, []
-    real = sampling.remask_static
-    monkeypatch.setattr(sampling, "remask_static", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = decoding.remask_static
+    monkeypatch.setattr(decoding, "remask_static", lambda *a, **k: calls.append(1) or real(*a, **k))
     for static in (False, True):
         pipe = load(tiny_bundle, "se", batch_size=2, static_shapes=static)
         assert pipe.engine.options.static_shapes is static
@@ -196,13 +197,13 @@ def test_low_memory_frees_large_models_on_the_long_input_path(tiny_bundle, tmp_p
     long = wav(tmp_path / "long.wav", 10.0)
     pipe = load(tiny_bundle, "se", chunk_seconds=3, overlap_seconds=0.5, context_seconds=1, low_memory=True)
     seen: list[set[str]] = []
-    real = sampling.metis_semantic_to_acoustic
+    real = decoding.metis_semantic_to_acoustic
 
     def s2a(*a, **k):  # what is resident while a chunk's S2A runs
         seen.append(pipe.engine.loader.resident)
         return real(*a, **k)
 
-    monkeypatch.setattr(sampling, "metis_semantic_to_acoustic", s2a)
+    monkeypatch.setattr(decoding, "metis_semantic_to_acoustic", s2a)
     res = pipe(long, seed=1)
     assert res.info["chunks"] == len(seen) >= 3
     assert all(not (r & {"ssl", "stage1"}) for r in seen)  # w2v-BERT and stage 1 freed every chunk

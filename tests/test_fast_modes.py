@@ -110,12 +110,13 @@ def test_low_memory_releases_stage_models(bundle, noisy, tmp_path, monkeypatch):
     import gc
     import weakref
 
-    from metis_cli import api, sampling
+    from metis_cli import api
+    from metis_cli.core import decoding
 
     pipe = api.load("se", checkpoint_dir=bundle, offline=True, low_memory=True, **FAST_DECODING)
     job = pipe.make_job([noisy], tmp_path / "o.wav", seed=1)
     seen = {}
-    orig_s1, orig_s2a = sampling.stage1_generate, sampling.metis_semantic_to_acoustic
+    orig_s1, orig_s2a = decoding.stage1_generate, decoding.metis_semantic_to_acoustic
 
     def stage1(model, *a, **k):
         seen["stage1"] = weakref.ref(model)
@@ -127,8 +128,8 @@ def test_low_memory_releases_stage_models(bundle, noisy, tmp_path, monkeypatch):
         seen["resident_during_s2a"] = pipe.engine.loader.resident
         return orig_s2a(*a, **k)
 
-    monkeypatch.setattr(sampling, "stage1_generate", stage1)
-    monkeypatch.setattr(sampling, "metis_semantic_to_acoustic", s2a)
+    monkeypatch.setattr(decoding, "stage1_generate", stage1)
+    monkeypatch.setattr(decoding, "metis_semantic_to_acoustic", s2a)
     (res,) = list(pipe.engine.run([job], pipe.decoding, keep=True))
     assert seen["alive_during_s2a"] is False
     # the large models of other stages are freed; the small codecs stay for the next batch
@@ -141,7 +142,7 @@ def test_low_memory_releases_stage_models(bundle, noisy, tmp_path, monkeypatch):
 
 
 def test_logit_error_is_zero_for_identical_and_small_for_bf16(bundle):
-    from metis_cli.cards import ModelStore
+    from metis_cli.assets.cards import ModelStore
     from metis_cli.engine import Engine, EngineOptions
 
     store = ModelStore(bundle, offline=True)
@@ -164,7 +165,7 @@ def test_logit_error_is_zero_for_identical_and_small_for_bf16(bundle):
 def test_logit_error_inputs_follow_the_model_device(bundle):
     """On the meta device any input left on the CPU fails to mix: `_one_forward` builds its
     inputs on the model's device (the --logit-error inputs on a CUDA engine)."""
-    from metis_cli.cards import ModelStore
+    from metis_cli.assets.cards import ModelStore
     from metis_cli.engine import Engine, EngineOptions
 
     eng = Engine("se", store=ModelStore(bundle, offline=True), options=EngineOptions(device="cpu"))
@@ -177,7 +178,7 @@ def test_logit_error_inputs_follow_the_model_device(bundle):
 def test_schedule_flops_match_the_formula():
     """One stage-1 pass (1 step, no CFG, no phones, no adapter) replayed on the meta device:
     q/k/v/o + gated MLP + q k^T and attention x v + the norms' weight and time MLPs + the head."""
-    from metis_cli import sampling
+    from metis_cli.core import decoding
     from metis_cli.nn.stage1 import MetisStage1, Stage1Config
 
     H, layers, V, Lp, L = 32, 2, 50, 5, 7
@@ -185,9 +186,9 @@ def test_schedule_flops_match_the_formula():
         hidden_size=H, num_layers=layers, num_heads=4, cond_codebook_size=V, cond_dim=4, use_phone_cond=False
     )
     model = MetisStage1(cfg).eval()
-    args = ([torch.zeros(Lp, dtype=torch.long)], [L], None, None, sampling.DecodeOptions(steps=1))
+    args = ([torch.zeros(Lp, dtype=torch.long)], [L], None, None, decoding.DecodeOptions(steps=1))
     got = bench.schedule_flops(
-        [("stage1", model, sampling.stage1_generate, (*args, [sampling.TorchNoise()]), {})]
+        [("stage1", model, decoding.stage1_generate, (*args, [decoding.TorchNoise()]), {})]
     )
     N = Lp + L
     per_layer = 4 * 2 * N * H * H + 3 * 2 * N * H * 4 * H + 2 * 2 * N * N * H + 2 * (2 * H * H)
@@ -206,7 +207,7 @@ def test_run_records_gemm_flops_per_stage(reference, bundle, noisy, tmp_path):
 def test_safetensors_writer_round_trips(tmp_path):
     from safetensors.torch import load_file
 
-    from metis_cli.checkpoint import read_header
+    from metis_cli.assets.checkpoint import read_header
 
     spec = {
         "a.weight": ((3, 5), torch.float32),
@@ -237,7 +238,7 @@ def test_options_parse_to_typed_values():
 
 def test_bf16_lora_assembly_equals_fp32_assembly_cast(bundle):
     """The merged weights are cast one by one in bf16 mode; same numbers as merging all, then casting."""
-    from metis_cli.cards import ModelStore
+    from metis_cli.assets.cards import ModelStore
     from metis_cli.engine import Engine, EngineOptions
 
     store = ModelStore(bundle, offline=True)

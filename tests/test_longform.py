@@ -8,10 +8,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from metis_cli import longform as L
-from metis_cli.audio import load_audio
-from metis_cli.constants import CODEC_SAMPLE_RATE, HOP_SAMPLES
+from metis_cli.constants import CODEC_SAMPLE_RATE, HOP_SAMPLES, TRAIN_MAX_SECONDS
 from metis_cli.errors import InputError, MetisError
+from metis_cli.media import chunks as chunking
+from metis_cli.media.audio import load_audio
+from metis_cli.options import LongformOptions
+from metis_cli.text import sentences
 
 SR = CODEC_SAMPLE_RATE
 FAST = dict(device="cpu", steps=2, s2a_steps_1layer=(2,), s2a_steps_full=(2, 2) + (1,) * 10)
@@ -33,7 +35,7 @@ def _chirp(seconds: float, sr: int = SR, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("n", [251, 1000, 4321, 9000])
 def test_plan_covers_with_bounded_overlapping_chunks(n):
     rng = np.random.default_rng(n)
-    chunks = L.plan_chunks(rng.random(n), chunk=250, overlap=25, search=50)
+    chunks = chunking.plan_chunks(rng.random(n), chunk=250, overlap=25, search=50)
     assert chunks[0].start == 0 and chunks[-1].stop == n
     assert chunks[0].fade_in == 0 and chunks[-1].fade_out == 0
     for a, b in zip(chunks, chunks[1:], strict=False):
@@ -46,37 +48,39 @@ def test_plan_moves_cuts_into_quiet_frames():
     n = 1000
     energy = np.ones(n)
     energy[560:600] = 1e-6  # quiet 0.8 s near the nominal join at 500
-    (first, second) = L.plan_chunks(energy, chunk=800, overlap=20, search=200)
+    (first, second) = chunking.plan_chunks(energy, chunk=800, overlap=20, search=200)
     assert 560 <= second.start and first.stop <= 600  # the whole crossfade is in the quiet part
-    flat = L.plan_chunks(np.ones(n), chunk=800, overlap=20, search=200)
+    flat = chunking.plan_chunks(np.ones(n), chunk=800, overlap=20, search=200)
     assert flat[1].start == 500 - 10  # no quiet part: nominal place
 
 
 def test_short_input_is_one_chunk():
-    assert L.plan_chunks(np.ones(250), chunk=250, overlap=25, search=50) == [L.Chunk(0, 0, 250, 0, 0)]
+    assert chunking.plan_chunks(np.ones(250), chunk=250, overlap=25, search=50) == [
+        chunking.Chunk(0, 0, 250, 0, 0)
+    ]
 
 
 def test_options_validation():
-    L.LongformOptions().validate()
-    L.LongformOptions(chunk_seconds=0).validate()
+    LongformOptions().validate()
+    LongformOptions(chunk_seconds=0).validate()
     for bad in (dict(chunk_seconds=2), dict(chunk_seconds=31), dict(overlap_seconds=8), dict(max_chars=5)):
         with pytest.raises(InputError):
-            L.LongformOptions(**bad).validate()
+            LongformOptions(**bad).validate()
 
 
 def test_chunk_seeds_differ_by_index_and_seed():
-    seeds = {L.chunk_seed(s, i) for s in (0, 1, 2**40) for i in range(50)}
+    seeds = {chunking.chunk_seed(s, i) for s in (0, 1, 2**40) for i in range(50)}
     assert len(seeds) == 150
-    assert L.chunk_seed(7, 3) == L.chunk_seed(7, 3)
+    assert chunking.chunk_seed(7, 3) == chunking.chunk_seed(7, 3)
 
 
 def test_equal_power_fades_and_stitching_keep_level():
-    w_out, w_in = L.equal_power_fades(480)
+    w_out, w_in = chunking.equal_power_fades(480)
     np.testing.assert_allclose(w_out**2 + w_in**2, 1.0, atol=1e-6)
     # two chunks of one constant level (uncorrelated noise) join without a level jump
     rng = np.random.default_rng(0)
-    chunks = L.plan_chunks(np.ones(600), chunk=250, overlap=25, search=0)
-    st = L.Stitcher(600 * HOP_SAMPLES)
+    chunks = chunking.plan_chunks(np.ones(600), chunk=250, overlap=25, search=0)
+    st = chunking.Stitcher(600 * HOP_SAMPLES)
     out = [st.add(0.1 * rng.standard_normal(c.frames * HOP_SAMPLES).astype(np.float32), c) for c in chunks]
     out.append(st.finish())
     y = np.concatenate(out)
@@ -84,7 +88,7 @@ def test_equal_power_fades_and_stitching_keep_level():
     rms = np.sqrt(np.mean(y.reshape(-1, HOP_SAMPLES) ** 2, axis=1))
     assert rms.min() > 0.08 and rms.max() < 0.12
     # a constant signal stays continuous through every join
-    st = L.Stitcher(600 * HOP_SAMPLES)
+    st = chunking.Stitcher(600 * HOP_SAMPLES)
     y = np.concatenate([st.add(np.full(c.frames * HOP_SAMPLES, 0.5, np.float32), c) for c in chunks])
     assert np.abs(np.diff(y)).max() < 0.5 * np.pi / 2 / (25 * HOP_SAMPLES) * 1.01
 
@@ -93,7 +97,7 @@ def test_equal_power_fades_and_stitching_keep_level():
 def test_block_reading_matches_whole_file_resampling(tmp_path, sr):
     path = tmp_path / "x.wav"
     sf.write(path, 0.3 * np.random.default_rng(sr).standard_normal(sr * 7).astype(np.float32), sr, "FLOAT")
-    reader = L.BlockReader(path)
+    reader = chunking.BlockReader(path)
     whole = load_audio(path, 16000)
     assert reader.n_out == load_audio(path, SR).shape[0]
     for f0, f1 in ((0, 90), (137, 260), (300, reader.n_frames + 3)):
@@ -109,14 +113,14 @@ def test_block_reading_matches_whole_file_resampling(tmp_path, sr):
 
 def test_split_text_at_sentences():
     text = 'First sentence here. Second one? "Quoted third." Fourth!\nFifth line 3.14 ok. ' * 5
-    pieces = L.split_text(text, 60)
+    pieces = sentences.split_text(text, 60)
     assert all(len(p) <= 60 for p in pieces)
     assert " ".join(pieces).split() == text.split()
     assert all(p.endswith((".", "?", "!", '."')) for p in pieces)
-    assert L.split_text("短句。第二句！第三句？", 6) == ["短句。", "第二句！", "第三句？"]
-    long_words = L.split_text("word " * 100, 30)
+    assert sentences.split_text("短句。第二句！第三句？", 6) == ["短句。", "第二句！", "第三句？"]
+    long_words = sentences.split_text("word " * 100, 30)
     assert all(len(p) <= 30 for p in long_words) and " ".join(long_words).split() == ["word"] * 100
-    np.testing.assert_allclose(sum(L.split_duration(10.0, ["ab", "abcd", "é"])), 10.0)
+    np.testing.assert_allclose(sum(sentences.split_duration(10.0, ["ab", "abcd", "é"])), 10.0)
 
 
 # ------------------------------------------------------------------------------ engine (tiny bundle)
@@ -196,13 +200,13 @@ def test_long_se_streams_with_bounded_calls_and_continuous_joins(bundle, tmp_pat
 
 def _replan(src, pipe):
     lf = pipe.engine.longform.options
-    r = L.BlockReader(src)
-    frames = L.seconds_to_frames(min(lf.chunk_seconds, L.TRAIN_MAX_SECONDS - lf.context_seconds))
-    return L.plan_chunks(
+    r = chunking.BlockReader(src)
+    frames = chunking.seconds_to_frames(min(lf.chunk_seconds, TRAIN_MAX_SECONDS - lf.context_seconds))
+    return chunking.plan_chunks(
         r.frame_energy(),
         frames,
-        L.seconds_to_frames(lf.overlap_seconds),
-        L.seconds_to_frames(lf.search_seconds),
+        chunking.seconds_to_frames(lf.overlap_seconds),
+        chunking.seconds_to_frames(lf.search_seconds),
     )
 
 
@@ -283,13 +287,15 @@ def test_long_tts_text_is_generated_piece_by_piece(bundle, tmp_path, monkeypatch
     pipe = _load(bundle, "tts", max_chars=60)
     kw = dict(seed=4, prompt_text="a prompt of some words", language="en", prompt_language="en")
     res = pipe(prompt, text=text, **kw)
-    pieces = L.split_text(text, 60)
+    pieces = sentences.split_text(text, 60)
     assert res.info["chunks"] == len(pieces) >= 3
     # each piece is what the short path gives for it (with the piece's derived seed), edges faded
     fade, last = int(0.005 * SR), len(pieces) - 1
     single = _load(bundle, "tts", max_chars=10_000)
     expect = [
-        L.edge_fades(single(prompt, text=p, **{**kw, "seed": L.chunk_seed(4, i)}).wav, fade, i > 0, i < last)
+        chunking.edge_fades(
+            single(prompt, text=p, **{**kw, "seed": chunking.chunk_seed(4, i)}).wav, fade, i > 0, i < last
+        )
         for i, p in enumerate(pieces)
     ]
     np.testing.assert_array_equal(res.wav, np.concatenate(expect))

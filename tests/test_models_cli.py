@@ -11,8 +11,8 @@ import pytest
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from metis_cli import cards
-from metis_cli.cards import ModelStore, get_card
+from metis_cli.assets import cards
+from metis_cli.assets.cards import ModelStore, get_card
 from metis_cli.cli import app
 from metis_cli.errors import CheckpointError, MissingModelError
 

@@ -10,11 +10,8 @@ import math
 import pytest
 import torch
 
-from metis_cli import sampling
-from metis_cli.errors import InputError, MetisError, NonFiniteError
-from metis_cli.nn.s2a import MaskGCTS2A, S2AConfig
-from metis_cli.nn.stage1 import MetisStage1, Stage1Config, l2s_condition
-from metis_cli.sampling import (
+from metis_cli.core import decoding
+from metis_cli.core.decoding import (
     DecodeOptions,
     ReplayNoise,
     TorchNoise,
@@ -31,6 +28,9 @@ from metis_cli.sampling import (
     time_grid,
     top_k_count,
 )
+from metis_cli.errors import InputError, MetisError, NonFiniteError
+from metis_cli.nn.s2a import MaskGCTS2A, S2AConfig
+from metis_cli.nn.stage1 import MetisStage1, Stage1Config, l2s_condition
 
 H, V = 32, 50
 
@@ -540,13 +540,13 @@ def test_non_finite_logits_fail_with_stage_step_and_item(stage1, s2a):
 def test_non_finite_guard_costs_one_host_sync_per_loop(stage1, monkeypatch):
     """The per-step flags stay on the device; one transfer after the loop."""
     calls = []
-    orig = sampling.check_finite
+    orig = decoding.check_finite
 
     def counting(slots, stage):
         calls.append(stage)
         return orig(slots, stage)
 
-    monkeypatch.setattr(sampling, "check_finite", counting)
+    monkeypatch.setattr(decoding, "check_finite", counting)
     prompts, lens, phones, cond = _stage1_items()
     stage1_generate(
         stage1, prompts, lens, phones, cond, DecodeOptions(steps=5), [_noise(b) for b in range(3)]
@@ -598,7 +598,7 @@ def test_cuda_loops_static_shapes_and_graphs(stage1, s2a):
     tokens on CUDA too; CUDA vs CPU and CUDA graphs vs eager agree up to float rounding."""
     import copy
 
-    from metis_cli.devices import apply_precision
+    from metis_cli.core.devices import apply_precision
 
     dev = torch.device("cuda")
     apply_precision(dev, torch.float32)

@@ -12,14 +12,14 @@ from safetensors.torch import load_file
 from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertModel
 
 from metis_cli.constants import SSL_LAYER, SSL_NUM_LAYERS_OFFICIAL
-from metis_cli.errors import AudioError, CheckpointError, MissingModelError
-from metis_cli.ssl import (
+from metis_cli.core.ssl import (
     OFFICIAL_STATS_PATH,
     SSLFeatureExtractor,
     load_stats,
     num_ssl_frames,
     official_hidden_draws,
 )
+from metis_cli.errors import AudioError, CheckpointError, MissingModelError
 from metis_cli.testing.tiny_ssl import STATS_FILENAME, write_tiny_w2v_bert
 
 HIDDEN = 16

@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from metis_cli import api, weight_cache
+from metis_cli import api
+from metis_cli.assets import weight_cache
 from metis_cli.errors import CheckpointError
 
 from .conftest import FAST_API
@@ -64,7 +65,7 @@ def test_second_load_hits_the_cache_and_gives_identical_output(
     assert len(written) == SE_ENTRIES
     assert not list(cache.glob("*.tmp"))
 
-    import metis_cli.lora as lora
+    import metis_cli.assets.lora as lora
 
     def no_merge(*a, **k):
         raise AssertionError("a cache hit must not merge LoRA again")
@@ -99,7 +100,7 @@ def _source(path: Path, scale: float = 1.0) -> Path:
 
 
 def _cached(src: Path, root: Path, calls: list) -> dict[str, torch.Tensor]:
-    from metis_cli.checkpoint import read_tensors
+    from metis_cli.assets.checkpoint import read_tensors
 
     def build():
         calls.append(1)
@@ -115,7 +116,7 @@ def test_entry_holds_the_cast_tensors(tmp_path):
     got = _cached(src, tmp_path / "c", calls)
     again = _cached(src, tmp_path / "c", calls)
     assert calls == [1]
-    from metis_cli.checkpoint import read_tensors
+    from metis_cli.assets.checkpoint import read_tensors
 
     ref = read_tensors(src)
     assert got["w"].dtype == torch.bfloat16 and torch.equal(got["w"], ref["w"].to(torch.bfloat16))
@@ -130,7 +131,7 @@ def test_stale_entry_is_not_used(tmp_path):
     _source(src, scale=3.0)  # same path, same shapes, new values
     got = _cached(src, root, calls)
     assert calls == [1, 1]
-    from metis_cli.checkpoint import read_tensors
+    from metis_cli.assets.checkpoint import read_tensors
 
     assert torch.equal(got["w"], read_tensors(src)["w"].to(torch.bfloat16))
     assert not old.exists() and len(list(root.glob("*.safetensors"))) == 1  # replaced, not piled up
@@ -167,7 +168,7 @@ def test_corrupted_entry_is_rebuilt(tmp_path, damage, caplog):
     good = {k: v.clone() for k, v in good.items()}
     (entry,) = root.glob("*.safetensors")
     damage(entry)
-    with caplog.at_level(logging.WARNING, logger="metis_cli.weight_cache"):
+    with caplog.at_level(logging.WARNING, logger="metis_cli.assets.weight_cache"):
         got = _cached(src, root, calls)
     assert calls == [1, 1]
     assert "rebuilding" in caplog.text

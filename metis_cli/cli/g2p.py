@@ -63,9 +63,9 @@ def g2p_command(
             else:
                 _out(f"{result['lang']}\t{result['phones']}\t{' '.join(map(str, result['ids']))}")
     except BrokenPipeError:  # the reader closed stdout (`| head -1`): stop quietly, like SIGPIPE
-        from metis_cli.cli.report import EXIT_SIGPIPE, _silence_stdout
+        from metis_cli.cli.report import EXIT_SIGPIPE, silence_stdout
 
-        _silence_stdout()
+        silence_stdout()
         raise typer.Exit(EXIT_SIGPIPE) from None
     if failed:
         raise typer.Exit(1)

@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="One JSON object per model on stdout."),
     ) -> None:
         """List the model cards, which of their files are present locally, and their sizes."""
-        from metis_cli.cards import (
+        from metis_cli.assets.cards import (
             DEFAULT_MODEL,
             OVERRIDES_FILE,
             ModelStore,
@@ -118,7 +118,7 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     ) -> None:
         """Fetch model files into the Hugging Face cache (only the files the cards name)."""
-        from metis_cli.cards import DEFAULT_MODEL, ModelStore, get_card, quiet_hub
+        from metis_cli.assets.cards import DEFAULT_MODEL, ModelStore, get_card, quiet_hub
 
         names = list(names or sorted(set(DEFAULT_MODEL.values())))
         for name in names:  # an unknown name is a usage error, before anything downloads
@@ -134,7 +134,8 @@ def register(app: typer.Typer) -> None:
         failed = False
         for name in [n for n in names if n in FRONTENDS]:
             try:
-                from metis_cli import text, video
+                from metis_cli import text
+                from metis_cli.media import video
 
                 fetch = {
                     "zh-frontend": text.fetch_zh_frontend,
@@ -163,7 +164,7 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from metis_cli import __version__
-        from metis_cli.cards import ModelStore
+        from metis_cli.assets.cards import ModelStore
 
         info: dict = {
             "metis": __version__,

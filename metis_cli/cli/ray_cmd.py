@@ -1,8 +1,8 @@
 """`metis ray TASK --manifest jobs.jsonl --workers N`: a manifest over a Ray cluster (Ray Data).
 
 Plans on the driver exactly like the task commands (`jobs.plan`), resumes from and appends to the
-same results ledger (`--results`, `--resume`; metis_cli/ledger.py), then runs the jobs on N
-actors (`metis_cli.ray`, one pipeline load per actor, `--gpus-per-worker` GPUs each). Connects
+same results ledger (`--results`, `--resume`; metis_cli/runs/ledger.py), then runs the jobs on N
+actors (`metis_cli.runs.ray`, one pipeline load per actor, `--gpus-per-worker` GPUs each). Connects
 to the cluster at `--address` or `RAY_ADDRESS`, else starts a local one for the run. stdout and
 exit codes are the task commands': an output path (or a --json record) per finished job; 0 all
 ok or skipped, 1 some failed, 2 usage error (also: Ray not installed), 130/143 interrupted.
@@ -30,11 +30,11 @@ from metis_cli.cli.report import (
     Printer,
     StdoutClosed,
     Terminated,
-    _configure_quiet,
-    _silence_stdout,
+    configure_quiet,
     error_line,
     fail_usage,
     signals,
+    silence_stdout,
 )
 from metis_cli.errors import UsageError
 
@@ -43,7 +43,7 @@ _OPTION_NAMES = {n for g in O.COMMAND_GROUPS for n in O.names(g)}
 
 
 def _body(values: dict[str, Any]) -> None:
-    from metis_cli.ray import TASK_NAMES
+    from metis_cli.runs.ray import TASK_NAMES
 
     task = TASK_NAMES.get(values["task"])
     if task is None:
@@ -59,7 +59,7 @@ def _body(values: dict[str, Any]) -> None:
         fail_usage("--shard: not with metis ray (Ray spreads the jobs over its workers)")
     report: O.ReportOptions = groups[O.ReportOptions]
     printer = Printer(f"ray {values['task']}", as_json=report.json, quiet=report.quiet)
-    _configure_quiet(printer.quiet)
+    configure_quiet(printer.quiet)
     code = EXIT_OK
     try:
         with signals():
@@ -68,7 +68,7 @@ def _body(values: dict[str, Any]) -> None:
         error_line(str(exc))
         code = EXIT_USAGE
     except StdoutClosed:
-        _silence_stdout()
+        silence_stdout()
         code = 141
     except KeyboardInterrupt:
         error_line("interrupted")
@@ -97,8 +97,8 @@ def _run(printer: Printer, task: str, values: dict[str, Any], groups: dict[type,
     from metis_cli import jobs as J
     from metis_cli.api import load
     from metis_cli.errors import InputError, MetisError
-    from metis_cli.ledger import Session
-    from metis_cli.ray import actor_class, plan_rows
+    from metis_cli.runs.ledger import Session
+    from metis_cli.runs.ray import actor_class, plan_rows
 
     ctl: O.RunControl = groups[O.RunControl]
     eng: O.EngineOptions = groups[O.EngineOptions]

@@ -109,10 +109,10 @@ class Printer:
         )
 
 
-def _configure_quiet(quiet: bool) -> None:
+def configure_quiet(quiet: bool) -> None:
     """stderr policy for a run: our logging, and huggingface_hub's warnings and progress bars.
     (--offline is the model store's business: it never calls the hub when offline.)"""
-    from metis_cli.cards import quiet_hub
+    from metis_cli.assets.cards import quiet_hub
     from metis_cli.cli.logs import configure
 
     configure(quiet)
@@ -128,7 +128,7 @@ def run_guarded(printer: Printer, groups: dict[type, Any], request_kw: dict[str,
     from metis_cli.cli.logs import restore_levels, saved_levels
 
     levels = saved_levels()
-    _configure_quiet(printer.quiet)
+    configure_quiet(printer.quiet)
     code = EXIT_OK
     try:
         with signals(), _quiet_warnings(printer.quiet):
@@ -137,7 +137,7 @@ def run_guarded(printer: Printer, groups: dict[type, Any], request_kw: dict[str,
         error_line(str(exc))
         code = EXIT_USAGE
     except StdoutClosed:
-        _silence_stdout()
+        silence_stdout()
         code = EXIT_SIGPIPE
     except KeyboardInterrupt:
         error_line("interrupted")
@@ -145,7 +145,7 @@ def run_guarded(printer: Printer, groups: dict[type, Any], request_kw: dict[str,
     except Terminated:
         code = EXIT_SIGTERM
     finally:
-        from metis_cli.audio import remove_temp_files
+        from metis_cli.media.audio import remove_temp_files
 
         remove_temp_files()
         restore_levels(levels)
@@ -163,7 +163,7 @@ def _quiet_warnings(quiet: bool) -> Any:
         yield
 
 
-def _silence_stdout() -> None:
+def silence_stdout() -> None:
     import os
 
     try:
@@ -179,13 +179,19 @@ def _run(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) 
     task = request_kw["task"]
     server = getattr(groups.get(O.ReportOptions), "server", None)
     if server:  # client mode: the jobs run on a running `metis serve` (metis_cli/serve/client.py)
-        from metis_cli.serve.client import run_remote
+        from metis_cli.serve.client import RemotePipeline
 
         plan = J.plan(J.Request(**request_kw))
         for w in plan.warnings:
             printer.message(f"warning: {w}")
         dec = {k: getattr(groups[O.DecodingOptions], k) for k in O.names(O.DecodingOptions)}
-        return run_remote(server, plan, {k: v for k, v in dec.items() if v is not None}, printer)
+        try:
+            remote = RemotePipeline.connect(server, task, {k: v for k, v in dec.items() if v is not None})
+        except MetisError as exc:
+            error_line(str(exc))
+            return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED
+        with remote:
+            return execute(printer, remote, plan)
     m: O.ModelOptions = groups[O.ModelOptions]
     load_kw = {
         **{k: getattr(m, k) for k in O.names(O.ModelOptions)},
@@ -194,7 +200,8 @@ def _run(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) 
         **{k: getattr(groups[O.DecodingOptions], k) for k in O.names(O.DecodingOptions)},
     }
     load_kw["offline"] = load_kw["offline"] or None  # None: honour HF_HUB_OFFLINE
-    from metis_cli.shard import local_device, prepare  # sharded runs: cuda:LOCAL_RANK, shard, resume, ledger
+    from metis_cli.runs.session import Session  # sharded runs: shard, resume, buckets, ledger
+    from metis_cli.runs.shard import local_device
 
     load_kw["device"] = local_device(load_kw["device"])
     try:
@@ -205,11 +212,28 @@ def _run(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) 
     plan = J.plan(J.Request(**request_kw))
     for w in plan.warnings:
         printer.message(f"warning: {w}")
-    session = prepare(plan, groups, printer.message)  # metis_cli/ledger.py Session
-    return session.finish(_execute(printer, pipe, session.plan, session.record))
+    session = Session.open(plan, message=printer.message, **_session_args(plan.task, groups))
+    return session.finish(execute(printer, pipe, session.plan, session.record))
 
 
-def _execute(printer: Printer, pipe: Any, plan: J.Plan, on_report: Any = None) -> int:
+def _session_args(task: str, groups: dict[type, Any]) -> dict[str, Any]:
+    """`Session.open` arguments from the run-control, engine and long-form option groups."""
+    from metis_cli.runs.shard import resolve_shard
+
+    ctl = groups.get(O.RunControl) or O.RunControl()
+    lf = groups.get(O.LongformOptions)
+    return dict(
+        shard=resolve_shard(ctl.shard),
+        results=ctl.results,
+        resume_run=ctl.resume,
+        retry_failed=ctl.retry_failed,
+        batch_size=groups[O.EngineOptions].batch_size if O.EngineOptions in groups else 1,
+        length_buckets=ctl.length_buckets,
+        long_seconds=lf.chunk_seconds if lf is not None and task in ("se", "tse", "vc") else 0.0,
+    )
+
+
+def execute(printer: Printer, pipe: Any, plan: J.Plan, on_report: Any = None) -> int:
     failures: list[Any] = []
     done = 0
     total = len(plan)

@@ -28,7 +28,7 @@ def results(
 ) -> None:
     """Merge the results ledgers of a run: totals, failures and missing jobs (exit 1 if any)."""
     from metis_cli.errors import UsageError
-    from metis_cli.ledger import summarize
+    from metis_cli.runs.ledger import summarize
 
     try:
         summary = summarize(files)

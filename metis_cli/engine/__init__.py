@@ -29,15 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from metis_cli.cards import ModelStore
-from metis_cli.devices import DTYPES, resolve_device  # noqa: F401  (re-exported)
+from metis_cli.assets.cards import ModelStore
+from metis_cli.core.devices import DTYPES, resolve_device  # noqa: F401  (re-exported)
+from metis_cli.core.tasks import Conditions, Job
 from metis_cli.engine.batch import BatchGenerator, Decoding, StageTimer  # noqa: F401  (re-exported)
 from metis_cli.engine.loader import ModelLoader, StageStats  # noqa: F401  (re-exported)
 from metis_cli.engine.longform import LongformStrategy
 from metis_cli.engine.writer import OutputWriter
 from metis_cli.errors import CheckpointError, MetisError, MissingModelError
 from metis_cli.options import EngineOptions, LongformOptions
-from metis_cli.tasks import Conditions, Job
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ class Engine:
 
 def _input_seconds(job: Job, spec: Any) -> float | None:
     """The main input's duration when it can be read cheaply, else None."""
-    from metis_cli.audio import probe
+    from metis_cli.media.audio import probe
 
     role = spec.inputs[0]
     src = job.inputs.get(role)

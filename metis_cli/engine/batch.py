@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from metis_cli.constants import SSL_NUM_LAYERS_OFFICIAL
+from metis_cli.core.tasks import Conditions, Job
 from metis_cli.engine.loader import ModelLoader, StageStats
-from metis_cli.tasks import Conditions, Job
 
 
 class StageTimer:
@@ -98,7 +98,7 @@ class BatchGenerator:
         """The job's own generator, advanced past the official hidden SSL draws on CPU."""
         gen = torch.Generator(device=self.loader.device).manual_seed(job.seed)
         if self.loader.device.type == "cpu":
-            from metis_cli.ssl import official_hidden_draws
+            from metis_cli.core.ssl import official_hidden_draws
 
             for _ in range(conds.ssl_forwards):
                 official_hidden_draws(gen, SSL_NUM_LAYERS_OFFICIAL)
@@ -108,7 +108,12 @@ class BatchGenerator:
         self, ready: list[tuple[Job, Conditions]], decoding: Decoding
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Stage 1 + S2A: per item the generated semantic codes (L,) and acoustic codes (L_ac, 12)."""
-        from metis_cli.sampling import DecodeOptions, TorchNoise, metis_semantic_to_acoustic, stage1_generate
+        from metis_cli.core.decoding import (
+            DecodeOptions,
+            TorchNoise,
+            metis_semantic_to_acoustic,
+            stage1_generate,
+        )
 
         ld = self.loader
         noise = [TorchNoise(self.generator(job, c)) for job, c in ready]

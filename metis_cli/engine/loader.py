@@ -25,14 +25,14 @@ from typing import Any
 
 import torch
 
-from metis_cli import checkpoint, weight_cache
-from metis_cli.cards import DEFAULT_MODEL, ModelCard, ModelStore, get_card
+from metis_cli.assets import checkpoint, weight_cache
+from metis_cli.assets.cards import DEFAULT_MODEL, ModelCard, ModelStore, get_card
 from metis_cli.constants import SSL_LAYER
-from metis_cli.devices import DTYPES, apply_precision, resolve_device
+from metis_cli.core.devices import DTYPES, apply_precision, resolve_device
+from metis_cli.core.tasks import TASKS, TaskSpec
+from metis_cli.core.tokenizer import Tokenizers
 from metis_cli.errors import InputError, MissingModelError
 from metis_cli.options import EngineOptions
-from metis_cli.tasks import TASKS, TaskSpec
-from metis_cli.tokenizer import Tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class ModelLoader:
         return module.eval()
 
     def _load_ssl(self) -> Any:
-        from metis_cli.ssl import SSLFeatureExtractor
+        from metis_cli.core.ssl import SSLFeatureExtractor
 
         card = get_card("w2v-bert-2.0")
         model_dir = self._file("w2v-bert-2.0", "weights").parent
@@ -247,7 +247,7 @@ class ModelLoader:
         return self._load_module(module, self._file(card.name, "stage1"))
 
     def _load_lora_stage1(self, block: dict, ft_type: str | None) -> Any:
-        from metis_cli.lora import assemble_lora_stage1, lora_stage1_config
+        from metis_cli.assets.lora import assemble_lora_stage1, lora_stage1_config
         from metis_cli.nn.stage1 import MetisStage1, Stage1Config
 
         card = self.card
@@ -303,7 +303,7 @@ class ModelLoader:
         return self._load_s2a("s2a_full")
 
     def _load_visual(self) -> Any:
-        from metis_cli.visual_loader import load_visual_encoder
+        from metis_cli.assets.visual_checkpoint import load_visual_encoder
 
         path = self.options.visual_checkpoint
         if path is None:
@@ -315,7 +315,7 @@ class ModelLoader:
 
     def _visual_features(self, path: Path, landmarks: Path | None = None) -> torch.Tensor:
         """(T25, D) visual-encoder features of a video (mouth crops resampled to 25 fps)."""
-        from metis_cli.video import load_mouth_rois, visual_features
+        from metis_cli.media.video import load_mouth_rois, visual_features
 
         encoder = self.component("visual")
         rois = load_mouth_rois(path, landmarks=landmarks, face_model=self.options.face_model)

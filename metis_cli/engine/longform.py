@@ -1,6 +1,6 @@
 """The long-form strategy (docs/LONGFORM.md): which jobs are long, and their output block by block.
 
-SE/TSE/VC inputs longer than one chunk are cut at quiet frames (`metis_cli.longform.plan_chunks`),
+SE/TSE/VC inputs longer than one chunk are cut at quiet frames (`metis_cli.media.chunking.plan_chunks`),
 generated chunk by chunk with bounded memory (the speaker prompt fixed for TSE/VC, the previous
 chunk's last output tokens carried as the prompt for SE), and joined with equal-power
 crossfades. TTS texts longer than `max_chars` are spoken piece by piece with the same prompt.
@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from metis_cli import longform as L
-from metis_cli.constants import CODEC_SAMPLE_RATE, HOP_SAMPLES
+from metis_cli.constants import CODEC_SAMPLE_RATE, HOP_SAMPLES, TRAIN_MAX_SECONDS, TRAIN_MIN_SECONDS
+from metis_cli.core.tasks import Conditions, Job, prompt_codes
 from metis_cli.engine.batch import BatchGenerator, Decoding
 from metis_cli.errors import MetisError
+from metis_cli.media import chunks as chunking
 from metis_cli.options import LongformOptions
-from metis_cli.tasks import Conditions, Job, prompt_codes
+from metis_cli.text import sentences
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ class LongformStrategy:
         if role is None or role not in job.inputs:
             return False
         try:
-            with L.BlockReader(job.inputs[role]) as reader:
-                return reader.n_frames > L.seconds_to_frames(lf.chunk_seconds)
+            with chunking.BlockReader(job.inputs[role]) as reader:
+                return reader.n_frames > chunking.seconds_to_frames(lf.chunk_seconds)
         except MetisError:
             return False
 
@@ -67,16 +68,16 @@ class LongformStrategy:
         log.info("%s: chunk %d/%d done", job.output, index + 1, total)
         if self.on_chunk is not None:
             sr = CODEC_SAMPLE_RATE
-            self.on_chunk(L.ChunkProgress(job.output, index, total, done / sr, expected / sr))
+            self.on_chunk(chunking.ChunkProgress(job.output, index, total, done / sr, expected / sr))
 
     def _audio_chunks(self, job: Job, decoding: Decoding, info: dict) -> Iterator[np.ndarray]:
         """SE / TSE / VC: finished 24 kHz blocks of a long input, chunk by chunk."""
         lf, gen = self.options, self.gen
         tok = gen.loader.tokenizers
-        with L.BlockReader(job.inputs[self.spec.chunk_input]) as reader:
+        with chunking.BlockReader(job.inputs[self.spec.chunk_input]) as reader:
             info["audio_seconds"] = reader.seconds
             prompt = None
-            budget = L.TRAIN_MAX_SECONDS  # prompt (or carried context) + chunk stay in the training range
+            budget = TRAIN_MAX_SECONDS  # prompt (or carried context) + chunk stay in the training range
             if self.spec.speaker_prompt is not None:
                 gen.loader.enter("conditions")
                 with gen.timer("conditions"):
@@ -84,26 +85,26 @@ class LongformStrategy:
                 budget -= len(prompt[2]) / tok.ssl_rate
                 context = 0  # the fixed speaker prompt is the context (docs/LONGFORM.md)
             else:
-                context = L.seconds_to_frames(lf.context_seconds)
+                context = chunking.seconds_to_frames(lf.context_seconds)
                 budget -= lf.context_seconds
-            chunk_frames = L.seconds_to_frames(max(min(lf.chunk_seconds, budget), L.TRAIN_MIN_SECONDS))
+            chunk_frames = chunking.seconds_to_frames(max(min(lf.chunk_seconds, budget), TRAIN_MIN_SECONDS))
             with gen.timer("plan"):
-                chunks = L.plan_chunks(
+                chunks = chunking.plan_chunks(
                     reader.frame_energy(),
                     chunk_frames,
-                    L.seconds_to_frames(lf.overlap_seconds),
-                    L.seconds_to_frames(lf.search_seconds),
+                    chunking.seconds_to_frames(lf.overlap_seconds),
+                    chunking.seconds_to_frames(lf.search_seconds),
                 )
             info.update(chunks=len(chunks), max_chunk_frames=max(c.frames for c in chunks))
-            stitch = L.Stitcher(reader.n_out)
+            stitch = chunking.Stitcher(reader.n_out)
             carry: tuple[torch.Tensor, torch.Tensor] | None = None  # (P,) semantic, (P, 12) acoustic
-            for chunk, nxt in L.iter_pairs(chunks):
+            for chunk, nxt in chunking.iter_pairs(chunks):
                 ctx = 0 if carry is None else int(carry[0].shape[0])
                 gen.loader.enter("conditions")
                 with gen.timer("conditions"):
                     wav16 = reader.read16(chunk.start - ctx, chunk.stop + CHUNK_MARGIN_FRAMES)
                     conds = self._chunk_conditions(job, wav16, carry, prompt)
-                cjob = replace(job, seed=L.chunk_seed(job.seed, chunk.index))
+                cjob = replace(job, seed=chunking.chunk_seed(job.seed, chunk.index))
                 (sem,), (codes,) = gen.codes([(cjob, conds)], decoding)
                 if codes.shape[0] < chunk.frames:
                     log.warning(
@@ -116,7 +117,7 @@ class LongformStrategy:
                     b = nxt.start - chunk.start
                     a = max(0, b - context)
                     carry = (sem[a:b].clone(), codes[a:b].clone())
-                yield stitch.add(L.fit_length(wav, chunk.frames * HOP_SAMPLES), chunk)
+                yield stitch.add(chunking.fit_length(wav, chunk.frames * HOP_SAMPLES), chunk)
                 self._progress(job, chunk.index, len(chunks), stitch.emitted, reader.n_out)
             yield stitch.finish()
             info["max_read_samples"] = reader.max_block
@@ -151,18 +152,18 @@ class LongformStrategy:
         """TTS with long text: one generation per sentence-bounded piece, same speaker prompt.
         Each piece is a seeded run of its own (seed `chunk_seed(seed, i)`), hidden SSL draws
         included (its conditions make one w2v-BERT forward of the prompt)."""
-        pieces = L.split_text(job.text or "", self.options.max_chars)
-        durations = L.split_duration(job.duration, pieces) if job.duration else [None] * len(pieces)
+        pieces = sentences.split_text(job.text or "", self.options.max_chars)
+        durations = sentences.split_duration(job.duration, pieces) if job.duration else [None] * len(pieces)
         info.update(chunks=len(pieces), piece_chars=[len(p) for p in pieces])
         fade = int(TTS_FADE_SECONDS * CODEC_SAMPLE_RATE)
         done = 0
         for i, (piece, dur) in enumerate(zip(pieces, durations, strict=True)):
-            pjob = replace(job, text=piece, duration=dur, seed=L.chunk_seed(job.seed, i))
+            pjob = replace(job, text=piece, duration=dur, seed=chunking.chunk_seed(job.seed, i))
             conds = self.gen.conditions(pjob)
             info["audio_seconds"] = conds.audio_seconds
             (_,), (codes,) = self.gen.codes([(pjob, conds)], decoding)
             wav = self.gen.decode(codes)
-            wav = L.edge_fades(wav, fade, fade_in=i > 0, fade_out=i < len(pieces) - 1)
+            wav = chunking.edge_fades(wav, fade, fade_in=i > 0, fade_out=i < len(pieces) - 1)
             done += wav.shape[0]
             yield wav
             self._progress(job, i, len(pieces), done, 0)

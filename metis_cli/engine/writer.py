@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from metis_cli.audio import AtomicAudioWriter, encode_audio
 from metis_cli.constants import CODEC_SAMPLE_RATE
+from metis_cli.media.audio import AtomicAudioWriter, encode_audio
 
 
 @dataclass

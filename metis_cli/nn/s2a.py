@@ -2,7 +2,7 @@
 
 Per-codebook token embeddings and heads, a layer-index embedding, the semantic condition
 embedding `cond_emb` and the DiffLlama backbone (additive condition). The decoding loop
-lives in `metis_cli.sampling`.
+lives in `metis_cli.core.decoding`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Semantic-token masked generative model: token embeddings `cond_emb`, a [MASK] embedding,
 optional phone prefix (`phone_emb` + the backbone's `cond_mlp`), optional task adapter on a
 finetune condition (SSL or visual features), the DiffLlamaPrefix backbone and `to_logit`.
-The decoding loop lives in `metis_cli.sampling`.
+The decoding loop lives in `metis_cli.core.decoding`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ per video frame (time is never subsampled).
 State-dict keys are the VSR / ESPnet names without their leading `encoder.` (spec §4.1):
 `frontend.frontend3D.{0,1}`, `frontend.trunk.layer{1..4}.{0,1}.{conv1,bn1,conv2,bn2,downsample}`,
 `embed.0`, `encoders.{N}.{self_attn,feed_forward,feed_forward_macaron,conv_module,norm_*}`,
-`after_norm`. The loader (`metis_cli.visual_loader`) maps the file namings onto these.
+`after_norm`. The loader (`metis_cli.assets.visual_checkpoint`) maps the file namings onto these.
 """
 
 from __future__ import annotations

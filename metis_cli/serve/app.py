@@ -34,16 +34,16 @@ from starlette.staticfiles import StaticFiles
 from metis_cli import __version__
 from metis_cli import jobs as J
 from metis_cli import options as O
-from metis_cli.audio import AudioArray
 from metis_cli.constants import CODEC_SAMPLE_RATE
+from metis_cli.core.tasks import TASKS
 from metis_cli.errors import MetisError, UsageError
+from metis_cli.media.audio import AudioArray
 from metis_cli.serve import media
 from metis_cli.serve.batcher import Batcher, BatchFailed, ClientGone, DeadlineExceeded, NotReady, QueueFull
 from metis_cli.serve.config import ServeConfig
 from metis_cli.serve.errors import ApiError, field_message, from_job_error, from_metis
 from metis_cli.serve.metrics import Metrics
 from metis_cli.serve.voices import VoiceStore
-from metis_cli.tasks import TASKS
 
 log = logging.getLogger("metis.serve")
 

@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from metis_cli.core.tasks import Job
 from metis_cli.engine import Decoding, JobResult
-from metis_cli.tasks import Job
 
 log = logging.getLogger(__name__)
 

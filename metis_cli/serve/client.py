@@ -4,7 +4,7 @@ The CLI plans the jobs as always (`jobs.plan`: inputs, output names, existing-ou
 per-job seeds); each runnable job is then sent to a running `metis serve` instead of loading
 models here: its input files are uploaded, the answer (WAV, PCM 16) is written to the job's
 output atomically (`audio.write_audio_atomic`, the format the extension names), and the report
-lines, JSON objects and exit codes are the CLI's own (`cli.report._execute`). A shell loop then
+lines, JSON objects and exit codes are the CLI's own (`cli.report.execute`). A shell loop then
 pays the model load once, in the service. `METIS_API_KEY` is sent as the Bearer token.
 """
 
@@ -19,21 +19,62 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from metis_cli.errors import MetisError, UsageError
+
 ROUTE = {"se": "enhance", "tse": "tse", "vc": "vc", "tts": "tts"}
 CONCURRENCY = 4  # requests in flight (the service batches them)
 MAX_RETRIES = 20  # answers 429 (queue full) retried after Retry-After, this many times per job
 
 
-class _Remote:
-    """Looks like a `Pipeline` to `cli.report._execute`: `run(plan)` yields a Report per item."""
+class RemotePipeline:
+    """A `Pipeline` whose jobs run on a `metis serve` at `url`: `run(plan)` yields the same
+    Reports as a local pipeline (printing and exit codes stay with the caller). Use as a context
+    manager (`RemotePipeline.connect(...)`); the HTTP connection closes on exit."""
 
     def __init__(self, client: Any, task: str, decoding: dict[str, Any]) -> None:
         self.client = client
         self.task = task
         self.decoding = {k: str(v) for k, v in decoding.items() if v is not None}
 
+    @classmethod
+    def connect(cls, url: str, task: str, decoding_overrides: dict[str, Any]) -> RemotePipeline:
+        """Check that the service at `url` runs `task`. Raises UsageError for a task no server
+        runs, MetisError when the service cannot be reached or does not run the task."""
+        import httpx
+
+        if task not in ROUTE:
+            raise UsageError(f"--server: {task} cannot run on a server (it serves {', '.join(ROUTE)})")
+        key = os.environ.get("METIS_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        timeout = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
+        client = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        try:
+            try:
+                resp = client.get("/v1/models")
+            except httpx.HTTPError as exc:
+                raise MetisError(
+                    f"--server {url}: cannot reach the service ({type(exc).__name__}: {exc})"
+                ) from None
+            if resp.status_code != 200:
+                raise MetisError(f"--server {url}: {_remote_message(resp, _Nothing())}")
+            served = [m.get("task") for m in resp.json().get("data", [])]
+            if task not in served:
+                raise MetisError(
+                    f"--server {url}: the service does not run {task} (it runs: {', '.join(served)})"
+                )
+        except BaseException:
+            client.close()
+            raise
+        return cls(client, task, decoding_overrides)
+
+    def __enter__(self) -> RemotePipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+
     def run(self, plan: Any, on_chunk: Any = None, on_report: Any = None, **_: Any) -> Iterator[Any]:
-        from metis_cli.tasks import Job
+        from metis_cli.core.tasks import Job
 
         items = plan.items
         with ThreadPoolExecutor(CONCURRENCY) as pool:
@@ -126,8 +167,8 @@ def _read(path: Path) -> bytes:
 def _write(output: Path, content: bytes) -> None:
     import soundfile as sf
 
-    from metis_cli.audio import write_audio_atomic
     from metis_cli.constants import CODEC_SAMPLE_RATE
+    from metis_cli.media.audio import write_audio_atomic
 
     if str(output) == "-":
         sys.stdout.buffer.write(content)
@@ -160,34 +201,6 @@ def _rejected(item: Any) -> Any:
     from metis_cli.api import rejected_report
 
     return rejected_report(item)
-
-
-def run_remote(url: str, plan: Any, decoding_overrides: dict[str, Any], printer: Any) -> int:
-    """Run a planned request on the service at `url`; print like the CLI; return the exit code."""
-    import httpx
-
-    from metis_cli.cli.report import EXIT_FAILED, EXIT_USAGE, _execute, error_line
-
-    if plan.task not in ROUTE:
-        error_line(f"--server: {plan.task} cannot run on a server (it serves {', '.join(ROUTE)})")
-        return EXIT_USAGE
-    key = os.environ.get("METIS_API_KEY")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    timeout = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
-    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout) as client:
-        try:
-            resp = client.get("/v1/models")
-        except httpx.HTTPError as exc:
-            error_line(f"--server {url}: cannot reach the service ({type(exc).__name__}: {exc})")
-            return EXIT_FAILED
-        if resp.status_code != 200:
-            error_line(f"--server {url}: {_remote_message(resp, _Nothing())}")
-            return EXIT_FAILED
-        served = [m.get("task") for m in resp.json().get("data", [])]
-        if plan.task not in served:
-            error_line(f"--server {url}: the service does not run {plan.task} (it runs: {', '.join(served)})")
-            return EXIT_FAILED
-        return _execute(printer, _Remote(client, plan.task, decoding_overrides), plan)
 
 
 class _Nothing:

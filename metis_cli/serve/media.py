@@ -15,9 +15,9 @@ import re
 import numpy as np
 import soundfile as sf
 
-from metis_cli.audio import AudioArray, pcm_to_float32, writable_formats
 from metis_cli.constants import CODEC_SAMPLE_RATE
 from metis_cli.errors import AudioError
+from metis_cli.media.audio import AudioArray, pcm_to_float32, writable_formats
 
 # response_format -> (libsndfile format, subtype, media type); pcm: raw s16le, 24 kHz mono
 _ENCODERS = {

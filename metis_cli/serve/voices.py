@@ -24,8 +24,8 @@ import soundfile as sf
 
 from metis_cli import jobs as J
 from metis_cli import options as O
-from metis_cli.audio import AudioArray
 from metis_cli.errors import MetisError, UsageError
+from metis_cli.media.audio import AudioArray
 from metis_cli.serve.media import decode_upload, seconds
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from metis_cli.cards import OVERRIDES_FILE, get_card
+from metis_cli.assets.cards import OVERRIDES_FILE, get_card
 from metis_cli.constants import PHONE_PAD_ID
 
 SSL_HIDDEN = 16  # tiny w2v-BERT width (= semantic codec hidden = adapter cond_dim)
@@ -149,12 +149,12 @@ def _repo_dir(root: Path, card_name: str, lowercase: bool = False) -> Path:
 
 def write_tiny_bundle(root: str | Path, seed: int = 0) -> Path:
     """Write the tiny bundle to `root` and return it."""
+    from metis_cli.assets.visual_checkpoint import save_tiny_visual_checkpoint
     from metis_cli.nn.acoustic_codec import AcousticCodecConfig, CodecDecoder, CodecEncoder
     from metis_cli.nn.s2a import MaskGCTS2A, S2AConfig
     from metis_cli.nn.semantic_codec import SemanticCodec, SemanticCodecConfig
     from metis_cli.nn.stage1 import MetisStage1, Stage1Config
     from metis_cli.testing.tiny_ssl import write_tiny_w2v_bert
-    from metis_cli.visual_loader import save_tiny_visual_checkpoint
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -237,7 +237,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def _visual_width(json_path: Path) -> int:
-    from metis_cli.visual_loader import read_visual_config
+    from metis_cli.assets.visual_checkpoint import read_visual_config
 
     return read_visual_config(json_path).adim
 

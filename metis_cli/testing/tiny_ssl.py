@@ -4,7 +4,7 @@ The bundle has the same structure as ``facebook/w2v-bert-2.0`` (relative-key att
 conformer convolution, 160-dim stacked fbank input, the official feature-extractor config)
 but a very small width, so writing and running it takes milliseconds. ``metis_stats.safetensors``
 next to the model holds random normalisation stats of the tiny width (keys ``mean``, ``var``),
-which :meth:`metis_cli.ssl.SSLFeatureExtractor.from_dir` picks up.
+which :meth:`metis_cli.core.ssl.SSLFeatureExtractor.from_dir` picks up.
 """
 
 from __future__ import annotations

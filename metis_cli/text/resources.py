@@ -138,7 +138,7 @@ def fetch_zh_frontend(dest: Path | None = None) -> Path:
     Downloads the ``maskgct==0.0.19`` sdist from PyPI, extracts only the two files and keeps
     them only if their git blob ids match the official ones.
     """
-    from metis_cli.cards import env_offline
+    from metis_cli.assets.cards import env_offline
 
     folder = dest or cache_root() / "zh-frontend"
     try:
@@ -242,7 +242,7 @@ def fetch_ja_frontend(dest: Path | None = None, offline: bool | None = None) -> 
     sha256 and then only if every file matches. ``offline`` (default: ``--offline`` /
     ``HF_HUB_OFFLINE``) forbids the download: a one-line ``MissingResourceError``.
     """
-    from metis_cli.cards import env_offline
+    from metis_cli.assets.cards import env_offline
 
     root = dest or cache_root() / "ja-frontend"
     try:

@@ -47,9 +47,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from metis_cli.cards import get_card
+from metis_cli.assets.cards import get_card
+from metis_cli.assets.umask import apply_umask
 from metis_cli.errors import InputError, UsageError
-from metis_cli.fsutil import apply_umask
 
 log = logging.getLogger(__name__)
 

@@ -35,11 +35,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from metis_cli import checkpoint
-from metis_cli.cards import DEFAULT_MODEL, FileSpec, ModelCard, ModelStore, get_card
-from metis_cli.errors import InputError, UsageError
-from metis_cli.fsutil import apply_umask
-from metis_cli.lora import (
+from metis_cli.assets import checkpoint
+from metis_cli.assets.cards import DEFAULT_MODEL, FileSpec, ModelCard, ModelStore, get_card
+from metis_cli.assets.lora import (
     ADAPTER_PREFIX,
     LoraLinear,
     apply_unmerged_lora,
@@ -47,6 +45,8 @@ from metis_cli.lora import (
     load_adapter,
     lora_target_paths,
 )
+from metis_cli.assets.umask import apply_umask
+from metis_cli.errors import InputError, UsageError
 from metis_cli.nn.stage1 import MetisStage1, Stage1Config
 
 LORA_FILE, ADAPTER_FILE, STAGE1_FILE, BASE_FILE = (

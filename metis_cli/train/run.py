@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from metis_cli.cards import DEFAULT_MODEL, ModelStore, get_card
-from metis_cli.devices import resolve_device
+from metis_cli.assets.cards import DEFAULT_MODEL, ModelStore, get_card
+from metis_cli.core.devices import resolve_device
 from metis_cli.engine.loader import ModelLoader
 from metis_cli.errors import InputError, UsageError
 from metis_cli.options import EngineOptions

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from metis_cli import checkpoint
+from metis_cli.assets import checkpoint
+from metis_cli.core.decoding import DecodeOptions, ReplayNoise, stage1_generate
 from metis_cli.nn.s2a import S2A_TOLERATED_EXTRA, MaskGCTS2A, S2AConfig
 from metis_cli.nn.stage1 import MetisStage1, Stage1Config, l2s_condition
-from metis_cli.sampling import DecodeOptions, ReplayNoise, stage1_generate
 
 from .cases import Case, assert_close, assert_golden_close, float64_eval
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from metis_cli.checkpoint import build_on_meta, load_state
+from metis_cli.assets.checkpoint import build_on_meta, load_state
 from metis_cli.nn.acoustic_codec import (
     AcousticCodecConfig,
     CodecDecoder,

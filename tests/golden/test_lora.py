@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from metis_cli import checkpoint
-from metis_cli.errors import CheckpointError
-from metis_cli.lora import (
+from metis_cli.assets import checkpoint
+from metis_cli.assets.lora import (
     apply_unmerged_lora,
     assemble_lora_stage1,
     expected_lora_shapes,
     load_adapter,
     merge_lora,
 )
+from metis_cli.errors import CheckpointError
 from metis_cli.nn.stage1 import MetisStage1, Stage1Config
 
 from .cases import MERGED_ATOL, all_cases, assert_close

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from metis_cli.sampling import (
+from metis_cli.core.decoding import (
     ReplayNoise,
     TorchNoise,
     metis_semantic_to_acoustic,

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from metis_cli.sampling import ReplayNoise, TorchNoise, stage1_generate, stage1_reference
+from metis_cli.core.decoding import ReplayNoise, TorchNoise, stage1_generate, stage1_reference
 
 from .cases import all_cases, assert_golden_close, float64_eval
 from .generator_helpers import (

@@ -8,7 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from metis_cli.video import PIXEL_MEAN, PIXEL_STD, REFERENCE_POINTS
+from metis_cli.media.video import PIXEL_MEAN, PIXEL_STD, REFERENCE_POINTS
 
 
 def write_video(path: Path, frames: np.ndarray, fps, codec: str = "ffv1") -> Path:

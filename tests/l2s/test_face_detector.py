@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from metis_cli import video
 from metis_cli.errors import MissingModelError, VideoError
+from metis_cli.media import video
 
 
 def _fake_wheel(tmp_path: Path, contents: dict[str, bytes]) -> tuple[Path, str]:
@@ -311,7 +311,7 @@ def test_tasks_route_falls_back_when_the_full_range_model_cannot_run(tmp_path, m
         monkeypatch,
         {"full.tflite": Broken(), "short.tflite": [[_tasks_detection((20, 10, 60, 60), FACE)]] * 2},
     )
-    with caplog.at_level("WARNING", logger="metis_cli.video"):
+    with caplog.at_level("WARNING", logger="metis_cli.media.video"):
         marks = video.detect_landmarks(FRAMES, "clip")
     assert used == ["full.tflite", "short.tflite"] and marks[0, 3].tolist() == [40, 40]
     assert "short-range model alone" in caplog.text

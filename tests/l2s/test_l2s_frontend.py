@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from metis_cli.assets.visual_checkpoint import load_visual_encoder, save_tiny_visual_checkpoint
 from metis_cli.errors import VideoError
+from metis_cli.media.video import load_mouth_rois, visual_features
 from metis_cli.nn.visual import tiny_config
-from metis_cli.video import load_mouth_rois, visual_features
-from metis_cli.visual_loader import load_visual_encoder, save_tiny_visual_checkpoint
 from tests.l2s.synth import face_video, write_video
 
 

@@ -108,7 +108,7 @@ def _routes(mediapipe) -> dict[str, str | None]:
         routes["tasks"] = str(bundled)  # the Tasks API of the legacy wheel, on its own model file
     else:
         from metis_cli.errors import MissingModelError
-        from metis_cli.video import face_detector_files
+        from metis_cli.media.video import face_detector_files
 
         try:
             routes["tasks"] = str(face_detector_files()[-1])
@@ -119,7 +119,7 @@ def _routes(mediapipe) -> dict[str, str | None]:
 
 @pytest.mark.parametrize("route", ["legacy", "tasks"])
 def test_detector_and_crop_centre_on_the_mouth(route, mediapipe, astronaut_video, monkeypatch) -> None:
-    from metis_cli.video import detect_landmarks, mouth_crop_centres, mouth_rois, read_video
+    from metis_cli.media.video import detect_landmarks, mouth_crop_centres, mouth_rois, read_video
 
     routes = _routes(mediapipe)
     if route not in routes:
@@ -182,7 +182,7 @@ def test_recorded_checksums_match_the_legacy_wheel_models(mediapipe) -> None:
     where that wheel is installed, its files must have exactly the recorded sizes and sha256."""
     import hashlib
 
-    from metis_cli.video import FACE_DETECTOR_FILES
+    from metis_cli.media.video import FACE_DETECTOR_FILES
 
     root = Path(mediapipe.__file__).parent.parent
     if mediapipe.__version__ != "0.10.21":

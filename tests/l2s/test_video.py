@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from metis_cli.errors import VideoError
-from metis_cli.nn.visual import VisualEncoder, tiny_config
-from metis_cli.video import (
+from metis_cli.media.video import (
     REFERENCE_POINTS,
     crop_box,
     detect_landmarks,
@@ -28,6 +27,7 @@ from metis_cli.video import (
     smooth_landmarks,
     visual_features,
 )
+from metis_cli.nn.visual import VisualEncoder, tiny_config
 from tests.l2s.synth import bright_centroid, face_video, gray_levels, unnormalise, write_video
 
 # --- reading ------------------------------------------------------------------------------

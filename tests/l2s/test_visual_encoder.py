@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from metis_cli.checkpoint import build_on_meta, load_state
+from metis_cli.assets.checkpoint import build_on_meta, load_state
 from metis_cli.nn.visual import (
     VisualEncoder,
     VisualEncoderConfig,

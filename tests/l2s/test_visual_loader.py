@@ -9,9 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from metis_cli.assets.visual_checkpoint import (
+    load_visual_encoder,
+    read_visual_config,
+    save_tiny_visual_checkpoint,
+)
 from metis_cli.errors import CheckpointError, MissingModelError
 from metis_cli.nn.visual import tiny_config
-from metis_cli.visual_loader import load_visual_encoder, read_visual_config, save_tiny_visual_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Strict loading (`metis_cli.checkpoint`) on a small module: every layout problem is one line
+"""Strict loading (`metis_cli.assets.checkpoint`) on a small module: every layout problem is one line
 naming the file and the key; nothing is ignored silently."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from metis_cli.checkpoint import build_on_meta, load_file_into, load_state, read_header, read_tensors
+from metis_cli.assets.checkpoint import build_on_meta, load_file_into, load_state, read_header, read_tensors
 from metis_cli.errors import CheckpointError
 
 

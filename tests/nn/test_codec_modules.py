@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metis_cli.checkpoint import build_on_meta, load_state
+from metis_cli.assets.checkpoint import build_on_meta, load_state
 from metis_cli.constants import CODEC_MIN_SAMPLES, HOP_SAMPLES
 from metis_cli.errors import CheckpointError, MetisError
 from metis_cli.nn.acoustic_codec import (

@@ -98,7 +98,7 @@ def test_gradients_flow_through_the_separate_projections():
 
 
 def test_wrapped_linears_are_never_fused():
-    from metis_cli.lora import LoraLinear
+    from metis_cli.assets.lora import LoraLinear
 
     net = _net(torch.bfloat16)
     x, t, cond = _inputs(torch.bfloat16)

@@ -1,11 +1,11 @@
-"""Key sets `metis_cli.lora` expects for LoRA and adapter files vs the official extracted manifests."""
+"""Key sets `metis_cli.assets.lora` expects for LoRA and adapter files vs the official extracted manifests."""
 
 from __future__ import annotations
 
 import pytest
 
-from metis_cli.checkpoint import build_on_meta
-from metis_cli.lora import ADAPTER_PREFIX, expected_lora_shapes
+from metis_cli.assets.checkpoint import build_on_meta
+from metis_cli.assets.lora import ADAPTER_PREFIX, expected_lora_shapes
 from metis_cli.nn.stage1 import MetisStage1, Stage1Config
 from tests.golden.cases import MANIFEST_DIR
 from tests.nn.full_size import FULL_SIZE_CONFIGS

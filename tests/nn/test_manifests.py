@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from metis_cli.checkpoint import build_on_meta
+from metis_cli.assets.checkpoint import build_on_meta
 from metis_cli.nn.acoustic_codec import AcousticCodecConfig, CodecDecoder, CodecEncoder
 from metis_cli.nn.s2a import S2A_TOLERATED_EXTRA, MaskGCTS2A, S2AConfig
 from metis_cli.nn.semantic_codec import SemanticCodec, SemanticCodecConfig

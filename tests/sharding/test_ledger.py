@@ -15,9 +15,8 @@ from typer.testing import CliRunner
 from metis_cli import jobs as J
 from metis_cli.cli import app
 from metis_cli.errors import UsageError
-from metis_cli.ledger import (
+from metis_cli.runs.ledger import (
     Ledger,
-    Session,
     clean_stale_temps,
     header,
     item_key,
@@ -29,7 +28,8 @@ from metis_cli.ledger import (
     run_ledgers,
     summarize,
 )
-from metis_cli.shard import Shard
+from metis_cli.runs.session import Session
+from metis_cli.runs.shard import Shard
 
 
 def _job(tmp: Path, n: int) -> J.Job:

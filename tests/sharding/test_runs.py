@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from metis_cli.cli import app
-from metis_cli.ledger import latest, ledger_path, output_complete, run_ledgers
-from metis_cli.shard import Shard
+from metis_cli.runs.ledger import latest, ledger_path, output_complete, run_ledgers
+from metis_cli.runs.shard import Shard
 
 from .conftest import BAD_LINES, FAST, N_JOBS, cli_env, finished, good_outputs, records, subprocess_env
 
@@ -207,7 +207,7 @@ def test_sigkill_midway_then_resume(tiny_bundle, corpus):
 RAY_SCRIPT = r"""
 import json, sys
 import ray
-from metis_cli import ray as metis_ray
+from metis_cli.runs import ray as metis_ray
 
 ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
 ds = metis_ray.read_manifest("jobs.jsonl", "enhance", output="api_out")

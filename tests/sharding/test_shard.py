@@ -8,11 +8,10 @@ import pytest
 
 from metis_cli import jobs as J
 from metis_cli.errors import UsageError
-from metis_cli.shard import (
+from metis_cli.runs.buckets import bucket, padding
+from metis_cli.runs.shard import (
     Shard,
-    bucket,
     local_device,
-    padding,
     resolve_shard,
     select,
     shard_from_env,
@@ -143,7 +142,7 @@ def test_no_barrier_outside_torchrun():
 
 
 def test_job_seconds(wav_factory, tmp_path: Path):
-    from metis_cli.shard import job_seconds
+    from metis_cli.runs.buckets import job_seconds
 
     a = wav_factory("a.wav", 1.5)
     b = wav_factory("b.wav", 0.5, sr=16_000)

@@ -13,13 +13,13 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from metis_cli import api
+from metis_cli.assets.visual_checkpoint import save_tiny_visual_checkpoint
 from metis_cli.cli import app
 from metis_cli.errors import InputError
 from metis_cli.nn.stage1 import l2s_condition
 from metis_cli.train import data as D
 from metis_cli.train import finetune
 from metis_cli.train.loop import TrainOptions, drop_prompts
-from metis_cli.visual_loader import save_tiny_visual_checkpoint
 from tests.conftest import FAST, FAST_API
 from tests.l2s.synth import write_video
 
@@ -95,7 +95,7 @@ def test_l2s_finetune_learns_and_exports_merged(tuned_l2s):
 
 
 def test_l2s_visual_features_computed_once_then_cached(l2s_env, tmp_path, monkeypatch):
-    import metis_cli.video as video
+    import metis_cli.media.video as video
 
     calls = []
     real = video.visual_features

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from metis_cli.constants import TRAIN_MAX_SECONDS, TRAIN_MIN_SECONDS
+
 if TYPE_CHECKING:  # pragma: no cover
-    from metis_cli.tokenizer import Tokenizers
+    from metis_cli.core.tokenizer import Tokenizers
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ def build_se(job: Job, tok: Tokenizers) -> Conditions:
     )
 
 
-PROMPT_RANGE_SECONDS = (3.0, 30.0)  # speaker prompts of the training data
+PROMPT_RANGE_SECONDS = (TRAIN_MIN_SECONDS, TRAIN_MAX_SECONDS)  # speaker prompts of the training data
 
 
 def prompt_warnings(path: object, wav16: object, rate: int) -> list[str]:

@@ -6,7 +6,7 @@ its last layer (no final norm; the model's optional intermediate FFN and adapter
 ``last_hidden_state`` only and are off in w2v-BERT 2.0), so running the feature projection and
 only the first 17 layers gives exactly that tensor. The extra 7 layers are never loaded: the
 transformers module is built from its config (layer count lowered) on the meta device and
-takes the memory-mapped weights through the strict loader (``metis_cli.checkpoint``).
+takes the memory-mapped weights through the strict loader (``metis_cli.assets.checkpoint``).
 
 The official transformers (4.41.2) encoder takes one scalar uniform draw per layer from the
 global CPU generator on every forward; that is emulated separately by
@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from metis_cli import checkpoint
+from metis_cli.assets import checkpoint
 from metis_cli.constants import SSL_LAYER, SSL_MIN_SAMPLES, SSL_NUM_LAYERS_OFFICIAL, SSL_SAMPLE_RATE
 from metis_cli.errors import AudioError, CheckpointError, MissingModelError
 
 log = logging.getLogger(__name__)
 
-OFFICIAL_STATS_PATH = Path(__file__).parent / "data" / "w2v_bert_stats.safetensors"
+OFFICIAL_STATS_PATH = Path(__file__).resolve().parents[1] / "data" / "w2v_bert_stats.safetensors"
 STATS_FILENAME = "metis_stats.safetensors"  # optional stats next to a (tiny) model
 WEIGHTS_FILENAME = "model.safetensors"
 FBANK_WIN = 400  # 25 ms at 16 kHz

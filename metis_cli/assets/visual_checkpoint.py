@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from metis_cli.checkpoint import build_on_meta, check_keys, load_state
+from metis_cli.assets.checkpoint import build_on_meta, check_keys, load_state
 from metis_cli.errors import CheckpointError, MissingModelError
 from metis_cli.nn.visual import VisualEncoder, VisualEncoderConfig, tiny_config
 

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from metis_cli import audio
 from metis_cli.constants import CODEC_MIN_SAMPLES, CODEC_SAMPLE_RATE, NUM_ACOUSTIC_CODEBOOKS, SSL_SAMPLE_RATE
 from metis_cli.errors import AudioError, MissingModelError
+from metis_cli.media import audio
 
 
 class Tokenizers:

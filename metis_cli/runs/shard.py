@@ -16,15 +16,8 @@ communication between them:
   size by at most one item, and a manifest sorted by length gives every shard the same mix.
 * `local_device(device)`: with `--device auto`, process LOCAL_RANK of a node takes
   `cuda:LOCAL_RANK` (modulo the visible GPUs) when CUDA is available.
-* `bucket(plan, batch_size)`: with `--batch-size > 1`, the shard's jobs are reordered by input
-  length (longest first, within windows of `BUCKET_WINDOW` batches, ties in plan order) so a
-  padded batch holds jobs of similar length; `padding` estimates the padding efficiency
-  (useful frames / padded frames) of an order. Reports keep each job's origin and output, so
-  they map back to the manifest whatever the order.
-
-`prepare(plan, groups)` applies all of this and the results ledger (`metis_cli.ledger`) for the
-CLI: shard → resume filter → length buckets → ledger header and pending records; the returned
-`Session` records every report as it finishes and ends the run with its summary.
+Length buckets live in `runs.buckets`; the CLI's run (shard → resume → buckets → ledger) is
+`runs.session.Session.open`.
 """
 
 from __future__ import annotations
@@ -32,16 +25,11 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from metis_cli.errors import UsageError
-from metis_cli.jobs import Job, Plan, Rejected
-from metis_cli.tasks import TASKS
-
-BUCKET_WINDOW = 32  # length buckets: jobs are sorted within windows of this many batches
-
+from metis_cli.jobs import Plan
 
 # ---- which shard ---------------------------------------------------------------------------------------
 
@@ -235,138 +223,10 @@ def torchrun_barrier(env: Mapping[str, str] | None = None, days: float = 30.0) -
     return True
 
 
-# ---- length buckets ----------------------------------------------------------------------------------------
-
-
-def job_seconds(job: Job) -> float | None:
-    """A job's sequence length in seconds, from file headers only (`audio.probe`): the sum of
-    its audio inputs (the prompt is part of the sequence for TSE/VC); TTS adds its target
-    length (`duration`, else the prompt's seconds per character times the text's characters).
-    None when unknown (L2S videos, unreadable inputs)."""
-    from metis_cli.audio import probe
-
-    spec = TASKS[job.task]
-    if spec.needs_visual:
-        return None
-    total = 0.0
-    for role in spec.inputs + spec.optional_inputs:
-        src = job.inputs.get(role)
-        if src is None:
-            continue
-        try:
-            total += probe(src).seconds
-        except Exception:  # unreadable: the job reports it when it runs
-            return None
-    if spec.needs_text:
-        if job.duration is not None:
-            total += job.duration
-        else:
-            chars = max(len((job.prompt_text or "").strip()), 1)
-            total += total / chars * len((job.text or "").strip())
-    return total
-
-
-@dataclass(frozen=True)
-class Padding:
-    """Frames a run order feeds the model: useful (each job's own) and padded (batch max x size)."""
-
-    useful: float
-    padded: float
-    batches: int
-
-    @property
-    def efficiency(self) -> float | None:
-        return None if self.padded <= 0 else self.useful / self.padded
-
-
-def padding(lengths: Sequence[float | None], batch_size: int, long_seconds: float = 0.0) -> Padding:
-    """Padding of jobs run in this order in padded batches of `batch_size` (the engine batches
-    consecutive jobs; a job longer than `long_seconds` > 0 runs alone, in chunks). Unknown
-    lengths (None) are left out."""
-    useful = padded = 0.0
-    batches = 0
-    batch: list[float] = []
-
-    def flush() -> None:
-        nonlocal padded, batches
-        if batch:
-            padded += max(batch) * len(batch)
-            batches += 1
-            batch.clear()
-
-    for n in lengths:
-        if n is None:
-            continue
-        useful += n
-        if long_seconds > 0 and n > long_seconds:
-            flush()
-            padded += n
-            batches += 1
-            continue
-        batch.append(n)
-        if len(batch) >= batch_size:
-            flush()
-    flush()
-    return Padding(useful, padded, batches)
-
-
-@dataclass
-class Buckets:
-    plan: Plan  # the reordered plan
-    bucketed: Padding  # padding of the new order
-    original: Padding  # padding of the plan order
-    sorted: bool = True  # False: plan order kept (measured only)
-
-
-def bucket(
-    plan: Plan,
-    batch_size: int,
-    window: int = BUCKET_WINDOW,
-    long_seconds: float = 0.0,
-    lengths: Callable[[Job], float | None] = job_seconds,
-    sort: bool = True,
-) -> Buckets:
-    """Reorder the plan's jobs by length, longest first, within windows of `window` batches
-    (bounded look-ahead: the first outputs appear early, and resume points stay close to plan
-    order); ties and unknown lengths (last) keep plan order. Rejected items come first (they
-    report at once). `sort=False` keeps the order and only measures it."""
-    rejected = [i for i in plan.items if not isinstance(i, Job)]
-    jobs = [i for i in plan.items if isinstance(i, Job)]
-    lens = [lengths(j) for j in jobs]
-    original = padding(lens, batch_size, long_seconds)
-    if not sort or batch_size <= 1:
-        return Buckets(plan, original, original, sorted=False)
-    size = max(1, window * batch_size)
-    order: list[int] = []
-    for start in range(0, len(jobs), size):
-        idx = range(start, min(start + size, len(jobs)))
-        order.extend(sorted(idx, key=lambda k: (lens[k] is None, -(lens[k] or 0.0), k)))
-    items: list[Job | Rejected] = [*rejected, *(jobs[k] for k in order)]
-    bucketed = padding([lens[k] for k in order], batch_size, long_seconds)
-    return Buckets(Plan(plan.task, items, list(plan.warnings)), bucketed, original)
-
-
-# ---- the CLI's run session -----------------------------------------------------------------------------
-
-
-def prepare(plan: Plan, groups: Mapping[type, Any], message: Callable[[str], None] | None = None) -> Any:
-    """Shard, resume, bucket and open the ledger for a CLI run (see `ledger.Session`)."""
-    from metis_cli.ledger import Session
-
-    return Session.start(plan, groups, message or (lambda text: None))
-
-
 __all__ = [
-    "BUCKET_WINDOW",
-    "Buckets",
-    "Padding",
     "Shard",
-    "bucket",
-    "job_seconds",
     "local_device",
     "local_rank",
-    "padding",
-    "prepare",
     "resolve_shard",
     "select",
     "shard_from_env",

@@ -2,7 +2,7 @@
 `Dataset.map_batches` (optional extra `metis-cli[ray]`).
 
     import ray
-    from metis_cli import ray as metis_ray
+    from metis_cli.runs import ray as metis_ray
 
     ds = metis_ray.read_manifest("jobs.jsonl", "se", output="clean/")   # planned jobs, one row each
     results = ds.map_batches(
@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from metis_cli import jobs as J
-from metis_cli.ledger import item_key
-from metis_cli.tasks import Job
+from metis_cli.core.tasks import Job
+from metis_cli.runs.ledger import item_key
 
 TASK_NAMES = {"enhance": "se", "se": "se", "tse": "tse", "vc": "vc", "tts": "tts", "l2s": "l2s"}
 

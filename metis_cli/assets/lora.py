@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metis_cli.checkpoint import build_on_meta, check_keys, load_state
+from metis_cli.assets.checkpoint import build_on_meta, check_keys, load_state
 from metis_cli.errors import CheckpointError
 from metis_cli.nn.stage1 import MetisStage1, Stage1Config
 

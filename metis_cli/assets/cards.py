@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from metis_cli.checkpoint import check_keys, read_header
+from metis_cli.assets.checkpoint import check_keys, read_header
 from metis_cli.errors import CheckpointError, InputError, MissingModelError
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def cards_dir() -> Path:
     packaged = resources.files("metis_cli") / "model_cards"
     if packaged.is_dir():
         return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent / "models"
+    return Path(__file__).resolve().parents[2] / "models"
 
 
 @dataclass(frozen=True)

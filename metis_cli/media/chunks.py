@@ -1,4 +1,4 @@
-"""Long inputs: chunk planning, block reading, equal-power joins, sentence splitting.
+"""Long inputs: chunk planning, block reading, equal-power joins.
 
 Everything here is pure (numpy + soundfile + soxr), no models: the engine's `run_long` uses it.
 Units: *frames* are 50 Hz token frames (20 ms = 480 samples at 24 kHz = 320 samples at 16 kHz),
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,16 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from metis_cli.audio import resample, resampled_length
 from metis_cli.constants import CODEC_SAMPLE_RATE, FRAME_RATE, HOP_SAMPLES, SSL_SAMPLE_RATE
 from metis_cli.errors import AudioError, InputError
-from metis_cli.options import LongformOptions  # noqa: F401  (re-exported: it used to live here)
+from metis_cli.media.audio import resample, resampled_length
 
 log = logging.getLogger(__name__)
 
 SSL_HOP = SSL_SAMPLE_RATE // FRAME_RATE  # 320 samples at 16 kHz per frame
-TRAIN_MIN_SECONDS = 3.0  # Metis was trained on 3-30 s clips
-TRAIN_MAX_SECONDS = 30.0
 RESAMPLE_MARGIN_SECONDS = 0.05  # native audio read beyond each block edge before resampling
 ENERGY_BLOCK_FRAMES = 3000  # frames per read in the energy pass (60 s)
 
@@ -112,7 +108,7 @@ class BlockReader:
     """
 
     def __init__(self, path: Any) -> None:
-        from metis_cli.audio import open_blocks
+        from metis_cli.media.audio import open_blocks
 
         self.path = path  # a file path or an `audio.AudioArray`
         self._src = open_blocks(path)  # AudioError naming the source if unreadable
@@ -256,60 +252,6 @@ def edge_fades(wav: np.ndarray, n: int, fade_in: bool, fade_out: bool) -> np.nda
         if fade_out:
             wav[-n:] *= w_out
     return wav
-
-
-# ------------------------------------------------------------------------------ text
-
-_CLOSERS = "\"'”’」』)）"
-_SENTENCE = re.compile(rf"[^\n]+?(?:[.!?;…]+[{_CLOSERS}]*(?=\s|$)|[。！？；]+[{_CLOSERS}]*|(?=\n)|$)", re.S)
-_CLAUSE_END = re.compile(r"(?<=[,:，、：])\s*")
-
-
-def _pack(parts: list[str], max_chars: int, joiner: str) -> list[str]:
-    """Greedy packing; no joiner after CJK / full-width characters (they use no spaces)."""
-    out: list[str] = []
-    for p in parts:
-        j = "" if out and ord(out[-1][-1]) >= 0x2E80 else joiner
-        if out and len(out[-1]) + len(j) + len(p) <= max_chars:
-            out[-1] = out[-1] + j + p
-        else:
-            out.append(p)
-    return out
-
-
-def _split_long(sentence: str, max_chars: int) -> list[str]:
-    """A sentence over max_chars: at clause marks, then spaces, then hard cuts."""
-    if len(sentence) <= max_chars:
-        return [sentence]
-    pieces: list[str] = []
-    for clause in _pack([c for c in _CLAUSE_END.split(sentence) if c], max_chars, " "):
-        if len(clause) <= max_chars:
-            pieces.append(clause)
-            continue
-        words = clause.split(" ")
-        for w in _pack(words, max_chars, " "):
-            pieces.extend(w[i : i + max_chars] for i in range(0, len(w), max_chars))
-    return pieces
-
-
-def split_text(text: str, max_chars: int) -> list[str]:
-    """Split text into pieces of at most max_chars characters at sentence boundaries.
-
-    Sentences (ended by . ! ? ; … and their CJK forms, or a line break) are packed greedily;
-    a single sentence longer than max_chars is cut at clause marks, then at spaces, then hard.
-    Joining the pieces with single spaces gives the text back up to whitespace.
-    """
-    sentences = [s.strip() for s in _SENTENCE.findall(text.strip()) if s.strip()]
-    pieces: list[str] = []
-    for s in sentences:
-        pieces.extend(p.strip() for p in _split_long(s, max_chars) if p.strip())
-    return _pack(pieces, max_chars, " ")
-
-
-def split_duration(total_seconds: float, pieces: list[str]) -> list[float]:
-    """A given total duration shared among pieces by UTF-8 bytes (the length rule's measure)."""
-    sizes = np.array([len(p.encode("utf-8")) for p in pieces], dtype=np.float64)
-    return list(total_seconds * sizes / sizes.sum())
 
 
 @dataclass(frozen=True)

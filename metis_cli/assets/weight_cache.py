@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
-from metis_cli.checkpoint import ST_DTYPES, check_keys, read_header, read_tensors
+from metis_cli.assets.checkpoint import ST_DTYPES, check_keys, read_header, read_tensors
+from metis_cli.assets.umask import apply_umask
 from metis_cli.errors import CheckpointError
-from metis_cli.fsutil import apply_umask
 
 log = logging.getLogger(__name__)
 

@@ -347,7 +347,7 @@ def fetch_face_detector(dest: Path | None = None, offline: bool | None = None) -
     except MissingModelError:
         pass
     if offline is None:
-        from metis_cli.cards import env_offline
+        from metis_cli.assets.cards import env_offline
 
         offline = env_offline()
     if offline:
