@@ -14,7 +14,7 @@ Two variants share the blocks:
 
 The fp32 eager path performs the official modules' operations in their order (rsqrt, float32
 softmax, rotary halves); on the CPU that made the goldens that is bit for bit, elsewhere GEMM
-accumulation order can move the last bits (README, Exactness). Numerically sensitive pieces
+accumulation order can move the last bits (docs/EXACTNESS.md). Numerically sensitive pieces
 (RMSNorm statistics, softmax, rotary and time tables, the key-padding bias) are computed in the
 activations' dtype, upcast to float32 only for bf16 / fp16 weights (`numerics.compute_dtype`):
 a `.double()` model is a true float64 evaluation. In fp16, eager attention scales q before the

@@ -26,7 +26,7 @@ MANIFEST_DIR = FIXTURES / "manifests"
 FLOAT_ATOL = 1e-5  # golden README, Tolerances: every float tensor of a tiny case
 MERGED_ATOL = 1e-6  # merged LoRA weights
 
-# The float64 rule (README, "Exactness and fast modes"): a golden float tensor further than
+# The float64 rule (docs/EXACTNESS.md, "Golden-test tolerances"): a golden float tensor further than
 # FLOAT_ATOL from ours is accepted only when the golden AND our float32 result both lie within
 # FP32_BOUND_ULPS * u * max|y64| of our float64 evaluation y64 of the same module on the same
 # inputs (u = 2^-24, the float32 unit roundoff). Measured on every case here: <= 88 u
