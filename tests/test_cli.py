@@ -170,7 +170,8 @@ def test_unwritable_output_folder(tiny_bundle, wav_factory, tmp_path):
     res = run(["enhance", "--manifest", str(m), "--json", *FAST], tiny_bundle)
     reps = json_lines(res.stdout)
     assert res.exit_code == 1 and [r["status"] for r in reps] == ["error", "ok"]
-    assert "output folder does not exist" in reps[0]["error"] and str(blocker / "a.wav") in reps[0]["error"]
+    assert "cannot create the output folder" in reps[0]["error"]
+    assert str(blocker / "a.wav") in reps[0]["error"]
 
 
 def test_batch_size_gives_batch1_results(tiny_bundle, wav_factory, tmp_path):
