@@ -225,7 +225,7 @@ def make_job(
     {role: file}; one file alone stands for a one-item list. Raises InputError naming the problem
     (prefixed with `origin` when given): also for inputs that cannot be read by name (not UTF-8,
     a symbolic-link loop)."""
-    if task not in TASKS:
+    if not isinstance(task, str) or task not in TASKS:
         raise UsageError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
     spec = TASKS[task]
     roles = spec.inputs + spec.optional_inputs
