@@ -603,7 +603,7 @@ def place_file(tmp: Path, path: Path, replace: bool = True) -> None:
         os.replace(tmp, path)
         return
     try:
-        os.link(tmp, path, follow_symlinks=False)
+        os.link(tmp, path)
     except FileExistsError:
         raise
     except OSError as exc:
@@ -739,8 +739,11 @@ class AtomicWavWriter:
 AtomicAudioWriter = AtomicWavWriter  # the writer is format-aware; both names stay
 
 
-def write_audio_atomic(path: str | os.PathLike, wav: np.ndarray, sr: int = CODEC_SAMPLE_RATE) -> Path:
-    """Write a mono ``(N,)`` float32 waveform in the format the extension names, atomically.
+def write_audio_atomic(
+    path: str | os.PathLike, wav: np.ndarray, sr: int = CODEC_SAMPLE_RATE, replace: bool = True
+) -> Path:
+    """Write a mono ``(N,)`` float32 waveform in the format the extension names, atomically
+    (replace=False: never over a file that exists, an "exists" `OutputError`).
 
     Returns:
         The written path. On any failure no partial file exists and a previous file is intact.
@@ -751,7 +754,7 @@ def write_audio_atomic(path: str | os.PathLike, wav: np.ndarray, sr: int = CODEC
     """
     path = Path(path)
     wav = _check_wav(wav, path)
-    with AtomicWavWriter(path, sr=sr) as w:
+    with AtomicWavWriter(path, sr=sr, replace=replace) as w:
         w.write(wav)
     return path
 
