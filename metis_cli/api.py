@@ -48,7 +48,8 @@ _API_PHRASES = (
     ("--skip-existing", "existing='skip'"),
     ("--offline", "offline=True"),
 )
-_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
+# a flag starts a word (a path such as /tmp/--x/a.wav is left alone)
+_FLAG = re.compile(r"(?<![^\s(`'\"])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
 
 
 def api_wording(message: str) -> str:

@@ -141,6 +141,7 @@ def test_the_cli_wording_keeps_the_flags():
         "a.wav: exists (use existing='overwrite' or existing='skip')"
     )
     assert api.api_wording("the folder some--thing stays") == "the folder some--thing stays"
+    assert api.api_wording("/tmp/--x/a.wav: not found") == "/tmp/--x/a.wav: not found"
 
 
 def test_on_chunk_callbacks_never_cross_between_threads(tiny_bundle, tmp_path):
