@@ -10,10 +10,17 @@
 s2a_steps ("N" or "A,B"), s2a_temperature, device, dtype, attention, fused_cfg, batch_size,
 low_memory, chunk_seconds, overlap_seconds, context_seconds, max_chars, model, checkpoint_dir,
 offline, visual_checkpoint; plus the finer `engine.Decoding` fields (rescale_cfg, ...).
+
+Every error this API raises is a `MetisError` subclass (bad arguments: `UsageError`; bad inputs:
+`InputError`, `AudioError`, ...) whose message names the API's arguments (`checkpoint_dir=`,
+`existing='overwrite'`), never the CLI's flags.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -25,12 +32,46 @@ from metis_cli import jobs as J
 from metis_cli import options as O
 from metis_cli.assets.cards import ModelStore
 from metis_cli.constants import CODEC_SAMPLE_RATE
-from metis_cli.core.tasks import Job
+from metis_cli.core.tasks import TASKS, Job
 from metis_cli.engine import Decoding, Engine, JobResult
 from metis_cli.errors import InputError, MetisError, UsageError
 
 random_seed = J.random_seed
 TEXT_IN_REPORT = 80  # characters of a TTS text shown in its report
+EXISTING_CHOICES = ("error", "overwrite", "skip")
+WORDINGS = ("api", "cli")  # whose names messages use: the API's arguments or the CLI's flags
+
+# CLI flags in messages from the layers below → this API's arguments
+_API_PHRASES = (
+    ("--overwrite or --skip-existing", "existing='overwrite' or existing='skip'"),
+    ("--overwrite", "existing='overwrite'"),
+    ("--skip-existing", "existing='skip'"),
+    ("--offline", "offline=True"),
+)
+# a flag starts a word (a path such as /tmp/--x/a.wav is left alone)
+_FLAG = re.compile(r"(?<![^\s(`'\"])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
+
+
+def api_wording(message: str) -> str:
+    """A message with the CLI's flags named as this API's arguments: "pass --checkpoint-dir" →
+    "pass checkpoint_dir=...", "--steps: must be >= 1" → "steps: must be >= 1"."""
+    for flag, arg in _API_PHRASES:
+        message = message.replace(flag, arg)
+    message = re.sub(
+        r"\bpass --([a-z][a-z0-9-]*)", lambda m: f"pass {m.group(1).replace('-', '_')}=...", message
+    )
+    return _FLAG.sub(lambda m: m.group(1).replace("-", "_"), message)
+
+
+@contextlib.contextmanager
+def _worded(wording: str) -> Iterator[None]:
+    """MetisErrors raised inside, reworded for the API (same class, same traceback)."""
+    try:
+        yield
+    except MetisError as exc:
+        if wording == "api" and exc.args and isinstance(exc.args[0], str):
+            exc.args = (api_wording(exc.args[0]), *exc.args[1:])
+        raise
 
 
 @dataclass
@@ -76,12 +117,14 @@ def _inputs_text(inputs: Mapping[str, Any]) -> dict[str, str]:
 
 
 class Pipeline:
-    """A loaded task: call it on one input, or `run` it over many jobs."""
+    """A loaded task: call it on one input, or `run` it over many jobs. One pipeline may be used
+    from several threads: each call's callbacks (`on_chunk`, `on_report`) are its own."""
 
-    def __init__(self, engine: Engine, decoding: Decoding) -> None:
+    def __init__(self, engine: Engine, decoding: Decoding, wording: str = "api") -> None:
         self.engine = engine
         self.decoding = decoding
         self.task = engine.task
+        self.wording = wording  # "cli": messages name the CLI's flags (the `metis` commands)
 
     # -- one job ------------------------------------------------------------------------------------
     def __call__(self, *inputs: Any, seed: int | None = None, **kwargs: Any) -> Result:
@@ -91,35 +134,55 @@ class Pipeline:
         Keywords: the job fields of `jobs.make_job` (text, prompt_text, language, prompt_language,
         duration) and decoding overrides (steps, cfg, ...). Raises the job's own `MetisError`
         subclass on bad input."""
-        fields = {k: kwargs.pop(k) for k in list(kwargs) if k in J.JOB_FIELDS}
-        job = self.make_job(inputs, "<memory>", seed, **fields)
-        dec = self._decoding(**kwargs)
-        (res,) = list(self.engine.run([job], dec, write=False))
-        if not res.ok:
-            cls = res.error_type if res.error_type and issubclass(res.error_type, MetisError) else MetisError
-            raise cls(res.error)
+        with _worded(self.wording):
+            fields = {k: kwargs.pop(k) for k in list(kwargs) if k in J.JOB_FIELDS}
+            _check_arrays(inputs)
+            job = J.make_job(self.task, inputs, "<memory>", seed, **fields)
+            dec = self._decoding(**kwargs)
+            (res,) = list(self.engine.run([job], dec, write=False))
+            if not res.ok:
+                ok_class = res.error_type and issubclass(res.error_type, MetisError)
+                raise (res.error_type if ok_class else MetisError)(res.error)
         return Result(res.wav, CODEC_SAMPLE_RATE, job.seed, res.info)
 
     def make_job(
         self,
-        inputs: Iterable[Any] | Mapping[str, Any],
+        inputs: Any,
         output: str | Path,
         seed: int | None = None,
         **fields: Any,
     ) -> Job:
         """A validated job for this task (`jobs.make_job`; `fields`: text, prompt_text, language,
-        prompt_language, duration). `inputs`: files or `AudioArray`s in the task's role order, or
-        {role: file}."""
-        if isinstance(inputs, np.ndarray) or (
-            not isinstance(inputs, Mapping) and any(isinstance(p, np.ndarray) for p in inputs)
-        ):
+        prompt_language, duration). `inputs`: one file, or files / `AudioArray`s in the task's role
+        order, or {role: file}. `output`: a file, or a folder (an existing one, a name ending in
+        "/", or a name without an extension: created, holding `<stem>.wav` as with the CLI's -o)."""
+        with _worded(self.wording):
+            _check_arrays(inputs)
+            unknown = [k for k in fields if k not in J.JOB_FIELDS]
+            if unknown:
+                raise UsageError(
+                    f"unknown job field(s): {', '.join(unknown)} (known: {', '.join(J.JOB_FIELDS)})"
+                )
+            return J.make_job(self.task, inputs, self._output(inputs, output), seed, **fields)
+
+    def _output(self, inputs: Any, output: Any) -> Any:
+        """`output` as the CLI's -o names it: a folder target becomes `folder/<stem>.wav`."""
+        if not isinstance(output, (str, os.PathLike)) or str(output) in ("", "-"):
+            return output
+        target = Path(output)
+        if not J.is_folder_target(target):
+            return target
+        main = _main_input(self.task, inputs)
+        stem = self.task if self.task == "tts" or main is None else Path(str(main)).stem
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise InputError(f"output {str(output)!r}: exists and is not a folder") from None
+        except OSError as exc:
             raise InputError(
-                "a numpy array input needs its sample rate: pass AudioArray(samples, sample_rate)"
-            )
-        unknown = [k for k in fields if k not in J.JOB_FIELDS]
-        if unknown:
-            raise UsageError(f"unknown job field(s): {', '.join(unknown)} (known: {', '.join(J.JOB_FIELDS)})")
-        return J.make_job(self.task, inputs, output, seed, **fields)
+                f"output {str(output)!r}: cannot create the folder ({exc.strerror or exc})"
+            ) from None
+        return target / f"{stem}.wav"
 
     def _decoding(self, **overrides: Any) -> Decoding:
         return replace(self.decoding, **_decoding_overrides(overrides))
@@ -127,11 +190,12 @@ class Pipeline:
     # -- many jobs ------------------------------------------------------------------------------------
     def plan(self, request: J.Request) -> J.Plan:
         """Plan a request with the CLI's rules (`jobs.plan`)."""
-        return J.plan(request)
+        with _worded(self.wording):
+            return J.plan(request)
 
     def run(
         self,
-        jobs: Iterable[Job] | J.Plan,
+        jobs: Any,
         existing: str = "error",
         on_report: Callable[[Report], None] | None = None,
         on_chunk: Callable[[Any], None] | None = None,
@@ -140,25 +204,76 @@ class Pipeline:
         """Run jobs with one model load; write each output atomically as it finishes.
 
         jobs: `Job`s (checked here like the CLI's: two jobs writing one file, or a job writing
-        another's input, raise UsageError before anything runs) or a `jobs.Plan`.
+        another's input, raise UsageError before anything runs), a `jobs.Plan`, or input files
+        (a path, or a list of one job's paths: written where the CLI writes them without -o,
+        `<stem>.<suffix>.wav` next to the input).
         existing: what to do when an output file exists: "error" (default: the job fails, the
         file is kept), "overwrite", or "skip". An output that is one of the job's inputs always
         fails. A failed job never stops the others. Long inputs (docs/LONGFORM.md) are written
-        chunk by chunk; `on_chunk` gets a `longform.ChunkProgress` per chunk.
+        chunk by chunk; `on_chunk` gets a `longform.ChunkProgress` per chunk of this call's jobs.
+        The arguments are checked now (a bad one raises `UsageError`); the jobs run as the
+        returned iterator is consumed.
         """
-        dec = self._decoding(**decoding)
-        plan = jobs if isinstance(jobs, J.Plan) else J.plan_jobs(self.task, jobs, existing)
-        runnable = plan.jobs
-        self.engine.on_chunk = on_chunk
+        with _worded(self.wording):
+            if not isinstance(existing, str) or existing not in EXISTING_CHOICES:
+                raise UsageError(
+                    f"existing: must be one of {', '.join(map(repr, EXISTING_CHOICES))} (got {existing!r})"
+                )
+            for name, fn in (("on_report", on_report), ("on_chunk", on_chunk)):
+                if fn is not None and not callable(fn):
+                    raise UsageError(f"{name}: must be a function (got {type(fn).__name__})")
+            dec = self._decoding(**decoding)
+            plan = jobs if isinstance(jobs, J.Plan) else J.plan_jobs(self.task, self._as_jobs(jobs), existing)
+        return self._run(plan, dec, on_report, on_chunk)
+
+    def _as_jobs(self, jobs: Any) -> list[Job | J.Rejected]:
+        """`run`'s jobs argument as planned items (a job that cannot be made fails alone)."""
+        if isinstance(jobs, (str, os.PathLike, Job)) or _is_array(jobs):
+            jobs = [jobs]
+        if not isinstance(jobs, Iterable) or isinstance(jobs, (bytes, Mapping)):
+            raise UsageError(f"jobs: must be Jobs, input paths or a jobs.Plan (got {type(jobs).__name__})")
+        items: list[Job | J.Rejected] = []
+        for i, item in enumerate(jobs):
+            if isinstance(item, Job):
+                if item.task != self.task:
+                    raise UsageError(f"jobs[{i}]: a {item.task} job; this pipeline runs {self.task}")
+                items.append(item)
+            elif isinstance(item, J.Rejected):
+                items.append(item)
+            elif isinstance(item, (str, os.PathLike, list, tuple, Mapping)) or _is_array(item):
+                items.append(self._job_from_inputs(item))
+            else:
+                raise UsageError(
+                    f"jobs[{i}]: must be a Job, an input path or a list of paths (got {type(item).__name__})"
+                )
+        return items
+
+    def _job_from_inputs(self, inputs: Any) -> Job | J.Rejected:
+        main = _main_input(self.task, inputs)
         try:
-            results = self.engine.run(runnable, dec)
-            for item in plan.items:
+            if main is None or _is_array(main):
+                raise InputError("an in-memory input needs an output file: use make_job(inputs, output)")
+            return self.make_job(inputs, J.default_output(self.task, Path(main), None, True))
+        except MetisError as exc:
+            shown = {"input": str(main)} if main is not None else {}
+            return J.Rejected(str(exc), inputs=shown, error_type=type(exc))
+
+    def _run(
+        self,
+        plan: J.Plan,
+        dec: Decoding,
+        on_report: Callable[[Report], None] | None,
+        on_chunk: Callable[[Any], None] | None,
+    ) -> Iterator[Report]:
+        results = self.engine.run(plan.jobs, dec, on_chunk=on_chunk)
+        for item in plan.items:
+            with _worded(self.wording):
                 rep = self._finish(next(results), dec) if isinstance(item, Job) else self._rejected(item)
-                if on_report is not None:
-                    on_report(rep)
-                yield rep
-        finally:
-            self.engine.on_chunk = None
+            if self.wording == "api" and rep.error:
+                rep.error = api_wording(rep.error)
+            if on_report is not None:
+                on_report(rep)
+            yield rep
 
     def _report(self, job: Job, status: str, error: str | None = None) -> Report:
         return job_report(job, status, error, self.decoding.steps)
@@ -176,6 +291,33 @@ class Pipeline:
             rep.output_seconds = round(res.output_samples / CODEC_SAMPLE_RATE, 3)
         rep.info = res.info
         return rep
+
+
+def _is_array(value: Any) -> bool:
+    from metis_cli.media.audio import AudioArray
+
+    return isinstance(value, AudioArray)
+
+
+def _check_arrays(inputs: Any) -> None:
+    """A bare numpy array has no sample rate: say how to pass one."""
+    if isinstance(inputs, Mapping):
+        values: Iterable[Any] = inputs.values()
+    elif isinstance(inputs, (list, tuple)):
+        values = inputs
+    else:
+        values = [inputs]
+    if any(isinstance(p, np.ndarray) for p in values):
+        raise InputError("a numpy array input needs its sample rate: pass AudioArray(samples, sample_rate)")
+
+
+def _main_input(task: str, inputs: Any) -> Any:
+    """The main-role input of a job's inputs (None when there is none)."""
+    if isinstance(inputs, Mapping):
+        return inputs.get(TASKS[task].inputs[0])
+    if isinstance(inputs, (list, tuple)):
+        return inputs[0] if inputs else None
+    return inputs
 
 
 def job_report(job: Job, status: str, error: str | None = None, steps: int | None = None) -> Report:
@@ -197,8 +339,19 @@ def rejected_report(item: J.Rejected, steps: int | None = None) -> Report:
     """The report of a planned item that does not run (a bad manifest line, an existing output)."""
     if item.job is not None:
         rep = job_report(item.job, item.status, item.error or None, steps)
-    else:
-        rep = Report(item.inputs, item.output or "", None, item.status, item.error, origin=item.origin)
+    else:  # a manifest row that never became a job: every field the row had, to match it by
+        text = item.text[:TEXT_IN_REPORT] if item.text else None
+        rep = Report(
+            item.inputs,
+            item.output or "",
+            item.seed,
+            item.status,
+            item.error,
+            steps=steps,
+            origin=item.origin,
+            id=item.job_id,
+            text=text,
+        )
     rep.error_type = item.error_type if item.status == "error" else None
     return rep
 
@@ -213,6 +366,8 @@ def _decoding_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in fine.items() if v is not None}
     for k in ("s2a_steps_1layer", "s2a_steps_full"):
         if k in out:
+            if not isinstance(out[k], (list, tuple)):
+                raise UsageError(f"{k}: must be a tuple of step counts (got {out[k]!r})")
             out[k] = tuple(out[k])
             for s in out[k]:
                 O.at_least(1, int, O.MAX_STEPS)(k, s)
@@ -223,7 +378,7 @@ def _decoding_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
 _LOAD_GROUPS = (O.ModelOptions, O.EngineOptions, O.LongformOptions)
 
 
-def load(task: str, model: str | None = None, **kwargs: Any) -> Pipeline:
+def load(task: str, model: str | None = None, wording: str = "api", **kwargs: Any) -> Pipeline:
     """Build a pipeline for `task` ("tts", "vc", "tse", "se", "l2s").
 
     model: a card name (`metis models` lists them) or a fine-tuned model folder; default: the
@@ -233,8 +388,18 @@ def load(task: str, model: str | None = None, **kwargs: Any) -> Pipeline:
     passes, batch size 1). Long inputs (docs/LONGFORM.md): SE/TSE/VC inputs longer than
     `chunk_seconds` (0 = never) run in chunks; TTS texts longer than `max_chars` are split at
     sentence boundaries. `bf16_cache`: with `dtype="bfloat16"`, keep converted weights in
-    `$METIS_CACHE_DIR/bf16` (`weight_cache`).
+    `$METIS_CACHE_DIR/bf16` (`weight_cache`). wording: "api" (messages name these arguments) or
+    "cli" (the `metis` commands: messages name their flags).
     """
+    if wording not in WORDINGS:
+        raise UsageError(f"wording: must be 'api' or 'cli' (got {wording!r})")
+    with _worded(wording):
+        if not isinstance(task, str) or task not in TASKS:
+            raise UsageError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
+        return _load(task, model, wording, kwargs)
+
+
+def _load(task: str, model: str | None, wording: str, kwargs: dict[str, Any]) -> Pipeline:
     if model is not None:
         kwargs["model"] = model
     known = {n for g in _LOAD_GROUPS for n in O.names(g)}
@@ -248,7 +413,7 @@ def load(task: str, model: str | None = None, **kwargs: Any) -> Pipeline:
     engine = Engine(
         task, m.model, ModelStore(m.checkpoint_dir, m.offline), eng_opts, groups[O.LongformOptions]
     )
-    return Pipeline(engine, Decoding.from_card(engine.card, task, **dec_overrides))
+    return Pipeline(engine, Decoding.from_card(engine.card, task, **dec_overrides), wording)
 
 
-__all__ = ["Pipeline", "Report", "Result", "job_report", "load", "rejected_report"]
+__all__ = ["Pipeline", "Report", "Result", "api_wording", "job_report", "load", "rejected_report"]

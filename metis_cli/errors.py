@@ -41,3 +41,23 @@ class OutputError(MetisError):
 
 class NonFiniteError(MetisError):
     """A model produced inf/NaN values (e.g. an fp16 overflow); the message names the stage and step."""
+
+
+def printable(text: str, controls: bool = True) -> str:
+    """`text` safe to print on one line, as `ls -b` shows names: bytes of a file name that are
+    not UTF-8 (Python's surrogate escapes) and control characters (unless controls=False)
+    become ``\\xNN``."""
+    if text.isprintable() and text.isascii():
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte of a file name (os.fsdecode)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif 0xD800 <= code <= 0xDFFF:  # any other lone surrogate cannot be encoded either
+            out.append(f"\\u{code:04x}")
+        elif controls and (code < 0x20 or code == 0x7F):
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(ch)
+    return "".join(out)

@@ -65,6 +65,17 @@ def at_least(lo: float, kind: type = float, hi: float | None = None, above: bool
     return check
 
 
+def duration(flag: str, v: Any) -> None:
+    """A TTS target duration: more than 0 and at most MAX_DURATION_SECONDS seconds; None passes."""
+    if v is None:
+        return
+    _num(flag, v, float)
+    if not 0 < v <= MAX_DURATION_SECONDS:
+        raise UsageError(
+            f"{flag}: must be more than 0 and at most {MAX_DURATION_SECONDS:g} seconds (got {v:g})"
+        )
+
+
 def one_of(choices: Iterable[str]) -> Callable:
     choices = tuple(choices)
 

@@ -6,7 +6,9 @@ pointing at a tree in the official layout).
 
 from __future__ import annotations
 
+import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -170,7 +172,8 @@ def test_unwritable_output_folder(tiny_bundle, wav_factory, tmp_path):
     res = run(["enhance", "--manifest", str(m), "--json", *FAST], tiny_bundle)
     reps = json_lines(res.stdout)
     assert res.exit_code == 1 and [r["status"] for r in reps] == ["error", "ok"]
-    assert "output folder does not exist" in reps[0]["error"] and str(blocker / "a.wav") in reps[0]["error"]
+    assert "cannot create the output folder" in reps[0]["error"]
+    assert str(blocker / "a.wav") in reps[0]["error"]
 
 
 def test_batch_size_gives_batch1_results(tiny_bundle, wav_factory, tmp_path):
@@ -553,3 +556,85 @@ def test_tts_long_text_is_split(tiny_bundle, wav_factory, tmp_path):
     )
     assert res.exit_code == 0, res.stderr
     assert read(tmp_path / "o.wav")[0].size > 0
+
+
+# -- the edges of issue 24: `-o -` for every command, usage errors, rejected rows ------
+
+
+def _dash_args(task: str, d: Path, absolute: bool) -> list[str]:
+    def p(name: str) -> str:
+        return str(d / name) if absolute else name
+
+    vis = ["--visual-checkpoint", str(Path(os.environ["METIS_CHECKPOINT_DIR"]) / "visual" / "model.pth")]
+    return {
+        "enhance": ["enhance", p("n0.wav")],
+        "vc": ["vc", p("n0.wav"), p("ref.wav")],
+        "tse": ["tse", p("n0.wav"), p("ref.wav")],
+        "tts": ["tts", "-t", "Hello there.", "-p", p("ref.wav"), "--prompt-text", "A short prompt.",
+                "-l", "en", "--prompt-language", "en"],
+        "l2s": ["l2s", p("mouth.mkv"), *vis],
+    }[task]  # fmt: skip
+
+
+@pytest.mark.parametrize("task", ["enhance", "vc", "tse", "tts", "l2s"])
+@pytest.mark.parametrize("mode", ["plain", "json", "quiet"])
+def test_dash_output_writes_one_wav_to_stdout_for_every_command(
+    task, mode, tiny_bundle, wav_factory, tmp_path, monkeypatch
+):
+    wav_factory("n0.wav", 0.6)
+    wav_factory("ref.wav", 0.8, seed=1)
+    _mouth_video(tmp_path / "mouth.mkv", frames=12)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("METIS_CHECKPOINT_DIR", str(tiny_bundle))
+    before = sorted(tmp_path.iterdir())
+    flags = {"plain": [], "json": ["--json"], "quiet": ["-q"]}[mode]
+    absolute = mode != "json"  # relative inputs with --json, absolute ones otherwise
+    res = run([*_dash_args(task, tmp_path, absolute), "-o", "-", "--seed", "5", *flags, *FAST], tiny_bundle)
+    assert res.exit_code == 0, res.stderr
+    data, sr = sf.read(io.BytesIO(res.stdout_bytes), dtype="float32")  # stdout is the WAV, nothing else
+    assert sr == 24_000 and data.ndim == 1 and len(data) > 0
+    assert sorted(tmp_path.iterdir()) == before  # no file or folder named "-"
+    if mode == "json":  # the report goes to stderr: stdout carries the audio
+        (rep,) = [json.loads(x) for x in res.stderr.splitlines() if x.startswith("{")]
+        assert rep["status"] == "ok" and rep["output"] == "-" and rep["seed"] == 5
+    if mode == "quiet":
+        assert "ok:" not in res.stderr and "seed" not in res.stderr
+
+
+def test_duration_out_of_range_is_a_usage_error_naming_the_flag(tiny_bundle, wav_factory):
+    prompt = wav_factory("p.wav", 0.6)
+    for value in ("0", "-1", "601", "nan"):
+        res = run(
+            ["tts", "-t", "Hi there.", "-p", str(prompt), "--prompt-text", "Hello.", "--duration", value]
+        )
+        assert res.exit_code == 2, (value, res.stderr)
+        (line,) = res.stderr.strip().splitlines()
+        assert line.startswith("metis: error: --duration: must be"), line
+        if value != "nan":
+            assert "more than 0 and at most 600 seconds" in line
+
+
+def test_g2p_with_an_unknown_language_is_one_usage_error():
+    res = CliRunner().invoke(app, ["g2p", "-l", "xx"], input="hello\nworld\n")
+    assert res.exit_code == 2 and res.stdout == ""
+    assert res.stderr.strip().splitlines() == [
+        "metis: error: --language: must be one of zh, en, ja, fr, ko, de or auto (got 'xx')"
+    ]
+
+
+def test_rejected_manifest_rows_keep_their_id_output_and_seed_in_json(tmp_path):
+    m = tmp_path / "jobs.jsonl"
+    rows = [
+        {"id": "first", "input": 7, "output": "one.wav", "seed": 3},  # a bad input field
+        {"id": "second", "input": "x.wav", "output": "two.wav", "seed": 4, "colour": "red"},
+    ]
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    res = run(["enhance", "--manifest", str(m), "-o", str(tmp_path / "out"), "--json"])
+    assert res.exit_code == 1
+    reps = json_lines(res.stdout)
+    assert [(r["id"], r["seed"], r["output"]) for r in reps[:2]] == [
+        ("first", 3, str(tmp_path / "out" / "one.wav")),
+        ("second", 4, str(tmp_path / "out" / "two.wav")),
+    ]
+    assert reps[0]["inputs"] == {"input": "7"} and reps[1]["inputs"] == {"input": "x.wav"}
+    assert reps[2]["origin"] == f"{m}:3" and "not valid JSON" in reps[2]["error"]

@@ -237,7 +237,7 @@ def test_tts_manifest_types_and_bounds(tmp_path):
     plan = J.plan(J.Request("tts", manifest=m, output=tmp_path / "out"))
     errors = [it.error if isinstance(it, J.Rejected) else None for it in plan.items]
     assert "field 'duration' must be a number (got 'long')" in errors[0]
-    assert "duration must be within 0-600 s (got 100000.0)" in errors[1]
+    assert "duration: must be more than 0 and at most 600 seconds (got 100000)" in errors[1]
     assert "has no letters to phonemise" in errors[2]
     assert "language must be one of" in errors[3]
     (job,) = plan.jobs

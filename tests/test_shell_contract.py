@@ -265,7 +265,7 @@ def test_numpy_inputs_and_error_classes_in_the_python_api(tiny_bundle, tmp_path)
         pipe(samples)
     with pytest.raises(metis_cli.UsageError, match="unknown decoding option"):
         api.load("se", checkpoint_dir=tiny_bundle, stepz=3)
-    with pytest.raises(metis_cli.UsageError, match="--steps: must be >= 1"):
+    with pytest.raises(metis_cli.UsageError, match="^steps: must be >= 1"):  # the API's name, no flag
         api.load("se", checkpoint_dir=tiny_bundle, steps=0)
     assert issubclass(metis_cli.MetisError, Exception) and issubclass(
         metis_cli.AudioError, metis_cli.MetisError
@@ -304,3 +304,110 @@ def test_g2p_stops_quietly_on_a_closed_pipe(tmp_path):
     )
     assert res.stdout.decode().count("\n") == 1 and res.stdout.decode().startswith("en\t")
     assert b"rc=141" in res.stderr and b"Traceback" not in res.stderr and b"Error" not in res.stderr
+
+
+# ---- issue 24: `-o -` into a shell redirection, odd names in a batch, two runs into one folder -----
+
+
+def test_enhance_dash_output_redirected_to_a_file_with_a_relative_input(tiny_bundle, tmp_path):
+    wav(tmp_path / "n0.wav", 0.6)
+    cmd = " ".join([*METIS, "enhance", "n0.wav", "-o", "-", "-q", *FAST])
+    res = subprocess.run(
+        ["bash", "-c", f"{cmd} > o.wav"], cwd=tmp_path, capture_output=True, env=env(tiny_bundle), timeout=180
+    )
+    assert res.returncode == 0 and res.stderr == b"", res.stderr.decode()
+    data, sr = sf.read(tmp_path / "o.wav")
+    assert sr == 24_000 and len(data) > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n0.wav", "o.wav"]
+
+
+def test_names_that_cannot_be_read_fail_alone_and_print_escaped(tiny_bundle, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    wav(folder / "good.wav", 0.6)
+    sf.write(os.path.join(os.fsencode(folder), b"caf\xe9.wav"), speechlike(0.6), 24_000)
+    (folder / "loop.wav").symlink_to("loop.wav")
+    (folder / "._good.wav").write_bytes(b"\x00\x05\x16\x07")
+    out = tmp_path / "out"
+    cafe = os.fsdecode(os.path.join(os.fsencode(folder), b"caf\xe9.wav"))
+    for args in ([str(folder)], [str(folder / "good.wav"), cafe, str(folder / "loop.wav")]):
+        res = subprocess.run(
+            [*METIS, "enhance", *args, "-o", str(out), "--json", "--overwrite", *FAST],
+            capture_output=True,
+            env=env(tiny_bundle),
+            timeout=180,
+        )
+        err = res.stderr.decode()
+        assert res.returncode == 1 and "Traceback" not in err, err
+        reps = {Path(r["inputs"]["input"]).name: r for r in map(json.loads, res.stdout.decode().splitlines())}
+        assert sorted(reps) == ["caf\\xe9.wav", "good.wav", "loop.wav"]  # no ._good.wav
+        assert reps["good.wav"]["status"] == "ok" and (out / "good.wav").is_file()
+        assert reps["loop.wav"]["error"] == f"{folder / 'loop.wav'}: symbolic link loop"
+        assert reps["caf\\xe9.wav"]["error"].endswith(
+            "caf\\xe9.wav: the file name is not valid UTF-8 (rename the file)"
+        )
+        assert (
+            f"failed: {folder}/caf\\xe9.wav: the file name is not valid UTF-8" in err
+        )  # as `ls -b` shows it
+
+
+# A run whose placement waits, in a real process, until the test says go: the test makes the
+# second run write the same output in between (no timing involved).
+_PAUSED_RUN = """
+import os, runpy, sys
+from metis_cli.media import audio
+ready, go = int(os.environ["READY_FD"]), int(os.environ["GO_FD"])
+place = audio.place_file
+def paused(tmp, path, replace=True):
+    os.write(ready, b"r")
+    if os.read(go, 1) != b"g":
+        raise SystemExit(99)
+    return place(tmp, path, replace)
+audio.place_file = paused
+sys.argv = ["metis", *sys.argv[1:]]
+runpy.run_module("metis_cli.cli", run_name="__main__")
+"""
+
+
+def test_two_runs_into_one_folder_never_replace_each_others_outputs(tiny_bundle, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    wav(inputs / "a.wav", 0.6)
+    wav(inputs / "b.wav", 0.7, seed=1)
+    out = tmp_path / "out"
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    first = subprocess.Popen(
+        [sys.executable, "-c", _PAUSED_RUN, "enhance", str(inputs / "a.wav"), "-o", str(out),
+         "--seed", "1", "--json", *FAST],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(ready_w, go_r),
+        env={**env(tiny_bundle), "READY_FD": str(ready_w), "GO_FD": str(go_r)},
+    )  # fmt: skip
+    os.close(ready_w)
+    os.close(go_r)
+    try:
+        ready, _, _ = select.select([ready_r], [], [], 300)  # the first run has planned and generated
+        assert ready and os.read(ready_r, 1) == b"r", first.communicate(timeout=60)
+        second = subprocess.run(
+            [*METIS, "enhance", str(inputs), "-o", str(out), "--seed", "2", "--json", *FAST],
+            capture_output=True,
+            env=env(tiny_bundle),
+            timeout=180,
+        )
+        assert second.returncode == 0, second.stderr.decode()
+        theirs = (out / "a.wav").read_bytes()
+        os.write(go_w, b"g")
+        stdout, stderr = first.communicate(timeout=120)
+    finally:
+        os.close(go_w)
+        os.close(ready_r)
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 1, stderr.decode()
+    (rep,) = [json.loads(x) for x in stdout.decode().splitlines()]
+    assert rep["status"] == "error" and rep["seed"] == 1
+    why = "exists: another run wrote it while this job ran; use --overwrite to replace it"
+    assert rep["error"].endswith(f"{out / 'a.wav'}: cannot write the output ({why})")
+    assert (out / "a.wav").read_bytes() == theirs  # the second run's output is kept, whole
+    assert sorted(p.name for p in out.iterdir()) == ["a.wav", "b.wav"]  # no temporary file left
+    assert b"Traceback" not in stderr

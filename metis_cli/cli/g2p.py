@@ -25,12 +25,19 @@ def _convert(text: str, language: str | None) -> dict:
 def g2p_command(
     text: str | None = typer.Argument(None, help="Text to convert; omitted: one text per stdin line."),
     language: str | None = typer.Option(
-        None, "--language", "-l", help="zh, en, ja, fr, ko or de (default: detected per text)."
+        None, "--language", "-l", help="zh, en, ja, fr, ko, de or auto (default: detected per text)."
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Report the espeak-ng stack on stderr."),
 ) -> None:
     """Print the phone string and phone ids of each text."""
+    from metis_cli.cli.report import fail_usage
+    from metis_cli.text import LANGUAGES
+
+    if language == "auto":
+        language = None
+    if language is not None and language not in LANGUAGES:
+        fail_usage(f"--language: must be one of {', '.join(LANGUAGES)} or auto (got {language!r})")
     if verbose:
         from metis_cli.text import espeak_info
 

@@ -3,7 +3,9 @@
 stdout: results only (an output path per finished job, or one JSON object per job with
 --json), never drawn by the progress display. stderr: the progress bar (on a terminal, not with
 --quiet), warnings, a line per failed or skipped job and the summary (not with --quiet, which
-keeps errors only). Paths are printed literally (no markup).
+keeps errors only). Paths are printed literally (no markup); bytes of a name that are not UTF-8
+and control characters are printed as \\xNN (`errors.printable`, as `ls -b` does). With `-o -`
+stdout carries the audio, so the --json line goes to stderr.
 
 Exit codes: 0 all jobs ok or skipped; 1 some jobs failed (or the models could not be loaded);
 2 usage error; 130 SIGINT; 143 SIGTERM; 141 stdout closed by the reader (the run stops quietly;
@@ -23,14 +25,14 @@ import typer
 
 from metis_cli import jobs as J
 from metis_cli import options as O
-from metis_cli.errors import InputError, MetisError, UsageError
+from metis_cli.errors import InputError, MetisError, UsageError, printable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_SIGPIPE, EXIT_SIGINT, EXIT_SIGTERM = 141, 130, 143
 
 
 def error_line(msg: str) -> None:
-    sys.stderr.write(f"metis: error: {msg}\n")
+    sys.stderr.write(f"metis: error: {printable(msg)}\n")
     sys.stderr.flush()
 
 
@@ -79,19 +81,23 @@ class Printer:
 
     def result(self, line: str) -> None:
         try:
-            sys.stdout.write(line + "\n")
+            sys.stdout.write(printable(line) + "\n")
             sys.stdout.flush()
         except BrokenPipeError:
             raise StdoutClosed from None
 
+    def report(self, line: str) -> None:
+        """A --json line when stdout carries the audio (`-o -`): on stderr, even with --quiet."""
+        self.console.print(printable(line), markup=False, highlight=False, soft_wrap=True)
+
     def message(self, text: str) -> None:
         """Progress-level messages (ok/skipped lines, warnings, the summary): not with --quiet."""
         if not self.quiet:
-            self.console.print(text, markup=False, highlight=False)
+            self.console.print(printable(text), markup=False, highlight=False)
 
     def error(self, text: str) -> None:
         """A failed job's line: shown even with --quiet."""
-        self.console.print(text, markup=False, highlight=False)
+        self.console.print(printable(text), markup=False, highlight=False)
 
     def progress(self, total: int) -> Any:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -205,7 +211,7 @@ def _run(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) 
 
     load_kw["device"] = local_device(load_kw["device"])
     try:
-        pipe = load(task, **load_kw)  # lazy: reads cards, resolves the device; no weights yet
+        pipe = load(task, wording="cli", **load_kw)  # lazy: reads cards, resolves the device; no weights yet
     except MetisError as exc:
         error_line(str(exc))
         return EXIT_USAGE if isinstance(exc, InputError) else EXIT_FAILED
@@ -233,6 +239,21 @@ def _session_args(task: str, groups: dict[type, Any]) -> dict[str, Any]:
     )
 
 
+def json_line(obj: Any) -> str:
+    """One JSON line; strings as `printable` shows them (names that are not UTF-8 as \\xNN)."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, str):
+            return printable(v, controls=False)  # json.dumps escapes control characters itself
+        if isinstance(v, dict):
+            return {clean(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(obj), ensure_ascii=False, default=str)
+
+
 def execute(printer: Printer, pipe: Any, plan: J.Plan, on_report: Any = None) -> int:
     failures: list[Any] = []
     done = 0
@@ -254,8 +275,10 @@ def execute(printer: Printer, pipe: Any, plan: J.Plan, on_report: Any = None) ->
                     progress.remove_task(chunk_bar.pop())
                 for w in rep.info.get("warnings", ()):
                     printer.message(f"warning: {w}")
-                if printer.as_json:
-                    printer.result(json.dumps(rep.to_dict(), ensure_ascii=False))
+                if printer.as_json and rep.output == "-":
+                    printer.report(json_line(rep.to_dict()))
+                elif printer.as_json:
+                    printer.result(json_line(rep.to_dict()))
                 elif rep.status == "ok" and rep.output != "-":
                     printer.result(rep.output)
                 if rep.status == "error":

@@ -21,11 +21,12 @@ from metis_cli.cli.report import Printer, fail_usage, run_guarded, text_from
 from metis_cli.errors import InputError, MetisError, UsageError
 
 OUTPUT_HELP = {
-    "se": "Output file (one input) or folder (default: next to each input, <stem>.enhanced.wav).",
+    "se": "Output file (one input) or folder (default: next to each input, <stem>.enhanced.wav); "
+    "'-' writes the WAV to stdout.",
     "tse": "Output file or folder (default <mix>.tse.wav); '-' writes the WAV to stdout.",
     "vc": "Output file or folder (default <source>.vc.wav); '-' writes the WAV to stdout.",
     "tts": "Output file or folder (default tts.wav); '-' writes the WAV to stdout.",
-    "l2s": "Output file or folder (default <video>.l2s.wav).",
+    "l2s": "Output file or folder (default <video>.l2s.wav); '-' writes the WAV to stdout.",
 }
 MANIFEST_HELP = "Jobs file (.jsonl or .csv), one job per line: input roles, output, seed (docs/CLI.md)."
 
@@ -87,6 +88,7 @@ def _tts(values: dict[str, Any]) -> None:
     text, text_file = values["text"], values["text_file"]
     for flag, key in (("--language", "language"), ("--prompt-language", "prompt_language")):
         O.one_of(O.LANGUAGE_CHOICES)(flag, values[key])  # UsageError → exit 2 (run_guarded)
+    O.duration("--duration", values["duration"])
     if values["manifest"] is None:
         if text_file is not None:
             if text is not None:
@@ -191,7 +193,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 None,
                 "--duration",
-                help=f"Target duration in seconds (0-{O.MAX_DURATION_SECONDS:g}; default: length rule).",
+                help=f"Target duration in seconds (more than 0, at most {O.MAX_DURATION_SECONDS:g}; "
+                "default: length rule).",
             ),
         ),
         *_common("tts"),

@@ -34,6 +34,9 @@ class Job:
     duration: float | None = None  # TTS target duration in seconds (None = length rule)
     origin: str | None = None  # where the job came from, e.g. "jobs.csv:3" (reports, messages)
     job_id: str | None = None  # the manifest's optional "id" (echoed in reports)
+    # an output file that appears between planning and placement: replaced (--overwrite), or the
+    # job fails with "exists" (placement never replaces a file it did not plan to replace)
+    overwrite: bool = field(default=False, compare=False)
 
     def describe(self) -> str:
         """How messages name the job: its manifest line, else its main input."""

@@ -120,12 +120,19 @@ class Engine:
 
     # -- running ----------------------------------------------------------------------------------
     def run(
-        self, jobs: Iterable[Job], decoding: Decoding, write: bool = True, keep: bool = False
+        self,
+        jobs: Iterable[Job],
+        decoding: Decoding,
+        write: bool = True,
+        keep: bool = False,
+        on_chunk: Callable[[Any], None] | None = None,
     ) -> Iterator[JobResult]:
         """Process jobs in batches of `options.batch_size`; yields one result per job, in order.
 
         write: write each output to `job.output` (atomically; "-" = stdout) as it finishes.
         keep: also return the waveform in `JobResult.wav` (always with write=False).
+        on_chunk: this call's progress callback for long jobs (default: `self.on_chunk`), so that
+        threads sharing one engine never see each other's chunks.
         """
         keep = keep or not write
         batch: list[Job] = []
@@ -134,7 +141,7 @@ class Engine:
                 if batch:
                     yield from self._run_batch(batch, decoding, write, keep)
                     batch = []
-                yield self._run_long(job, decoding, write, keep)
+                yield self._run_long(job, decoding, write, keep, on_chunk)
                 continue
             batch.append(job)
             if len(batch) >= self.options.batch_size:
@@ -203,7 +210,7 @@ class Engine:
         sem, codes = generated
         try:
             wav = self.generator.decode(codes)
-            out = self.writer.write(job.output if write else None, [wav], keep=keep)
+            out = self.writer.write(job.output if write else None, [wav], keep, job.overwrite)
         except FATAL:
             raise
         except Exception as exc:
@@ -215,14 +222,15 @@ class Engine:
             info.pop("warnings", None)
         return JobResult(job, out.wav, audio_seconds=c.audio_seconds, output_samples=out.samples, info=info)
 
-    def _run_long(self, job: Job, decoding: Decoding, write: bool, keep: bool) -> JobResult:
+    def _run_long(
+        self, job: Job, decoding: Decoding, write: bool, keep: bool, on_chunk: Callable[[Any], None] | None
+    ) -> JobResult:
         """One long job, chunk by chunk with bounded memory, written as it is generated."""
         t0 = time.perf_counter()
         info: dict[str, Any] = {}
         try:
-            out = self.writer.write(
-                job.output if write else None, self.longform.blocks(job, decoding, info), keep
-            )
+            blocks = self.longform.blocks(job, decoding, info, on_chunk)
+            out = self.writer.write(job.output if write else None, blocks, keep, job.overwrite)
         except FATAL:
             raise
         except Exception as exc:

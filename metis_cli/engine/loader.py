@@ -31,7 +31,7 @@ from metis_cli.constants import SSL_LAYER
 from metis_cli.core.devices import DTYPES, apply_precision, resolve_device
 from metis_cli.core.tasks import TASKS, TaskSpec
 from metis_cli.core.tokenizer import Tokenizers
-from metis_cli.errors import InputError, MissingModelError
+from metis_cli.errors import InputError, MissingModelError, UsageError
 from metis_cli.options import EngineOptions
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class ModelLoader:
         options: EngineOptions | None = None,
     ) -> None:
         if task not in TASKS:
-            raise InputError(f"unknown task '{task}' (known: {', '.join(TASKS)})")
+            raise UsageError(f"unknown task '{task}' (known: {', '.join(TASKS)})")
         self.task = task
         self.spec: TaskSpec = TASKS[task]
         self.card: ModelCard = get_card(model or DEFAULT_MODEL[task])

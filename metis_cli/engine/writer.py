@@ -4,7 +4,9 @@ A job's output is a stream of 24 kHz blocks (one block for a short job, one per 
 one). Files are written atomically (`audio.AtomicAudioWriter`: a temporary file renamed into
 place only when the whole stream succeeded; removed on any failure or signal). The output "-"
 is standard output: the blocks are collected and written as one WAV when complete. With
-`keep=True` (the Python API's single call) the joined waveform is also returned.
+`keep=True` (the Python API's single call) the joined waveform is also returned. With
+`replace=False` (every job not run with --overwrite) the placement never replaces a file that
+appeared at the target meanwhile: the job fails with "exists" (`audio.place_file`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ class OutputWriter:
     def __init__(self, sample_rate: int = CODEC_SAMPLE_RATE) -> None:
         self.sample_rate = sample_rate
 
-    def write(self, target: Path | None, blocks: Iterable[np.ndarray], keep: bool = False) -> Written:
+    def write(
+        self, target: Path | None, blocks: Iterable[np.ndarray], keep: bool = False, replace: bool = True
+    ) -> Written:
         if target is None:
             wav = _join(blocks)
             return Written(int(wav.shape[0]), wav)
@@ -41,7 +45,7 @@ class OutputWriter:
             _to_stdout(wav, self.sample_rate)
             return Written(int(wav.shape[0]), wav if keep else None)
         kept: list[np.ndarray] = []
-        with AtomicAudioWriter(target, self.sample_rate) as w:
+        with AtomicAudioWriter(target, self.sample_rate, replace=replace) as w:
             for block in blocks:
                 w.write(block)
                 if keep:

@@ -7,22 +7,29 @@ so every problem it can find is reported before anything runs.
 
 Rules (docs/CLI.md has the user-facing table):
 * Arguments: a path that exists is a file name, never a pattern; a folder expands to the audio
-  (or video) files directly inside it, sorted; only a name that does not exist is globbed.
+  (or video) files directly inside it, sorted (every extension the readers read, `audio_extensions`;
+  AppleDouble `._*` files are skipped); only a name that does not exist is globbed. An input whose
+  name is not UTF-8, or a symbolic-link loop, fails alone (its job is rejected, the others run).
 * Output names: `-o FILE.ext` for one job; `-o DIR` (an existing folder, or a name without an
   audio extension) holds `<stem>.wav` per job; no `-o`: `<stem>.<suffix>.wav` next to each input.
-  Inputs with the same stem from different folders mirror their folders under `-o DIR`.
+  Inputs with the same stem from different folders mirror their folders under `-o DIR` (never
+  outside it, however the inputs are spelled). `-o -` (stdout) takes one job, of any command.
 * Seeds: a job without its own seed takes `--seed` (the same seed for every such job); without
   `--seed` each job draws a fresh random seed. The seed used is always reported.
 * Cross-job checks (usage errors, before anything runs): two jobs writing one file; a job's
   output that is another job's input.
-* Existing outputs: "error" (the job fails, the file is kept), "overwrite" or "skip".
+* Existing outputs: "error" (the job fails, the file is kept), "overwrite" or "skip". The
+  policy travels with each job (`Job.overwrite`): without "overwrite", an output that appears
+  while the job runs (another run writing into the same folder) is never replaced at placement.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import functools
 import glob
 import logging
-import math
 import os
 import secrets
 from collections.abc import Iterable, Mapping
@@ -37,9 +44,22 @@ from metis_cli.jobs.manifest import parse_row, read_manifest
 
 log = logging.getLogger(__name__)
 
+# common containers (PyAV decodes what libsndfile cannot); `audio_extensions()` adds every format
+# the installed readers know
 AUDIO_EXTENSIONS = frozenset(
     ".wav .flac .ogg .oga .opus .mp3 .m4a .aac .aif .aiff .au .caf .wv .webm .mka .mp4".split()
 )
+# libsndfile format names that are not also their usual extension
+_SNDFILE_ALIASES = {
+    "AIFF": (".aif", ".aifc"),
+    "AU": (".snd",),
+    "NIST": (".sph",),
+    "IRCAM": (".sf",),
+    "SVX": (".8svx", ".iff"),
+    "WAVEX": (".wav",),
+    "OGG": (".oga", ".opus"),
+}
+_NOT_AUDIO_FILES = ("RAW", "MAT4", "MAT5")  # header-less, or Matlab data files: never picked from folders
 VIDEO_EXTENSIONS = frozenset(".mp4 .mov .mkv .avi .webm .m4v .mpg .mpeg .wmv .flv".split())
 WRITE_EXTENSIONS_DEFAULT = ".wav"
 
@@ -65,6 +85,9 @@ class Rejected:
     inputs: dict[str, str] = field(default_factory=dict)
     output: str | None = None
     error_type: type[MetisError] = InputError
+    seed: Any = None  # what a manifest row gave (kept in the report so scripts can match rows)
+    job_id: str | None = None
+    text: str | None = None
 
 
 @dataclass
@@ -86,18 +109,54 @@ class Plan:
 # ---- arguments → files ------------------------------------------------------------------------------
 
 
+@functools.cache
+def audio_extensions() -> frozenset[str]:
+    """Extensions a folder input picks: `AUDIO_EXTENSIONS`, every libsndfile format (its name, as
+    `.w64`, `.rf64`, `.caf`) and the extensions of PyAV's audio demuxers."""
+    import soundfile
+
+    exts = set(AUDIO_EXTENSIONS)
+    for name in soundfile.available_formats():
+        if name not in _NOT_AUDIO_FILES:
+            exts.add(f".{name.lower()}")
+            exts.update(_SNDFILE_ALIASES.get(name, ()))
+    try:
+        import av
+    except ImportError:  # pragma: no cover - PyAV is a dependency
+        return frozenset(exts)
+    for name in av.formats_available:
+        try:
+            fmt = av.ContainerFormat(name, "r")
+        except (ValueError, av.FFmpegError):
+            continue
+        about = (fmt.long_name or "").lower()
+        if "audio" in about and "video" not in about:
+            exts.update(f".{e.strip().lower()}" for e in fmt.extensions if e.strip())
+    return frozenset(exts)
+
+
+def _picked(f: Path, exts: frozenset[str]) -> bool:
+    """A folder entry an input folder expands to: a media extension, not a folder, not an
+    AppleDouble `._*` companion. Symlink loops and dangling links are kept (their job fails)."""
+    return f.suffix.lower() in exts and not f.name.startswith("._") and not _is_dir(f)
+
+
 def expand_inputs(args: Iterable[str | Path], video: bool = False) -> list[Path]:
     """Files named on the command line: existing paths as they are (names are data, never
     patterns), folders expanded to their media files (sorted), other names globbed."""
-    exts = VIDEO_EXTENSIONS if video else AUDIO_EXTENSIONS
+    exts = VIDEO_EXTENSIONS if video else audio_extensions()
     kind = "video" if video else "audio"
     out: list[Path] = []
     for arg in args:
         p = Path(arg)
         if _is_dir(p):
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in exts)
+            try:
+                found = sorted(f for f in p.iterdir() if _picked(f, exts))
+            except OSError as exc:
+                raise UsageError(f"{p}: cannot list this folder ({exc.strerror or exc})") from None
             if not found:
-                raise UsageError(f"{p}: no {kind} files in this folder ({', '.join(sorted(exts))})")
+                shown = ", ".join(sorted(VIDEO_EXTENSIONS if video else AUDIO_EXTENSIONS))
+                raise UsageError(f"{p}: no {kind} files in this folder ({shown}, ...)")
             out.extend(found)
         elif _exists(p) or p.is_symlink() or not any(ch in str(arg) for ch in "*?["):
             out.append(p)  # an existing file, or a plain missing name (that job fails: not found)
@@ -111,6 +170,8 @@ def expand_inputs(args: Iterable[str | Path], video: bool = False) -> list[Path]
 
 def default_output(task: str, main: Path, out: Path | None, many: bool) -> Path:
     """The output of a job whose main input is `main` (module docstring, Output names)."""
+    if out is not None and is_stdout(out):
+        return out
     if out is not None and not many and not is_folder_target(out):
         return out
     if out is not None:
@@ -136,6 +197,8 @@ def looks_like_output(task: str, path: Path) -> bool:
 
 def check_text(text: str | None, what: str = "text") -> str:
     """TTS text: non-empty, bounded, with something to pronounce (before any front end loads)."""
+    if text is not None and not isinstance(text, str):
+        raise TextError(f"{what} must be a string (got {type(text).__name__})")
     if text is None or not text.strip():
         raise TextError(f"{what} is empty")
     if len(text) > O.MAX_TEXT_CHARS:
@@ -159,17 +222,27 @@ def make_job(
     job_id: str | None = None,
 ) -> Job:
     """A validated job. `inputs`: files (or `audio.AudioArray`s) in the task's role order, or
-    {role: file}. Raises InputError naming the problem (prefixed with `origin` when given)."""
+    {role: file}; one file alone stands for a one-item list. Raises InputError naming the problem
+    (prefixed with `origin` when given): also for inputs that cannot be read by name (not UTF-8,
+    a symbolic-link loop)."""
+    if not isinstance(task, str) or task not in TASKS:
+        raise UsageError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
     spec = TASKS[task]
     roles = spec.inputs + spec.optional_inputs
     where = f"{origin}: " if origin else ""
+    if isinstance(inputs, (str, os.PathLike)) or _is_audio_array(inputs):
+        inputs = [inputs]
     if isinstance(inputs, Mapping):
-        by_role = {r: _as_input(p) for r, p in inputs.items() if p is not None and p != ""}
-    else:
-        files = [_as_input(p) for p in inputs]
+        by_role = {str(r): _as_input(p, where) for r, p in inputs.items() if p is not None and p != ""}
+    elif isinstance(inputs, Iterable) and not isinstance(inputs, (bytes, bytearray)):
+        files = [_as_input(p, where) for p in inputs]
         if len(files) > len(roles):
             raise InputError(f"{where}task '{task}' takes inputs {', '.join(roles)}; got {len(files)}")
         by_role = dict(zip(roles[: len(files)], files, strict=True))
+    else:
+        raise InputError(
+            f"{where}inputs must be a path, a list of paths or {{role: path}} (got {type(inputs).__name__})"
+        )
     unknown = [r for r in by_role if r not in roles]
     missing = [r for r in spec.inputs if r not in by_role]
     if unknown or missing:
@@ -188,13 +261,16 @@ def make_job(
     if spec.needs_text:
         check_text(text, f"{where}text")
         check_text(prompt_text, f"{where}prompt_text")
-    if duration is not None:
-        if not (isinstance(duration, (int, float)) and math.isfinite(duration)) or not (
-            0 < duration <= O.MAX_DURATION_SECONDS
-        ):
-            raise InputError(
-                f"{where}duration must be within 0-{O.MAX_DURATION_SECONDS:g} s (got {duration})"
-            )
+    try:
+        O.duration("duration", duration)
+    except UsageError as exc:
+        raise InputError(f"{where}{exc}") from None
+    for p in by_role.values():
+        problem = _input_problem(p) if isinstance(p, Path) else None
+        if problem:
+            raise InputError(f"{where}{problem}")
+    if not isinstance(output, (str, os.PathLike)):
+        raise InputError(f"{where}output must be a path (got {type(output).__name__})")
     return Job(
         task=task,
         inputs=by_role,
@@ -210,10 +286,34 @@ def make_job(
     )
 
 
-def _as_input(p: Any) -> Any:
+def _is_audio_array(p: Any) -> bool:
     from metis_cli.media.audio import AudioArray
 
-    return p if isinstance(p, AudioArray) else Path(p)
+    return isinstance(p, AudioArray)
+
+
+def _as_input(p: Any, where: str = "") -> Any:
+    if _is_audio_array(p):
+        return p
+    if not isinstance(p, (str, os.PathLike)):
+        raise InputError(f"{where}an input must be a path or an AudioArray (got {type(p).__name__})")
+    return Path(p)
+
+
+def _input_problem(p: Path) -> str | None:
+    """Why an input file cannot even be opened by name (checked before anything runs)."""
+    try:
+        str(p).encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{p}: the file name is not valid UTF-8 (rename the file)"
+    try:
+        os.stat(p)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"{p}: symbolic link loop"
+    except ValueError:  # an embedded NUL
+        return f"{p}: the file name contains a NUL character"
+    return None
 
 
 # ---- cross-job checks ------------------------------------------------------------------------------------
@@ -237,8 +337,8 @@ def _is_dir(p: Path) -> bool:
 def _key(p: Path) -> Path:
     try:
         return p.resolve()
-    except OSError:
-        return p.absolute()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+        return Path(os.path.normpath(p.absolute()))
 
 
 def check_conflicts(items: list[Job | Rejected]) -> None:
@@ -282,7 +382,7 @@ def output_problem(job: Job, existing: str) -> Rejected | None:
         pass
     except MetisError as exc:
         return reject(str(exc))
-    if len(job.output.name.encode()) > _name_max(job.output.parent):
+    if len(os.fsencode(job.output.name)) > _name_max(job.output.parent):
         return reject(f"{job.output}: file name too long for this filesystem")
     if _exists(out):
         if existing == "skip":
@@ -342,21 +442,28 @@ def plan(req: Request) -> Plan:
     if req.output is not None and is_stdout(req.output) and len(items) != 1:
         raise UsageError(f"-o -: writes one output to stdout; this run has {len(items)} jobs")
     check_conflicts(items)
+    return Plan(task, _apply_policy(items, req.existing), warnings)
+
+
+def plan_jobs(task: str, jobs: Iterable[Job | Rejected], existing: str = "error") -> Plan:
+    """A plan of ready-made jobs (Python API): the same cross-job checks and output policy."""
+    if existing not in ("error", "overwrite", "skip"):
+        raise UsageError(f"existing: must be 'error', 'overwrite' or 'skip' (got {existing!r})")
+    items: list[Job | Rejected] = list(jobs)
+    check_conflicts(items)
+    return Plan(task, _apply_policy(items, existing))
+
+
+def _apply_policy(items: list[Job | Rejected], existing: str) -> list[Job | Rejected]:
+    """Each job checked against its output (`output_problem`), carrying the policy to placement."""
     planned: list[Job | Rejected] = []
     for item in items:
         if isinstance(item, Job):
-            problem = output_problem(item, req.existing)
-            planned.append(problem or item)
+            item = dataclasses.replace(item, overwrite=existing == "overwrite")
+            planned.append(output_problem(item, existing) or item)
         else:
             planned.append(item)
-    return Plan(task, planned, warnings)
-
-
-def plan_jobs(task: str, jobs: Iterable[Job], existing: str = "error") -> Plan:
-    """A plan of ready-made jobs (Python API): the same cross-job checks and output policy."""
-    items: list[Job | Rejected] = list(jobs)
-    check_conflicts(items)
-    return Plan(task, [(output_problem(j, existing) or j) if isinstance(j, Job) else j for j in items])
+    return planned
 
 
 def _plan_manifest(req: Request) -> list[Job | Rejected]:
@@ -366,6 +473,8 @@ def _plan_manifest(req: Request) -> list[Job | Rejected]:
     outdir = req.output
     if outdir is not None and (is_stdout(outdir) or not is_folder_target(outdir)):
         raise UsageError(f"{outdir}: with --manifest, -o must be a folder")
+    if outdir is not None:
+        _make_folder(outdir)  # a usage error when it cannot be made; rows' own folders fail alone
     items: list[Job | Rejected] = []
     for row in rows:
         if row.problem is not None:
@@ -375,7 +484,7 @@ def _plan_manifest(req: Request) -> list[Job | Rejected]:
             f = parse_row(task, row)
             main = f["inputs"][spec.inputs[0]]
             if "output" in f:
-                out = f["output"] if outdir is None or f["output"].is_absolute() else outdir / f["output"]
+                out = _row_output(f["output"], outdir)
             elif task == "tts":
                 out = (outdir or Path(".")) / f"tts-{row.index + 1:05d}.wav"
             else:
@@ -393,15 +502,66 @@ def _plan_manifest(req: Request) -> list[Job | Rejected]:
                 origin=row.origin,
                 job_id=f.get("id"),
             )
+            _make_row_folder(job.output)
             items.append(job)
         except MetisError as exc:
             msg = str(exc)
-            items.append(
-                Rejected(msg if msg.startswith(row.origin) else f"{row.origin}: {msg}", origin=row.origin)
-            )
-    if outdir is not None and any(isinstance(i, Job) for i in items):
-        _make_folder(outdir)
+            msg = msg if msg.startswith(row.origin) else f"{row.origin}: {msg}"
+            items.append(_rejected_row(task, row, msg, outdir, type(exc)))
     return items
+
+
+def _row_output(output: Path, outdir: Path | None) -> Path:
+    """A row's `output` field: under `-o DIR` when relative, and never outside it."""
+    if outdir is None or output.is_absolute():
+        return output
+    joined = Path(os.path.normpath(outdir / output))
+    base = os.path.normpath(outdir)
+    if base != "." and not str(joined).startswith(base.rstrip(os.sep) + os.sep):
+        raise InputError(f"field 'output' {str(output)!r} is outside the -o folder {outdir}")
+    if base == "." and (joined.is_absolute() or joined.parts[:1] == ("..",)):
+        raise InputError(f"field 'output' {str(output)!r} is outside the -o folder {outdir}")
+    return outdir / output
+
+
+def _make_row_folder(output: Path) -> None:
+    """The folder a manifest row's output names is created like `-o`'s (an InputError for that row)."""
+    folder = output.parent
+    if _is_dir(folder):
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InputError(f"{output}: cannot create the output folder (a file is in the way)") from None
+    except OSError as exc:
+        raise InputError(f"{output}: cannot create the output folder ({exc.strerror or exc})") from None
+
+
+def _rejected_row(task: str, row: Any, msg: str, outdir: Path | None, kind: type[MetisError]) -> Rejected:
+    """A manifest row that will not run, with every field it had (inputs, output, seed, id, text)
+    so that reports can be matched to rows."""
+    fields = row.fields or {}
+    spec = TASKS[task]
+    inputs = {r: str(fields[r]) for r in spec.inputs + spec.optional_inputs if r in fields}
+    output = fields.get("output")
+    if isinstance(output, str) and output.strip():
+        output = str(outdir / output) if outdir is not None and not Path(output).is_absolute() else output
+    else:
+        output = None
+    seed = fields.get("seed")
+    if isinstance(seed, str):
+        seed = int(seed.strip()) if seed.strip().isdigit() else seed
+    text = fields.get("text")
+    return Rejected(
+        msg,
+        origin=row.origin,
+        inputs=inputs,
+        output=output,
+        error_type=kind if issubclass(kind, InputError) else InputError,
+        seed=seed,
+        job_id=None if fields.get("id") is None else str(fields["id"]),
+        text=text[:80] if isinstance(text, str) else None,
+    )
 
 
 def _plan_arguments(req: Request, warnings: list[str]) -> list[Job | Rejected]:
@@ -497,7 +657,8 @@ def _mirrored_outputs(task: str, files: list[Path], out: Path | None, many: bool
     if len(set(keys)) == len(keys):
         return outputs
     # same stems from different folders: mirror each input's folder relative to their common root
-    parents = [f.absolute().parent for f in files]
+    # (lexically normalised: an input spelled with ".." never puts its output outside `out`)
+    parents = [Path(os.path.normpath(f.absolute().parent)) for f in files]
     root = Path(os.path.commonpath([str(p) for p in parents]))
     return [out / p.relative_to(root) / f"{f.stem}.wav" for f, p in zip(files, parents, strict=True)]
 

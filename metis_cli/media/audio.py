@@ -542,7 +542,8 @@ def _disk_full(directory: Path) -> bool:
         st = os.statvfs(directory)
     except OSError:
         return False
-    return st.f_bavail * st.f_frsize < 64 * 1024
+    # pseudo filesystems (/proc, /sys) report no blocks at all: not "full"
+    return st.f_blocks > 0 and st.f_bavail * st.f_frsize < 64 * 1024
 
 
 def _write_failure(path: Path, exc: BaseException, directory: Path) -> OutputError:
@@ -554,6 +555,7 @@ def _write_failure(path: Path, exc: BaseException, directory: Path) -> OutputErr
             errno.ENAMETOOLONG: "file name too long",
             errno.EACCES: "permission denied",
             errno.EROFS: "read-only file system",
+            errno.EEXIST: "exists: another run wrote it while this job ran; use --overwrite to replace it",
         }.get(exc.errno, exc.strerror or _first_line(exc))
     elif isinstance(exc, OSError):
         reason = _first_line(exc)
@@ -562,6 +564,54 @@ def _write_failure(path: Path, exc: BaseException, directory: Path) -> OutputErr
     else:
         reason = _first_line(exc)
     return OutputError(f"{path}: cannot write the output ({reason})")
+
+
+_RENAME_NOREPLACE = 1  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """rename(2) that fails with FileExistsError when `dst` exists (Linux renameat2)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), str(dst))
+    # neither link(2) nor renameat2 on this filesystem: the best remaining check (not atomic)
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    os.replace(src, dst)
+
+
+def place_file(tmp: Path, path: Path, replace: bool = True) -> None:
+    """Move a finished temporary file to its final name in the same folder.
+
+    replace=False never replaces a file that exists at `path` (one written meanwhile by another
+    process): link(2) then unlink, which fails atomically with FileExistsError; where the
+    filesystem has no hard links, renameat2(RENAME_NOREPLACE). replace=True: rename(2) over it.
+    """
+    if replace:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS, errno.EXDEV):
+            raise
+        _rename_noreplace(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 class AtomicWavWriter:
@@ -575,9 +625,10 @@ class AtomicWavWriter:
 
     The format follows the extension (`output_format`; WAV PCM_16 without one). Blocks go to a
     short hidden temporary file (``.metis-<12 hex>.tmp``) in the target directory; on normal
-    exit it is closed, flushed to disk and renamed over ``path`` (``os.replace``). On any
-    exception (KeyboardInterrupt and SystemExit included) the temporary file is deleted and any
-    previous ``path`` is left untouched. Write failures raise `OutputError`.
+    exit it is closed, flushed to disk and moved to ``path`` (`place_file`: replacing a file
+    there, or with ``replace=False`` failing with an "exists" `OutputError` when one appeared). On
+    any exception (KeyboardInterrupt and SystemExit included) the temporary file is deleted and
+    any previous ``path`` is left untouched. Write failures raise `OutputError`.
     """
 
     def __init__(
@@ -586,8 +637,10 @@ class AtomicWavWriter:
         sr: int = CODEC_SAMPLE_RATE,
         subtype: str | None = None,
         format: str | None = None,
+        replace: bool = True,
     ):
         self.path = Path(path)
+        self.replace = replace
         self.sr = int(sr)
         self.ext = format or output_format(self.path)
         if self.ext not in _WRITERS:
@@ -610,11 +663,22 @@ class AtomicWavWriter:
         with _ACTIVE_LOCK:
             _ACTIVE.add(tmp)
         try:
+            # created here first (mode 0666 & ~umask, like soundfile's own open): a refusal names its
+            # errno; the bytes name lets libsndfile write into folders whose name is not UTF-8
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
             self._file = sf.SoundFile(
-                str(tmp), mode="x", samplerate=self.sr, channels=1, format=self.format, subtype=self.subtype
+                os.fsencode(tmp),
+                mode="w",
+                samplerate=self.sr,
+                channels=1,
+                format=self.format,
+                subtype=self.subtype,
             )
         except BaseException as exc:
             self._discard()
+            if isinstance(exc, FileNotFoundError) and self._dir.is_dir():
+                msg = f"{self.path}: cannot write the output (this folder takes no new files)"
+                raise OutputError(msg) from None
             if isinstance(exc, Exception):
                 raise _write_failure(self.path, exc, self._dir) from None
             raise
@@ -646,7 +710,7 @@ class AtomicWavWriter:
             self._file = None
             with open(self._tmp, "rb+") as f:
                 os.fsync(f.fileno())
-            os.replace(self._tmp, self.path)
+            place_file(self._tmp, self.path, self.replace)
             with _ACTIVE_LOCK:
                 _ACTIVE.discard(self._tmp)
             self._tmp = None
@@ -675,8 +739,11 @@ class AtomicWavWriter:
 AtomicAudioWriter = AtomicWavWriter  # the writer is format-aware; both names stay
 
 
-def write_audio_atomic(path: str | os.PathLike, wav: np.ndarray, sr: int = CODEC_SAMPLE_RATE) -> Path:
-    """Write a mono ``(N,)`` float32 waveform in the format the extension names, atomically.
+def write_audio_atomic(
+    path: str | os.PathLike, wav: np.ndarray, sr: int = CODEC_SAMPLE_RATE, replace: bool = True
+) -> Path:
+    """Write a mono ``(N,)`` float32 waveform in the format the extension names, atomically
+    (replace=False: never over a file that exists, an "exists" `OutputError`).
 
     Returns:
         The written path. On any failure no partial file exists and a previous file is intact.
@@ -687,7 +754,7 @@ def write_audio_atomic(path: str | os.PathLike, wav: np.ndarray, sr: int = CODEC
     """
     path = Path(path)
     wav = _check_wav(wav, path)
-    with AtomicWavWriter(path, sr=sr) as w:
+    with AtomicWavWriter(path, sr=sr, replace=replace) as w:
         w.write(wav)
     return path
 

@@ -177,7 +177,7 @@ class TaskActor:
         from metis_cli.api import load
 
         self.options = dict(options)
-        self.pipe = load(self.task, **self.options)  # validates now; weights load on first use
+        self.pipe = load(self.task, wording="cli", **self.options)  # validates now; weights load on first use
         self.host, self.pid = socket.gethostname(), os.getpid()
 
     def __call__(self, batch: Any) -> Any:

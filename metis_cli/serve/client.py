@@ -126,7 +126,7 @@ class RemotePipeline:
             rep.error = _remote_message(resp, job)
             return rep
         try:
-            _write(job.output, resp.content)
+            _write(job.output, resp.content, replace=job.overwrite)
         except Exception as exc:  # noqa: BLE001 - the CLI's one-line output errors
             rep.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return rep
@@ -164,7 +164,7 @@ def _read(path: Path) -> bytes:
         raise _LocalError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
-def _write(output: Path, content: bytes) -> None:
+def _write(output: Path, content: bytes, replace: bool = True) -> None:
     import soundfile as sf
 
     from metis_cli.constants import CODEC_SAMPLE_RATE
@@ -175,7 +175,7 @@ def _write(output: Path, content: bytes) -> None:
         sys.stdout.buffer.flush()
         return
     wav, sr = sf.read(io.BytesIO(content), dtype="float32")
-    write_audio_atomic(output, wav, sr or CODEC_SAMPLE_RATE)
+    write_audio_atomic(output, wav, sr or CODEC_SAMPLE_RATE, replace=replace)
 
 
 def _remote_message(resp: Any, job: Any) -> str:
