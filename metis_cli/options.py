@@ -42,6 +42,7 @@ def command_of(task: str) -> str:
     """The command / route name of a task ("se" -> "enhance"; the others keep their name)."""
     return TASK_COMMANDS.get(task, task)
 
+
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 ATTENTION_CHOICES = ("eager", "sdpa")
 LANGUAGE_CHOICES = ("auto", "en", "zh", "ja", "ko", "fr", "de")

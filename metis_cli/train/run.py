@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from metis_cli.assets.cache import cache_root
 from metis_cli.assets.cards import DEFAULT_MODEL, ModelStore, get_card
 from metis_cli.core.devices import resolve_device
 from metis_cli.engine.loader import ModelLoader
@@ -44,11 +45,8 @@ FINETUNE_TASKS = ("se", "tse", "vc", "tts", "l2s")
 
 
 def default_cache_dir() -> Path:
-    """`$METIS_CACHE_DIR/features`, else `~/.cache/metis/features`."""
-    import os
-
-    root = os.environ.get("METIS_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "metis") / "features"
+    """`$METIS_CACHE_DIR/features`, else `~/.cache/metis/features` (`assets.cache.cache_root`)."""
+    return cache_root() / "features"
 
 
 @dataclass
