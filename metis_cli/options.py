@@ -195,7 +195,7 @@ class DecodingOptions:
     )
 
     def overrides(self) -> dict[str, Any]:
-        """The fields of `engine.Decoding` these options set (None fields left to the card)."""
+        """The fields of `core.decoding.Decoding` these options set (None fields left to the card)."""
         out = {k: getattr(self, k) for k in ("steps", "cfg", "temperature", "s2a_temperature")}
         out = {k: v for k, v in out.items() if v is not None}
         out.update(parse_s2a_steps(self.s2a_steps))

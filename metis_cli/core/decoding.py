@@ -673,6 +673,38 @@ def _single(steps: Sequence[int]) -> int:
 # ----------------------------------------------------------------------------- S2A
 
 
+def _s2a_lengths(
+    semantic: list[Tensor], prompts: list[Tensor], noise: list, gt: list[Tensor] | None, n_steps: int, Q: int
+) -> tuple[list[int], list[int]]:
+    """(prompt lengths Lp_i, target lengths L_i) of an S2A batch; InputError on a shape mismatch."""
+    B = len(semantic)
+    if n_steps != Q:
+        raise InputError(f"S2A: {n_steps} step counts for {Q} codebooks")
+    if not (len(prompts) == len(noise) == B) or B == 0 or (gt is not None and len(gt) != B):
+        raise InputError(f"S2A: {B} semantic sequences, {len(prompts)} prompts, {len(noise)} noise sources")
+    lp = [p.shape[0] for p in prompts]
+    lens = [s.shape[0] - n for s, n in zip(semantic, lp, strict=True)]
+    if any(n < 1 for n in lens):
+        raise InputError(f"S2A: semantic lengths {[s.shape[0] for s in semantic]} do not exceed prompts {lp}")
+    for b, p in enumerate(prompts):
+        if p.ndim != 2 or p.shape[1] < Q:
+            raise InputError(f"S2A: item {b}: prompt codes {list(p.shape)} need (Lp, >={Q})")
+    return lp, lens
+
+
+def _s2a_known_layers(model, gt: list[Tensor], lens: list[int], out: list[Tensor], cum: list[Tensor]) -> int:
+    """Copy the given codes of the first g layers into `out` and add their embeddings to `cum`
+    (both per item, in place); returns g."""
+    start = gt[0].shape[-1]
+    for b, g in enumerate(gt):
+        if g.shape != (lens[b], start):
+            raise InputError(f"S2A: item {b}: gt codes {list(g.shape)}, expected [{lens[b]}, {start}]")
+        g = g.to(out[b].device).long()[None]
+        out[b][..., :start] = g
+        cum[b] = cum[b] + model.embed_codes(g)
+    return start
+
+
 @torch.no_grad()
 def s2a_generate(
     model,
@@ -688,37 +720,17 @@ def s2a_generate(
     acoustic prompt codes (may have 0 rows); gt[i] (L_i, g) codes of the first g layers.
     opts.steps: one step count per codebook. Returns codes (L_i, Q) with L_i = T_i - Lp_i.
     """
-    B = len(semantic)
     Q = model.num_quantizer
     steps = (opts.steps,) * Q if isinstance(opts.steps, int) and Q == 1 else tuple(opts.steps)
-    if len(steps) != Q:
-        raise InputError(f"S2A: {len(steps)} step counts for {Q} codebooks")
-    if not (len(prompts) == len(noise) == B) or B == 0 or (gt is not None and len(gt) != B):
-        raise InputError(f"S2A: {B} semantic sequences, {len(prompts)} prompts, {len(noise)} noise sources")
+    lp, lens = _s2a_lengths(semantic, prompts, noise, gt, len(steps), Q)
     dev, dt = model.cond_emb.weight.device, model.dtype
     net = model.diff_estimator
     run = backbone_forward(net, opts, dev)
-
-    lp = [p.shape[0] for p in prompts]
-    lens = [s.shape[0] - n for s, n in zip(semantic, lp, strict=True)]
-    if any(n < 1 for n in lens):
-        raise InputError(f"S2A: semantic lengths {[s.shape[0] for s in semantic]} do not exceed prompts {lp}")
-    for b, p in enumerate(prompts):
-        if p.ndim != 2 or p.shape[1] < Q:
-            raise InputError(f"S2A: item {b}: prompt codes {list(p.shape)} need (Lp, >={Q})")
     cond = [model.cond_emb(s.to(dev).long()[None]) for s in semantic]  # (1, T, H)
     prompt_emb = [model.embed_codes(p.to(dev).long()[None, :, :Q]) for p in prompts]  # (1, Lp, H)
     out = [torch.zeros(1, n, Q, dtype=torch.long, device=dev) for n in lens]
-    start = 0
     cum = [torch.zeros(1, n, model.cfg.hidden_size, dtype=dt, device=dev) for n in lens]
-    if gt is not None:
-        start = gt[0].shape[-1]
-        for b, g in enumerate(gt):
-            if g.shape != (lens[b], start):
-                raise InputError(f"S2A: item {b}: gt codes {list(g.shape)}, expected [{lens[b]}, {start}]")
-            g = g.to(dev).long()[None]
-            out[b][..., :start] = g
-            cum[b] = cum[b] + model.embed_codes(g)
+    start = 0 if gt is None else _s2a_known_layers(model, gt, lens, out, cum)
     mask_tok = model.mask_token().to(dt)  # (H,)
 
     for layer in range(start, Q):
