@@ -27,6 +27,22 @@ from metis_cli.constants import TRAIN_MAX_SECONDS, TRAIN_MIN_SECONDS
 from metis_cli.errors import UsageError
 
 ALL_TASKS = ("tts", "vc", "tse", "se", "l2s")
+# The one map between task names and the command / HTTP route names where they differ
+# (`metis enhance`, `POST /v1/enhance` run task "se"); every front end reads it from here.
+TASK_COMMANDS = {"se": "enhance"}
+TASK_ALIASES = {command: task for task, command in TASK_COMMANDS.items()}  # "enhance" -> "se"
+
+
+def task_of(name: str) -> str:
+    """The task a command / route name runs ("enhance" -> "se"; a task name maps to itself)."""
+    return TASK_ALIASES.get(name, name)
+
+
+def command_of(task: str) -> str:
+    """The command / route name of a task ("se" -> "enhance"; the others keep their name)."""
+    return TASK_COMMANDS.get(task, task)
+
+
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 ATTENTION_CHOICES = ("eager", "sdpa")
 LANGUAGE_CHOICES = ("auto", "en", "zh", "ja", "ko", "fr", "de")
@@ -190,7 +206,7 @@ class DecodingOptions:
     )
 
     def overrides(self) -> dict[str, Any]:
-        """The fields of `engine.Decoding` these options set (None fields left to the card)."""
+        """The fields of `core.decoding.Decoding` these options set (None fields left to the card)."""
         out = {k: getattr(self, k) for k in ("steps", "cfg", "temperature", "s2a_temperature")}
         out = {k: v for k, v in out.items() if v is not None}
         out.update(parse_s2a_steps(self.s2a_steps))
@@ -491,6 +507,62 @@ class TrainOptions:
         None, "--stop-after", "Stop after this step with a checkpoint (--resume continues, same schedule).",
         tasks=(),
     )  # fmt: skip
+
+
+def required(flag: str, help: str, short: str | None = None) -> Any:
+    """A field without a default: a required CLI option (`...` for Typer)."""
+    meta = {"flag": flag, "short": short, "help": help, "check": None, "tasks": (), "envvar": None}
+    return field(metadata=meta)
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """Where a training run writes and how it starts (`metis finetune`, `metis pretrain`)."""
+
+    out: Path = required("--out", "Output model folder (card.json, weights, log.jsonl).", short="-o")
+    resume: bool = opt(False, "--resume", "Continue the run saved in OUT (bit-identical on CPU).", tasks=())
+    name: str | None = opt(None, "--name", "Model name in card.json (default: the folder name).", tasks=())
+    cache_dir: Path | None = opt(
+        None, "--cache-dir", "Feature cache folder (default: $METIS_CACHE_DIR/features or ~/.cache/metis).",
+        tasks=(),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FinetuneInputs:
+    """What `metis finetune` trains: task, data and the start model."""
+
+    task: str = required("--task", "se, tse, vc, tts or l2s.", short="-t")
+    data: Path = required("--data", "Training manifest: one JSON object per line (docs/TRAINING.md).")
+    val: Path | None = opt(
+        None, "--val", "Held-out manifest: loss and masked-token accuracy per epoch.", tasks=()
+    )
+    base: str | None = opt(
+        None, "--base",
+        "Start model: card name or folder (default: the task's released model, else metis-base; "
+        "l2s: metis-l2s or an l2s folder).",
+        short="-m", tasks=(),
+    )  # fmt: skip
+    full: bool = opt(False, "--full", "Full-scale fine-tuning: train every stage-1 weight.", tasks=())
+    lora_r: int | None = opt(
+        None, "--lora-r", "Rank of a fresh LoRA (default: se/tse/tts/l2s 32, vc 16).", tasks=()
+    )
+    lora_alpha: float | None = opt(
+        None, "--lora-alpha", "Alpha of a fresh LoRA (default: se/tse/tts/l2s 64, vc 32; else 2 x rank).",
+        tasks=(),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PretrainInputs:
+    """What `metis pretrain` trains: plain audio and the start model or config."""
+
+    data: Path = required("--data", "Text file of audio paths (one a line) or a folder of audio files.")
+    base: str = opt("metis-base", "--base", "Base model to continue from.", short="-m", tasks=())
+    config: Path | None = opt(
+        None, "--config", "Start from random weights: JSON with a t2s_model block (--base ignored).", tasks=()
+    )
+    val: Path | None = opt(None, "--val", "Held-out audio list: loss and masked-token accuracy.", tasks=())
 
 
 # groups whose options every task command shows, in --help order

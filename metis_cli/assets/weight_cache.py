@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from metis_cli.assets import cache
 from metis_cli.assets.checkpoint import ST_DTYPES, check_keys, read_header, read_tensors
 from metis_cli.assets.umask import apply_umask
 from metis_cli.errors import CheckpointError
@@ -40,7 +41,6 @@ from metis_cli.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the meaning of an entry changes
-CACHE_ENV = "METIS_CACHE_DIR"
 DIR_ENV = "METIS_BF16_CACHE_DIR"  # the bf16 folder itself (overrides $METIS_CACHE_DIR/bf16)
 SWITCH_ENV = "METIS_BF16_CACHE"
 _ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
@@ -50,8 +50,7 @@ def cache_root() -> Path:
     """`$METIS_BF16_CACHE_DIR`, else `$METIS_CACHE_DIR/bf16`, else `~/.cache/metis/bf16`."""
     if os.environ.get(DIR_ENV):
         return Path(os.environ[DIR_ENV]).expanduser()
-    base = os.environ.get(CACHE_ENV)
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "metis") / "bf16"
+    return cache.cache_root() / "bf16"
 
 
 def env_enabled() -> bool:

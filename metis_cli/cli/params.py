@@ -11,7 +11,7 @@ import inspect
 import types
 import typing
 from collections.abc import Callable, Iterable
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from typing import Any
 
 import typer
@@ -53,6 +53,8 @@ def group_params(
                 continue
             tp, nullable = _plain(hints[f.name])
             default = meta.get("default", f.default)
+            if default is MISSING:  # a required option
+                default = ...
             if tp is bool and "/" in meta["flag"]:  # --on/--off pair: None = not given
                 annotation: Any = bool | None
             elif tp is bool:

@@ -123,8 +123,24 @@ def _l2s(values: dict[str, Any]) -> None:
     _run("l2s", values, tuple(values["videos"] or ()), fixed=fixed)
 
 
-def register(app: typer.Typer) -> None:
-    enhance = [
+_PAIRS = (
+    (
+        "tse",
+        ("mix", "enrol"),
+        ("Mixture of several speakers.", "Enrolment speech of the target speaker."),
+        "Target speaker extraction: the voice of ENROL, extracted from MIX; any length.",
+    ),
+    (
+        "vc",
+        ("source", "reference"),
+        ("Speech to convert.", "Reference speech of the target voice."),
+        "Voice conversion: SOURCE spoken in the voice of REFERENCE; any length.",
+    ),
+)
+
+
+def _enhance_params() -> list:
+    return [
         param(
             "inputs",
             list[str] | None,
@@ -132,33 +148,18 @@ def register(app: typer.Typer) -> None:
         ),
         *_common("se"),
     ]
-    app.command("enhance")(
-        command(
-            _enhance, enhance, "Speech enhancement: denoise/dereverb each input (24 kHz out); any length."
-        )
-    )
-    for task, roles, helps, doc in (
-        (
-            "tse",
-            ("mix", "enrol"),
-            ("Mixture of several speakers.", "Enrolment speech of the target speaker."),
-            "Target speaker extraction: the voice of ENROL, extracted from MIX; any length.",
-        ),
-        (
-            "vc",
-            ("source", "reference"),
-            ("Speech to convert.", "Reference speech of the target voice."),
-            "Voice conversion: SOURCE spoken in the voice of REFERENCE; any length.",
-        ),
-    ):
-        params = [
-            param(roles[0], Path | None, typer.Argument(None, metavar=roles[0].upper(), help=helps[0])),
-            param(roles[1], Path | None, typer.Argument(None, metavar=roles[1].upper(), help=helps[1])),
-            *_common(task),
-        ]
-        app.command(task)(command(_pair(task, roles), params, doc))
 
-    tts = [
+
+def _pair_params(task: str, roles: tuple[str, str], helps: tuple[str, str]) -> list:
+    return [
+        param(roles[0], Path | None, typer.Argument(None, metavar=roles[0].upper(), help=helps[0])),
+        param(roles[1], Path | None, typer.Argument(None, metavar=roles[1].upper(), help=helps[1])),
+        *_common(task),
+    ]
+
+
+def _tts_params() -> list:
+    return [
         param(
             "text", str | None, typer.Option(None, "--text", "-t", help="Text to speak ('-': read stdin).")
         ),
@@ -199,15 +200,10 @@ def register(app: typer.Typer) -> None:
         ),
         *_common("tts"),
     ]
-    app.command("tts")(
-        command(
-            _tts,
-            tts,
-            "Zero-shot text-to-speech in the voice of a prompt (MaskGCT T2S, or --model metis-omni).",
-        )
-    )
 
-    l2s = [
+
+def _l2s_params() -> list:
+    return [
         param(
             "videos",
             list[str] | None,
@@ -230,6 +226,26 @@ def register(app: typer.Typer) -> None:
         ),
         *_common("l2s"),
     ]
+
+
+def register(app: typer.Typer) -> None:
+    enhance = _enhance_params()
+    app.command(O.command_of("se"))(
+        command(
+            _enhance, enhance, "Speech enhancement: denoise/dereverb each input (24 kHz out); any length."
+        )
+    )
+    for task, roles, helps, doc in _PAIRS:
+        app.command(task)(command(_pair(task, roles), _pair_params(task, roles, helps), doc))
+    tts = _tts_params()
+    app.command("tts")(
+        command(
+            _tts,
+            tts,
+            "Zero-shot text-to-speech in the voice of a prompt (MaskGCT T2S, or --model metis-omni).",
+        )
+    )
+    l2s = _l2s_params()
     app.command("l2s")(
         command(_l2s, l2s, "Lip-to-speech: speech for silent lip video, optionally in the voice of a prompt.")
     )

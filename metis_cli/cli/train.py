@@ -10,11 +10,10 @@ import json
 import signal
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 
 import typer
 
-from metis_cli.cli.params import command, group_params, param
+from metis_cli.cli.params import command, group_params
 from metis_cli.errors import MetisError
 
 
@@ -167,39 +166,20 @@ def _call(fn, **kw):
 
 def _shared() -> list:
     """The options finetune and pretrain share, generated from `metis_cli.options`."""
-    from metis_cli import options as O
+    from metis_cli import options
 
     return [
-        *group_params([O.TrainOptions]),
-        param(
-            "resume",
-            bool,
-            typer.Option(False, "--resume", help="Continue the run saved in OUT (bit-identical on CPU)."),
-        ),
-        param(
-            "name",
-            str | None,
-            typer.Option(None, "--name", help="Model name in card.json (default: the folder name)."),
-        ),
-        param(
-            "cache_dir",
-            Path | None,
-            typer.Option(
-                None,
-                "--cache-dir",
-                help="Feature cache folder (default: $METIS_CACHE_DIR/features or ~/.cache/metis).",
-            ),
-        ),
-        *group_params([O.ModelOptions], only=("checkpoint_dir", "offline")),
+        *group_params([options.TrainRun, options.TrainOptions]),
+        *group_params([options.ModelOptions], only=("checkpoint_dir", "offline")),
         *group_params(
-            [O.EngineOptions],
+            [options.EngineOptions],
             only=("device",),
             override={
                 "device": {"default": "cpu", "help": "cpu (bit-exact resume), auto, cuda, cuda:N or mps."}
             },
         ),
         *group_params(
-            [O.ReportOptions],
+            [options.ReportOptions],
             only=("json", "quiet"),
             override={
                 "json": {"help": "Print the summary as one JSON object."},
@@ -209,15 +189,10 @@ def _shared() -> list:
     ]
 
 
-_OUT = param(
-    "out", Path, typer.Option(..., "--out", "-o", help="Output model folder (card.json, weights, log.jsonl).")
-)
-
-
 def _train_options(values: dict) -> object:
-    from metis_cli import options as O
+    from metis_cli import options
 
-    return _options(**{k: values[k] for k in O.names(O.TrainOptions)})
+    return _options(**{k: values[k] for k in options.names(options.TrainOptions)})
 
 
 def _run_kw(values: dict, opts: object) -> dict:
@@ -255,94 +230,25 @@ def _pretrain(values: dict) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    from metis_cli import options as O
+    from metis_cli import options
 
-    finetune = [
-        param("task", str, typer.Option(..., "--task", "-t", help="se, tse, vc, tts or l2s.")),
-        param(
-            "data",
-            Path,
-            typer.Option(..., "--data", help="Training manifest: one JSON object per line (README)."),
-        ),
-        _OUT,
-        param(
-            "val",
-            Path | None,
-            typer.Option(None, "--val", help="Held-out manifest: loss and masked-token accuracy per epoch."),
-        ),
-        param(
-            "base",
-            str | None,
-            typer.Option(
-                None,
-                "--base",
-                "-m",
-                help="Start model: card name or folder (default: the task's released model, else metis-base; "
-                "l2s: metis-l2s or an l2s folder).",
-            ),
-        ),
-        *group_params(
-            [O.EngineOptions],
-            only=("visual_checkpoint",),
-            override={
-                "visual_checkpoint": {
-                    "help": "l2s (required): Auto-AVSR visual-only model.pth (model.json beside it), "
-                    "as for metis l2s."
-                }
-            },
-        ),
-        param(
-            "full",
-            bool,
-            typer.Option(False, "--full", help="Full-scale fine-tuning: train every stage-1 weight."),
-        ),
-        param(
-            "lora_r",
-            int | None,
-            typer.Option(None, "--lora-r", help="Rank of a fresh LoRA (default: se/tse/tts/l2s 32, vc 16)."),
-        ),
-        param(
-            "lora_alpha",
-            float | None,
-            typer.Option(
-                None,
-                "--lora-alpha",
-                help="Alpha of a fresh LoRA (default: se/tse/tts/l2s 64, vc 32; else 2 x rank).",
-            ),
-        ),
-        *_shared(),
-    ]
+    visual = group_params(
+        [options.EngineOptions],
+        only=("visual_checkpoint",),
+        override={
+            "visual_checkpoint": {
+                "help": "l2s (required): Auto-AVSR visual-only model.pth (model.json beside it), "
+                "as for metis l2s."
+            }
+        },
+    )
+    finetune = [*group_params([options.FinetuneInputs]), *visual, *_shared()]
     app.command("finetune")(
         command(
             _finetune, finetune, "Fine-tune stage 1 (LoRA + adapter, or --full) on a JSON-lines manifest."
         )
     )
-    pretrain = [
-        param(
-            "data",
-            Path,
-            typer.Option(
-                ..., "--data", help="Text file of audio paths (one a line) or a folder of audio files."
-            ),
-        ),
-        _OUT,
-        param("base", str, typer.Option("metis-base", "--base", "-m", help="Base model to continue from.")),
-        param(
-            "config",
-            Path | None,
-            typer.Option(
-                None,
-                "--config",
-                help="Start from random weights: JSON with a t2s_model block (--base ignored).",
-            ),
-        ),
-        param(
-            "val",
-            Path | None,
-            typer.Option(None, "--val", help="Held-out audio list: loss and masked-token accuracy."),
-        ),
-        *_shared(),
-    ]
+    pretrain = [*group_params([options.PretrainInputs]), *_shared()]
     app.command("pretrain")(
         command(
             _pretrain, pretrain, "Masked generative pre-training of a base stage-1 model on unlabeled speech."

@@ -35,7 +35,7 @@ import logging
 import math
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -73,6 +73,80 @@ class DecodeOptions:
     # fast mode, CUDA only: backbone forward through torch.compile(mode="reduce-overhead")
     # (CUDA graphs); ignored on other devices
     cuda_graphs: bool = False
+
+
+# the card's decoding keys (spec §1.5) -> `Decoding` fields: top level, then the "s2a" block
+_CARD_KEYS = ("steps", "cfg", "rescale_cfg", "temperature", "filter_thres")
+_CARD_S2A_KEYS = (
+    "steps_1layer",
+    "steps_full",
+    "cfg_1layer",
+    "cfg_full",
+    "temperature",
+    "filter_thres",
+    "rescale_cfg",
+)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """The resolved decoding settings of a run (spec §1.5): the one type the engine passes down.
+
+    Defaults are written here only; `from_card` takes what a model card sets (card values win
+    over these defaults, user overrides over both). `stage1()` and `s2a(full)` give the options
+    of one decoding loop; the fast modes are engine options, passed to them.
+    """
+
+    steps: int  # stage-1 decoding steps
+    cfg: float  # stage-1 classifier-free guidance scale (0 = off)
+    rescale_cfg: float = 0.75  # std rescale factor of the guided logits
+    temperature: float = 0.9  # stage-1 start temperature (annealed by t)
+    filter_thres: float = 0.98  # top-k keeps ceil((1 - thres) * V) logits
+    s2a_steps_1layer: tuple[int, ...] = (40,)  # steps of the 1-codebook S2A model
+    s2a_steps_full: tuple[int, ...] = (40, 16, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)  # per codebook
+    s2a_cfg_1layer: float = 0.0
+    s2a_cfg_full: float = 2.5
+    s2a_temperature: float = 1.5
+    s2a_filter_thres: float = 0.98
+    s2a_rescale_cfg: float = 0.75
+
+    @classmethod
+    def from_card(cls, card, task: str, **overrides) -> Decoding:  # noqa: ANN001
+        """The card's settings for `task` over the defaults, then the non-None `overrides`."""
+        d = card.decoding_for(task)
+        if not d:
+            raise InputError(f"model '{card.name}' has no decoding settings for task '{task}'")
+        values = {k: d[k] for k in _CARD_KEYS if k in d}
+        s2a = d.get("s2a", {})
+        values.update({f"s2a_{k}": s2a[k] for k in _CARD_S2A_KEYS if k in s2a})
+        for k in ("s2a_steps_1layer", "s2a_steps_full"):
+            if k in values:
+                values[k] = tuple(values[k])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def stage1(
+        self, fused_cfg: bool = False, static_shapes: bool = False, cuda_graphs: bool = False
+    ) -> DecodeOptions:
+        """The options of the stage-1 loop (`DecodeOptions`), with the engine's fast modes."""
+        return DecodeOptions(
+            self.steps, self.cfg, self.rescale_cfg, self.temperature, self.filter_thres,
+            fused_cfg, static_shapes, cuda_graphs,
+        )  # fmt: skip
+
+    def s2a(
+        self, full: bool, fused_cfg: bool = False, static_shapes: bool = False, cuda_graphs: bool = False
+    ):
+        """The options of the 1-layer (`full=False`) or full S2A loop, with the fast modes."""
+        steps = self.s2a_steps_full if full else self.s2a_steps_1layer
+        return DecodeOptions(
+            tuple(steps), self.s2a_cfg_full if full else self.s2a_cfg_1layer, self.s2a_rescale_cfg,
+            self.s2a_temperature, self.s2a_filter_thres, fused_cfg, static_shapes, cuda_graphs,
+        )  # fmt: skip
+
+
+# the official S2A settings (spec §1.5; the stage-1 fields are not read by `s2a`)
+OFFICIAL_S2A = Decoding(steps=1, cfg=0.0)
 
 
 # ----------------------------------------------------------------------------- noise
@@ -599,6 +673,38 @@ def _single(steps: Sequence[int]) -> int:
 # ----------------------------------------------------------------------------- S2A
 
 
+def _s2a_lengths(
+    semantic: list[Tensor], prompts: list[Tensor], noise: list, gt: list[Tensor] | None, n_steps: int, Q: int
+) -> tuple[list[int], list[int]]:
+    """(prompt lengths Lp_i, target lengths L_i) of an S2A batch; InputError on a shape mismatch."""
+    B = len(semantic)
+    if n_steps != Q:
+        raise InputError(f"S2A: {n_steps} step counts for {Q} codebooks")
+    if not (len(prompts) == len(noise) == B) or B == 0 or (gt is not None and len(gt) != B):
+        raise InputError(f"S2A: {B} semantic sequences, {len(prompts)} prompts, {len(noise)} noise sources")
+    lp = [p.shape[0] for p in prompts]
+    lens = [s.shape[0] - n for s, n in zip(semantic, lp, strict=True)]
+    if any(n < 1 for n in lens):
+        raise InputError(f"S2A: semantic lengths {[s.shape[0] for s in semantic]} do not exceed prompts {lp}")
+    for b, p in enumerate(prompts):
+        if p.ndim != 2 or p.shape[1] < Q:
+            raise InputError(f"S2A: item {b}: prompt codes {list(p.shape)} need (Lp, >={Q})")
+    return lp, lens
+
+
+def _s2a_known_layers(model, gt: list[Tensor], lens: list[int], out: list[Tensor], cum: list[Tensor]) -> int:
+    """Copy the given codes of the first g layers into `out` and add their embeddings to `cum`
+    (both per item, in place); returns g."""
+    start = gt[0].shape[-1]
+    for b, g in enumerate(gt):
+        if g.shape != (lens[b], start):
+            raise InputError(f"S2A: item {b}: gt codes {list(g.shape)}, expected [{lens[b]}, {start}]")
+        g = g.to(out[b].device).long()[None]
+        out[b][..., :start] = g
+        cum[b] = cum[b] + model.embed_codes(g)
+    return start
+
+
 @torch.no_grad()
 def s2a_generate(
     model,
@@ -614,37 +720,17 @@ def s2a_generate(
     acoustic prompt codes (may have 0 rows); gt[i] (L_i, g) codes of the first g layers.
     opts.steps: one step count per codebook. Returns codes (L_i, Q) with L_i = T_i - Lp_i.
     """
-    B = len(semantic)
     Q = model.num_quantizer
     steps = (opts.steps,) * Q if isinstance(opts.steps, int) and Q == 1 else tuple(opts.steps)
-    if len(steps) != Q:
-        raise InputError(f"S2A: {len(steps)} step counts for {Q} codebooks")
-    if not (len(prompts) == len(noise) == B) or B == 0 or (gt is not None and len(gt) != B):
-        raise InputError(f"S2A: {B} semantic sequences, {len(prompts)} prompts, {len(noise)} noise sources")
+    lp, lens = _s2a_lengths(semantic, prompts, noise, gt, len(steps), Q)
     dev, dt = model.cond_emb.weight.device, model.dtype
     net = model.diff_estimator
     run = backbone_forward(net, opts, dev)
-
-    lp = [p.shape[0] for p in prompts]
-    lens = [s.shape[0] - n for s, n in zip(semantic, lp, strict=True)]
-    if any(n < 1 for n in lens):
-        raise InputError(f"S2A: semantic lengths {[s.shape[0] for s in semantic]} do not exceed prompts {lp}")
-    for b, p in enumerate(prompts):
-        if p.ndim != 2 or p.shape[1] < Q:
-            raise InputError(f"S2A: item {b}: prompt codes {list(p.shape)} need (Lp, >={Q})")
     cond = [model.cond_emb(s.to(dev).long()[None]) for s in semantic]  # (1, T, H)
     prompt_emb = [model.embed_codes(p.to(dev).long()[None, :, :Q]) for p in prompts]  # (1, Lp, H)
     out = [torch.zeros(1, n, Q, dtype=torch.long, device=dev) for n in lens]
-    start = 0
     cum = [torch.zeros(1, n, model.cfg.hidden_size, dtype=dt, device=dev) for n in lens]
-    if gt is not None:
-        start = gt[0].shape[-1]
-        for b, g in enumerate(gt):
-            if g.shape != (lens[b], start):
-                raise InputError(f"S2A: item {b}: gt codes {list(g.shape)}, expected [{lens[b]}, {start}]")
-            g = g.to(dev).long()[None]
-            out[b][..., :start] = g
-            cum[b] = cum[b] + model.embed_codes(g)
+    start = 0 if gt is None else _s2a_known_layers(model, gt, lens, out, cum)
     mask_tok = model.mask_token().to(dt)  # (H,)
 
     for layer in range(start, Q):
@@ -691,14 +777,8 @@ def metis_semantic_to_acoustic(
     semantic: list[Tensor],
     prompts: list[Tensor],
     noise: list[NoiseSource],
-    steps_1layer: Sequence[int] = (40,),
-    steps_full: Sequence[int] = (40, 16) + (1,) * 10,
+    decoding: Decoding = OFFICIAL_S2A,
     *,
-    cfg_1layer: float = 0.0,
-    cfg_full: float = 2.5,
-    temperature: float = 1.5,
-    filter_thres: float = 0.98,
-    rescale_cfg: float = 0.75,
     fused_cfg: bool = False,
     static_shapes: bool = False,
     cuda_graphs: bool = False,
@@ -706,18 +786,9 @@ def metis_semantic_to_acoustic(
     """Metis stage 2 (spec §1.5): 1-layer S2A for codebook 0, then the full S2A for 1..Q-1.
 
     semantic[i] (T_i,) = [prompt ; generated] semantic codes, prompts[i] (Lp_i, 12) acoustic
-    prompt codes; both models draw from noise[i] in order. Returns codes (T_i - Lp_i, 12).
+    prompt codes; both models draw from noise[i] in order; `decoding`'s s2a_* fields set the
+    loops. Returns codes (T_i - Lp_i, 12).
     """
-    base = DecodeOptions(
-        steps=tuple(steps_1layer),
-        cfg=cfg_1layer,
-        rescale_cfg=rescale_cfg,
-        temperature=temperature,
-        filter_thres=filter_thres,
-        fused_cfg=fused_cfg,
-        static_shapes=static_shapes,
-        cuda_graphs=cuda_graphs,
-    )
-    first = s2a_generate(s2a_1layer, semantic, prompts, base, noise)  # (L, 1)
-    full = replace(base, steps=tuple(steps_full), cfg=cfg_full)
-    return s2a_generate(s2a_full, semantic, prompts, full, noise, gt=first)
+    fast = {"fused_cfg": fused_cfg, "static_shapes": static_shapes, "cuda_graphs": cuda_graphs}
+    first = s2a_generate(s2a_1layer, semantic, prompts, decoding.s2a(False, **fast), noise)  # (L, 1)
+    return s2a_generate(s2a_full, semantic, prompts, decoding.s2a(True, **fast), noise, gt=first)

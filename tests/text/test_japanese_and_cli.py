@@ -93,7 +93,7 @@ def fake_dictionary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         downloads.append(url)
         target.write_bytes(archive)
 
-    monkeypatch.setattr(res, "_download", download)
+    monkeypatch.setattr(res, "download", download)
     real_bundled = res.bundled_ja_dictionary
     monkeypatch.setattr(res, "bundled_ja_dictionary", lambda: None)  # whatever pyopenjtalk is installed
     monkeypatch.setenv("METIS_CACHE_DIR", str(tmp_path / "cache"))
@@ -156,7 +156,7 @@ def test_ja_network_failure_is_one_line(fake_dictionary, monkeypatch) -> None:
     def unreachable(url: str, target: Path) -> None:
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(res, "_download", unreachable)
+    monkeypatch.setattr(res, "download", unreachable)
     with pytest.raises(res.MissingResourceError, match="network unreachable") as info:
         res.fetch_ja_frontend()
     assert "\n" not in str(info.value)

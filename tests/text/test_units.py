@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,7 @@ def test_fetch_zh_offline_is_a_one_line_text_error(tmp_path: Path, monkeypatch: 
     def offline(*args: object, **kwargs: object) -> None:
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(res.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     _online(monkeypatch)
     with pytest.raises(TextError) as info:
         res.fetch_zh_frontend(tmp_path / "zh")
@@ -101,9 +102,9 @@ def test_fetch_zh_rejects_wrong_content(tmp_path: Path, monkeypatch: pytest.Monk
             info = tarfile.TarInfo(f"maskgct-0.0.19/{res._ZH_PREFIX}{r.member}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    monkeypatch.setattr(res, "_pypi_sdist_url", lambda name, version: "unused")
+    monkeypatch.setattr(res, "pypi_file_url", lambda name, version, filename: "unused")
     _online(monkeypatch)
-    monkeypatch.setattr(res, "_download", lambda url, target: target.write_bytes(archive.read_bytes()))
+    monkeypatch.setattr(res, "download", lambda url, target: target.write_bytes(archive.read_bytes()))
     with pytest.raises(TextError, match="blob id"):
         res.fetch_zh_frontend(tmp_path / "zh")
     assert not (tmp_path / "zh" / "chinese_lexicon.txt").exists()
