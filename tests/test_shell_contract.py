@@ -13,6 +13,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -49,18 +50,25 @@ def test_results_reach_a_redirected_stdout_when_stderr_is_a_terminal(tiny_bundle
         env={**env(tiny_bundle), "TERM": "xterm", "COLUMNS": "100"},
     )
     os.close(slave)
-    seen = b""
+    terminal: list[bytes] = []
+
+    def drain() -> None:  # read the terminal side while the child runs: a full pty buffer blocks it
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed its end
+                return
+            if not chunk:
+                return
+            terminal.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
     out = proc.stdout.read()
-    proc.wait(timeout=120)
-    while select.select([master], [], [], 0.1)[0]:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        seen += chunk
+    proc.wait(timeout=300)
+    reader.join(timeout=60)
     os.close(master)
+    seen = b"".join(terminal)
     assert proc.returncode == 0
     lines = [json.loads(x) for x in out.decode().splitlines()]
     assert [r["status"] for r in lines] == ["ok", "ok"]
