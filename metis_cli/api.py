@@ -5,6 +5,7 @@
 >>> wav = se("noisy.wav", seed=0).wav              # (N,) float32 at 24 kHz
 >>> wav = se(metis_cli.AudioArray(samples, 16000)).wav   # in-memory audio
 >>> for report in se.run(jobs): ...                # many jobs, one model load, atomic outputs
+>>> for res in se.generate(jobs): ...              # many jobs, audio kept in memory, nothing written
 
 `load` takes the same option names as the CLI (`metis_cli.options`): steps, cfg, temperature,
 s2a_steps ("N" or "A,B"), s2a_temperature, device, dtype, attention, fused_cfg, batch_size,
@@ -76,12 +77,39 @@ def _inputs_text(inputs: Mapping[str, Any]) -> dict[str, str]:
 
 
 class Pipeline:
-    """A loaded task: call it on one input, or `run` it over many jobs."""
+    """A loaded task: call it on one input, `run` it over many jobs (writing files) or
+    `generate` (audio in memory). Weights load on first use, or all at once with `warm()`."""
 
     def __init__(self, engine: Engine, decoding: Decoding) -> None:
         self.engine = engine
-        self.decoding = decoding
+        self._defaults = decoding
         self.task = engine.task
+
+    # -- what front ends need to know -------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        """The model card's name ("metis-tts", a fine-tuned model's name, ...)."""
+        return self.engine.card.name
+
+    @property
+    def device(self) -> str:
+        """The torch device the models run on ("cpu", "cuda:0", ...)."""
+        return str(self.engine.device)
+
+    @property
+    def batch_size(self) -> int:
+        """Most jobs per padded batch."""
+        return int(self.engine.options.batch_size)
+
+    def warm(self) -> None:
+        """Load every model this task needs now (instead of on first use)."""
+        self.engine.load_all()
+
+    def decoding(self, **overrides: Any) -> Decoding:
+        """The resolved decoding settings: the card's official values for this task with
+        `overrides` (the CLI's names: steps, cfg, temperature, s2a_steps, s2a_temperature, or
+        `Decoding` fields) applied, each checked against its option's range (UsageError)."""
+        return replace(self._defaults, **_decoding_overrides(overrides))
 
     # -- one job ------------------------------------------------------------------------------------
     def __call__(self, *inputs: Any, seed: int | None = None, **kwargs: Any) -> Result:
@@ -93,8 +121,7 @@ class Pipeline:
         subclass on bad input."""
         fields = {k: kwargs.pop(k) for k in list(kwargs) if k in J.JOB_FIELDS}
         job = self.make_job(inputs, "<memory>", seed, **fields)
-        dec = self._decoding(**kwargs)
-        (res,) = list(self.engine.run([job], dec, write=False))
+        (res,) = list(self.generate([job], self.decoding(**kwargs)))
         if not res.ok:
             cls = res.error_type if res.error_type and issubclass(res.error_type, MetisError) else MetisError
             raise cls(res.error)
@@ -121,8 +148,19 @@ class Pipeline:
             raise UsageError(f"unknown job field(s): {', '.join(unknown)} (known: {', '.join(J.JOB_FIELDS)})")
         return J.make_job(self.task, inputs, output, seed, **fields)
 
-    def _decoding(self, **overrides: Any) -> Decoding:
-        return replace(self.decoding, **_decoding_overrides(overrides))
+    def generate(
+        self,
+        jobs: Iterable[Job],
+        decoding: Decoding | None = None,
+        on_chunk: Callable[[Any], None] | None = None,
+    ) -> Iterator[JobResult]:
+        """Run jobs and yield one `JobResult` per job, in order, with its waveform in memory
+        (`wav`: (N,) float32 at 24 kHz; None and `error` set when the job failed). Nothing is
+        written; `job.output` is only a label. decoding: `decoding(...)`'s settings (default:
+        the card's). Jobs run in padded batches of `batch_size`; a failed job never stops the
+        others. `on_chunk` gets a `chunks.ChunkProgress` per chunk of a long input."""
+        dec = self._defaults if decoding is None else decoding
+        return self.engine.run(jobs, dec, write=False, keep=True, on_chunk=on_chunk)
 
     # -- many jobs ------------------------------------------------------------------------------------
     def plan(self, request: J.Request) -> J.Plan:
@@ -146,25 +184,20 @@ class Pipeline:
         fails. A failed job never stops the others. Long inputs (docs/LONGFORM.md) are written
         chunk by chunk; `on_chunk` gets a `longform.ChunkProgress` per chunk.
         """
-        dec = self._decoding(**decoding)
+        dec = self.decoding(**decoding)
         plan = jobs if isinstance(jobs, J.Plan) else J.plan_jobs(self.task, jobs, existing)
-        runnable = plan.jobs
-        self.engine.on_chunk = on_chunk
-        try:
-            results = self.engine.run(runnable, dec)
-            for item in plan.items:
-                rep = self._finish(next(results), dec) if isinstance(item, Job) else self._rejected(item)
-                if on_report is not None:
-                    on_report(rep)
-                yield rep
-        finally:
-            self.engine.on_chunk = None
+        results = self.engine.run(plan.jobs, dec, on_chunk=on_chunk)
+        for item in plan.items:
+            rep = self._finish(next(results), dec) if isinstance(item, Job) else self._rejected(item)
+            if on_report is not None:
+                on_report(rep)
+            yield rep
 
     def _report(self, job: Job, status: str, error: str | None = None) -> Report:
-        return job_report(job, status, error, self.decoding.steps)
+        return job_report(job, status, error, self._defaults.steps)
 
     def _rejected(self, item: J.Rejected) -> Report:
-        return rejected_report(item, self.decoding.steps)
+        return rejected_report(item, self._defaults.steps)
 
     def _finish(self, res: JobResult, dec: Decoding) -> Report:
         rep = self._report(res.job, "ok" if res.ok else "error", res.error)
@@ -251,4 +284,4 @@ def load(task: str, model: str | None = None, **kwargs: Any) -> Pipeline:
     return Pipeline(engine, Decoding.from_card(engine.card, task, **dec_overrides))
 
 
-__all__ = ["Pipeline", "Report", "Result", "job_report", "load", "rejected_report"]
+__all__ = ["Decoding", "JobResult", "Pipeline", "Report", "Result", "job_report", "load", "rejected_report"]

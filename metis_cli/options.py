@@ -43,7 +43,7 @@ MAX_TEXT_CHARS = 100_000  # TTS text length
 def _num(flag: str, value: Any, kind: type) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UsageError(f"{flag}: must be a number (got {value!r})")
-    if kind is int and not float(value).is_integer():
+    if kind is int and not isinstance(value, int):  # 2.0 is not a step count
         raise UsageError(f"{flag}: must be an integer (got {value!r})")
     if not math.isfinite(value):
         raise UsageError(f"{flag}: must be a finite number (got {value})")
@@ -62,6 +62,7 @@ def at_least(lo: float, kind: type = float, hi: float | None = None, above: bool
         if hi is not None and v > hi:
             raise UsageError(f"{flag}: must be <= {hi:g} (got {v:g})")
 
+    check.bounds = (lo, hi, above, kind)  # type: ignore[attr-defined]  # read by typed front ends
     return check
 
 
@@ -72,6 +73,7 @@ def one_of(choices: Iterable[str]) -> Callable:
         if v is not None and v not in choices:
             raise UsageError(f"{flag}: must be one of {', '.join(choices)} (got {v!r})")
 
+    check.choices = choices  # type: ignore[attr-defined]
     return check
 
 

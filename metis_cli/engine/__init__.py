@@ -110,22 +110,20 @@ class Engine:
     def release(self, *names: str) -> None:
         self.loader.release(*names)
 
-    @property
-    def on_chunk(self) -> Callable[[Any], None] | None:
-        return self.longform.on_chunk
-
-    @on_chunk.setter
-    def on_chunk(self, fn: Callable[[Any], None] | None) -> None:
-        self.longform.on_chunk = fn
-
     # -- running ----------------------------------------------------------------------------------
     def run(
-        self, jobs: Iterable[Job], decoding: Decoding, write: bool = True, keep: bool = False
+        self,
+        jobs: Iterable[Job],
+        decoding: Decoding,
+        write: bool = True,
+        keep: bool = False,
+        on_chunk: Callable[[Any], None] | None = None,
     ) -> Iterator[JobResult]:
         """Process jobs in batches of `options.batch_size`; yields one result per job, in order.
 
         write: write each output to `job.output` (atomically; "-" = stdout) as it finishes.
         keep: also return the waveform in `JobResult.wav` (always with write=False).
+        on_chunk: gets a `chunks.ChunkProgress` after each chunk of a long input.
         """
         keep = keep or not write
         batch: list[Job] = []
@@ -134,7 +132,7 @@ class Engine:
                 if batch:
                     yield from self._run_batch(batch, decoding, write, keep)
                     batch = []
-                yield self._run_long(job, decoding, write, keep)
+                yield self._run_long(job, decoding, write, keep, on_chunk)
                 continue
             batch.append(job)
             if len(batch) >= self.options.batch_size:
@@ -215,13 +213,15 @@ class Engine:
             info.pop("warnings", None)
         return JobResult(job, out.wav, audio_seconds=c.audio_seconds, output_samples=out.samples, info=info)
 
-    def _run_long(self, job: Job, decoding: Decoding, write: bool, keep: bool) -> JobResult:
+    def _run_long(
+        self, job: Job, decoding: Decoding, write: bool, keep: bool, on_chunk: Callable | None = None
+    ) -> JobResult:
         """One long job, chunk by chunk with bounded memory, written as it is generated."""
         t0 = time.perf_counter()
         info: dict[str, Any] = {}
         try:
             out = self.writer.write(
-                job.output if write else None, self.longform.blocks(job, decoding, info), keep
+                job.output if write else None, self.longform.blocks(job, decoding, info, on_chunk), keep
             )
         except FATAL:
             raise

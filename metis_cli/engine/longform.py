@@ -39,7 +39,6 @@ class LongformStrategy:
         self.gen = gen
         self.spec = gen.loader.spec
         self.options = options.validate()
-        self.on_chunk: Callable[[Any], None] | None = None  # gets a `longform.ChunkProgress`
 
     def is_long(self, job: Job) -> bool:
         """SE/TSE/VC inputs longer than one chunk; TTS texts longer than `max_chars`.
@@ -58,19 +57,26 @@ class LongformStrategy:
         except MetisError:
             return False
 
-    def blocks(self, job: Job, decoding: Decoding, info: dict) -> Iterator[np.ndarray]:
-        """The job's output, block by block (`info` gets chunk counts and the input's length)."""
+    def blocks(
+        self, job: Job, decoding: Decoding, info: dict, on_chunk: Callable[[Any], None] | None = None
+    ) -> Iterator[np.ndarray]:
+        """The job's output, block by block (`info` gets chunk counts and the input's length);
+        `on_chunk` gets a `chunks.ChunkProgress` after each chunk."""
         if self.spec.long_text:
-            return self._tts_pieces(job, decoding, info)
-        return self._audio_chunks(job, decoding, info)
+            return self._tts_pieces(job, decoding, info, on_chunk)
+        return self._audio_chunks(job, decoding, info, on_chunk)
 
-    def _progress(self, job: Job, index: int, total: int, done: int, expected: int) -> None:
+    def _progress(
+        self, job: Job, index: int, total: int, done: int, expected: int, on_chunk: Callable | None
+    ) -> None:
         log.info("%s: chunk %d/%d done", job.output, index + 1, total)
-        if self.on_chunk is not None:
+        if on_chunk is not None:
             sr = CODEC_SAMPLE_RATE
-            self.on_chunk(chunking.ChunkProgress(job.output, index, total, done / sr, expected / sr))
+            on_chunk(chunking.ChunkProgress(job.output, index, total, done / sr, expected / sr))
 
-    def _audio_chunks(self, job: Job, decoding: Decoding, info: dict) -> Iterator[np.ndarray]:
+    def _audio_chunks(
+        self, job: Job, decoding: Decoding, info: dict, on_chunk: Callable | None
+    ) -> Iterator[np.ndarray]:
         """SE / TSE / VC: finished 24 kHz blocks of a long input, chunk by chunk."""
         lf, gen = self.options, self.gen
         tok = gen.loader.tokenizers
@@ -118,7 +124,7 @@ class LongformStrategy:
                     a = max(0, b - context)
                     carry = (sem[a:b].clone(), codes[a:b].clone())
                 yield stitch.add(chunking.fit_length(wav, chunk.frames * HOP_SAMPLES), chunk)
-                self._progress(job, chunk.index, len(chunks), stitch.emitted, reader.n_out)
+                self._progress(job, chunk.index, len(chunks), stitch.emitted, reader.n_out, on_chunk)
             yield stitch.finish()
             info["max_read_samples"] = reader.max_block
 
@@ -148,7 +154,9 @@ class LongformStrategy:
             ssl_forwards=0,  # chunk seeds are derived, not official runs: no hidden draws
         )
 
-    def _tts_pieces(self, job: Job, decoding: Decoding, info: dict) -> Iterator[np.ndarray]:
+    def _tts_pieces(
+        self, job: Job, decoding: Decoding, info: dict, on_chunk: Callable | None
+    ) -> Iterator[np.ndarray]:
         """TTS with long text: one generation per sentence-bounded piece, same speaker prompt.
         Each piece is a seeded run of its own (seed `chunk_seed(seed, i)`), hidden SSL draws
         included (its conditions make one w2v-BERT forward of the prompt)."""
@@ -166,4 +174,4 @@ class LongformStrategy:
             wav = chunking.edge_fades(wav, fade, fade_in=i > 0, fade_out=i < len(pieces) - 1)
             done += wav.shape[0]
             yield wav
-            self._progress(job, i, len(pieces), done, 0)
+            self._progress(job, i, len(pieces), done, 0, on_chunk)

@@ -3,7 +3,7 @@
 Requests for one pipeline wait in a queue. The worker takes the oldest job and every queued
 job with an equal `Decoding` (so they can share one padded batch), waits up to `max_wait_ms`
 from the oldest job's arrival for more, and runs at most `max_batch` of them through
-`engine.run(jobs, decoding, write=False)`: each job keeps its own seed and generator, and the
+`Pipeline.generate(jobs, decoding)`: each job keeps its own seed and generator, and the
 engine's failure isolation means one bad job never fails the others. Pipelines on one device
 take turns (a lock per device). A job whose client has gone, or whose deadline has passed,
 before its batch starts is dropped.
@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from metis_cli.core.tasks import Job
-from metis_cli.engine import Decoding, JobResult
+from metis_cli.api import Decoding, JobResult
+from metis_cli.jobs import Job
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class Batcher:
         t0 = time.perf_counter()
         try:
             with self.device_lock:
-                self.pipeline.engine.load_all()
+                self.pipeline.warm()
         except Exception as exc:  # noqa: BLE001 - any load failure: one line, the service is not ready
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             self.load_error = f"{self.task}: models could not be loaded ({text})"
@@ -267,7 +267,7 @@ class Batcher:
         done = 0
         try:
             with self.device_lock:
-                results = self.pipeline.engine.run([w.job for w in live], live[0].decoding, write=False)
+                results = self.pipeline.generate([w.job for w in live], live[0].decoding)
                 for w, res in zip(live, results, strict=False):  # results is lazy: resolve each as it comes
                     done += 1
                     w.resolve(res)

@@ -39,6 +39,11 @@ def media_type(fmt: str) -> str:
     return _ENCODERS[fmt][2]
 
 
+def extension(fmt: str) -> str:
+    """The file name extension of a response format (pcm: raw)."""
+    return "raw" if fmt == "pcm" else fmt
+
+
 def encode(wav: np.ndarray, fmt: str, sample_rate: int = CODEC_SAMPLE_RATE) -> bytes:
     """The waveform as a file of format `fmt` (see `response_formats`), PCM 16 where the format has PCM."""
     fmt_name, subtype, _ = _ENCODERS[fmt]

@@ -45,12 +45,23 @@ class FakeEngine:
 
 
 class FakePipeline:
+    """The public `api.Pipeline` surface the service uses, over a `FakeEngine`."""
+
     task = "se"
+    device = "cpu"
 
     def __init__(self, engine: FakeEngine) -> None:
         self.engine = engine
+        self.model_name = engine.card.name
+        self.batch_size = engine.options.batch_size
 
-    def _decoding(self, **kw):
+    def warm(self) -> None:
+        self.engine.load_all()
+
+    def generate(self, jobs, decoding=None, on_chunk=None):
+        return self.engine.run(jobs, decoding, write=False)
+
+    def decoding(self, **kw):
         return Decoding(steps=kw.get("steps") or 10, cfg=0.0)
 
 
