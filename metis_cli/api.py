@@ -253,6 +253,60 @@ def _decoding_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# ---- text front ends (what a server checks at start; nothing here downloads) ----------------------------
+
+FRONTEND_MODULES = {"zh": ("jieba", "cn2an", "pypinyin"), "ja": ("pyopenjtalk", "pykakasi")}
+FRONTEND_SAMPLES = {"zh": "你好。", "ja": "こんにちは。"}
+
+
+def text_frontend_problem(language: str) -> str | None:
+    """Why the text front end of `language` cannot run here without downloading anything (one
+    line naming the fix), or None when it can. Languages without extra resources: None."""
+    import importlib.util
+
+    from metis_cli.text import resources
+
+    if language not in FRONTEND_MODULES:
+        return None
+    missing = [m for m in FRONTEND_MODULES[language] if importlib.util.find_spec(m) is None]
+    if missing:
+        return (
+            f"{language}: the text front end needs {', '.join(missing)}: pip install 'metis-cli[{language}]'"
+        )
+    try:
+        if language == "zh":
+            resources.zh_frontend_dir()
+        else:
+            resources.ja_dictionary_dir()
+    except MetisError:
+        fix = f"run `metis download {language}-frontend`"
+        return f"{language}: the text front end's resources are not installed here: {fix}"
+    return None
+
+
+def text_language(text: str, language: str | None = None) -> str:
+    """The language whose front end a TTS text goes through (`language`, else detected)."""
+    from metis_cli.text import detect_language
+
+    return language if language not in (None, "auto") else detect_language(text)
+
+
+def needs_frontend(text: str, language: str | None = None) -> set[str]:
+    """The front ends with extra resources (zh, ja) that a TTS text needs."""
+    lang = text_language(text, language)
+    out = {lang} & set(FRONTEND_MODULES)
+    if lang in ("zh", "en") and any("\u4e00" <= ch <= "\u9fa5" for ch in text):
+        out.add("zh")  # the mixed zh/en path
+    return out
+
+
+def warm_text_frontend(language: str) -> None:
+    """Load the front end of `language` now (dictionaries, segmenters), not on a first request."""
+    from metis_cli.text import g2p
+
+    g2p(FRONTEND_SAMPLES.get(language, "Hello."), language)
+
+
 _LOAD_GROUPS = (O.ModelOptions, O.EngineOptions, O.LongformOptions)
 
 
@@ -284,4 +338,17 @@ def load(task: str, model: str | None = None, **kwargs: Any) -> Pipeline:
     return Pipeline(engine, Decoding.from_card(engine.card, task, **dec_overrides))
 
 
-__all__ = ["Decoding", "JobResult", "Pipeline", "Report", "Result", "job_report", "load", "rejected_report"]
+__all__ = [
+    "Decoding",
+    "JobResult",
+    "Pipeline",
+    "Report",
+    "Result",
+    "job_report",
+    "load",
+    "needs_frontend",
+    "rejected_report",
+    "text_frontend_problem",
+    "text_language",
+    "warm_text_frontend",
+]

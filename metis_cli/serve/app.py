@@ -9,9 +9,11 @@ by `Limits.max_upload_bytes`) and decoded there; nothing a client sends is used 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -22,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 
 from metis_cli import __version__
@@ -30,7 +33,7 @@ from metis_cli.serve.bodies import ClientLeft
 from metis_cli.serve.config import ServeConfig
 from metis_cli.serve.errors import ApiError
 from metis_cli.serve.routers import speech, system, tasks, voices
-from metis_cli.serve.service import Service
+from metis_cli.serve.service import EXPOSED_HEADERS, Service
 
 log = logging.getLogger("metis.serve")
 
@@ -54,7 +57,7 @@ def create_app(
         from metis_cli.api import load
 
         pipelines = {
-            t: load(t, **{**config.load_options, "batch_size": config.max_batch}) for t in config.tasks
+            t: load(t, **{**config.load_options, "batch_size": config.max_batch}) for t in config.served_tasks
         }
     for task, pipe in pipelines.items():
         if pipe.batch_size < config.max_batch:
@@ -65,6 +68,7 @@ def create_app(
     async def lifespan(app: FastAPI):  # noqa: ANN202
         for b in service.batchers.values():
             b.start()
+        threading.Thread(target=service.warm_text, name="metis-serve-text", daemon=True).start()
         try:
             yield
         finally:
@@ -81,6 +85,15 @@ def create_app(
     )
     app.state.service = service
     app.add_middleware(_Gate, service=service)
+    if config.origins:  # outside the gate: a preflight never needs the API key
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.origins),
+            allow_methods=["GET", "HEAD", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+            expose_headers=[*EXPOSED_HEADERS, "X-Request-Id", "Retry-After"],
+            max_age=600,
+        )
     _handlers(app)
     for module in (system, speech, tasks, voices):
         app.include_router(module.router)
@@ -109,12 +122,12 @@ class _Gate:
         scope.setdefault("state", {})["request_id"] = rid
         path = scope.get("path", "")
         endpoint = _endpoint_label(path)
-        status = {"code": 500}
+        status = {"code": 500, "started": False}
         t0 = time.perf_counter()
 
         async def send_with_id(message: dict) -> None:
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status["code"], status["started"] = message["status"], True
                 message.setdefault("headers", [])
                 message["headers"] = list(message["headers"]) + [(b"x-request-id", rid.encode())]
             await send(message)
@@ -133,6 +146,11 @@ class _Gate:
                 await _error_response(err)(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:  # a forced shutdown: answer what can still be answered
+            if not status["started"]:
+                err = ApiError(503, "the server is shutting down; retry later", None, "shutting_down")
+                with contextlib.suppress(Exception):  # the connection may be gone too
+                    await _error_response(err)(scope, receive, send_with_id)
         finally:
             dt = time.perf_counter() - t0
             m = self.service.metrics

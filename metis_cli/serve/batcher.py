@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import statistics
 import threading
 import time
 from collections import deque
@@ -27,6 +28,7 @@ from metis_cli.jobs import Job
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2  # how often a waiting request checks that its client is still connected
+RECENT_BATCHES = 15  # batch times kept for the Retry-After estimate
 
 
 class QueueFull(Exception):
@@ -111,7 +113,7 @@ class Batcher:
         self._queue: deque[Work] = deque()
         self._cv = threading.Condition()
         self._stopping = False
-        self._batch_seconds = 0.0  # moving average, for Retry-After
+        self._recent: deque[float] = deque(maxlen=RECENT_BATCHES)  # batch seconds, for Retry-After
         self._thread = threading.Thread(target=self._main, name=f"metis-serve-{task}", daemon=True)
 
     # -- the event loop's side --------------------------------------------------------------------
@@ -134,8 +136,10 @@ class Batcher:
         self._thread.join(timeout)
 
     def retry_after(self) -> int:
-        per_batch = self._batch_seconds or 1.0
-        return max(1, math.ceil(per_batch * math.ceil((len(self._queue) + 1) / self.max_batch)))
+        """Seconds until the queue now waiting has drained: its batches x the median time of the
+        recent batches (one long request does not inflate it)."""
+        per_batch = statistics.median(self._recent) if self._recent else 1.0
+        return max(1, math.ceil(per_batch * math.ceil(len(self._queue) / self.max_batch)))
 
     async def submit(
         self,
@@ -279,7 +283,4 @@ class Batcher:
             log.debug("batch failure", exc_info=exc)
             for w in live[done:]:
                 w.resolve(error=BatchFailed(text))
-        seconds = time.perf_counter() - t0
-        self._batch_seconds = (
-            seconds if not self._batch_seconds else 0.7 * self._batch_seconds + 0.3 * seconds
-        )
+        self._recent.append(time.perf_counter() - t0)

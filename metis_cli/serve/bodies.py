@@ -34,8 +34,9 @@ class _InMemoryMultiPart(MultiPartParser):
     spool_max_size = 1 << 40
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, at most `limit` bytes (413 beyond, also without a Content-Length)."""
+async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
+    """The whole body, at most `limit` bytes (413 beyond, also without a Content-Length),
+    within `timeout` seconds (408 beyond: a client sending too slowly)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(
@@ -43,23 +44,35 @@ async def read_body(request: Request, limit: int) -> bytes:
         )
     body = bytearray()
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise ApiError(
-                    413, f"request body is over {limit} bytes (the limit on this server)", None, "too_large"
-                )
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise ApiError(
+                        413,
+                        f"request body is over {limit} bytes (the limit on this server)",
+                        None,
+                        "too_large",
+                    )
     except ClientDisconnect:
         raise ClientLeft() from None
+    except TimeoutError:
+        raise ApiError(
+            408,
+            f"request body not received within {timeout:g} s",
+            None,
+            "body_timeout",
+            {"Connection": "close"},
+        ) from None
     return bytes(body)
 
 
-async def read_json(request: Request, limit: int) -> bytes:
+async def read_json(request: Request, limit: int, timeout: float | None = None) -> bytes:
     """A JSON object body, checked to be one (400 otherwise); returned raw for `parse_json`."""
     ctype = request.headers.get("content-type", "")
     if ctype and "json" not in ctype.lower():
         raise ApiError(415, f"expected a JSON body (Content-Type: application/json), got {ctype!r}", None)
-    raw = await read_body(request, limit)
+    raw = await read_body(request, limit, timeout)
     if not raw.strip():
         raise ApiError(400, "empty request body: expected a JSON object", None, "invalid_json")
     try:
@@ -78,10 +91,10 @@ async def read_json(request: Request, limit: int) -> bytes:
     return raw
 
 
-async def read_form(request: Request, limit: int) -> FormData:
+async def read_form(request: Request, limit: int, timeout: float | None = None) -> FormData:
     """A multipart (or urlencoded) body, parsed in memory."""
     ctype = request.headers.get("content-type", "")
-    raw = await read_body(request, limit)
+    raw = await read_body(request, limit, timeout)
 
     async def stream():  # noqa: ANN202
         yield raw

@@ -19,10 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from metis_cli import options as O
 from metis_cli.errors import UsageError
+from metis_cli.media.encode import FORMATS
 from metis_cli.serve.errors import ApiError
 
 Model = TypeVar("Model", bound=BaseModel)
 Language = Literal[O.LANGUAGE_CHOICES]  # type: ignore[valid-type]
+Format = Literal[FORMATS]  # type: ignore[valid-type]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_SPEED = 4.0
 MIN_SPEED = 0.25
@@ -78,7 +80,7 @@ class SpeechRequest(Decoding):
     model: str = Field(description="This server's TTS model name (GET /v1/models), or tts-1, tts-1-hd, ...")
     input: str = Field(description="The text to speak (at most the server's --max-text-chars).")
     voice: str | VoiceRef = Field(description='A registered voice: its name or id, or {"id": ...}.')
-    response_format: str = Field("mp3", description="Audio format of the response.")
+    response_format: Format = Field("mp3", description="Audio format of the response.")
     speed: float = Field(
         1.0,
         ge=MIN_SPEED,
@@ -100,7 +102,7 @@ class SpeechRequest(Decoding):
 class TaskForm(Decoding):
     """The text fields of POST /v1/enhance, /v1/tse, /v1/vc, /v1/tts (multipart/form-data)."""
 
-    response_format: str = Field("wav", description="Audio format of the response.")
+    response_format: Format = Field("wav", description="Audio format of the response.")
 
 
 class VoiceTaskForm(TaskForm):
@@ -258,6 +260,7 @@ def form_body(model: type[BaseModel], files: Mapping[str, str], required: tuple[
 
 ERRORS = {
     400: "Malformed body (not JSON, not multipart, not an object).",
+    408: "The body did not arrive within --body-timeout.",
     401: "Missing or wrong API key.",
     403: "The voice comes from the server's voices file (read-only).",
     404: "Unknown model, voice or task not served here.",

@@ -4,6 +4,8 @@ and the answer every generation request goes through (`Service.answer`)."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -13,7 +15,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from metis_cli import api
 from metis_cli import jobs as J
+from metis_cli import options as O
 from metis_cli.constants import CODEC_SAMPLE_RATE
 from metis_cli.errors import MetisError
 from metis_cli.serve import media
@@ -22,6 +26,13 @@ from metis_cli.serve.config import ServeConfig
 from metis_cli.serve.errors import ApiError, from_job_error, from_metis
 from metis_cli.serve.metrics import Metrics
 from metis_cli.serve.voices import Voice, VoiceStore
+
+log = logging.getLogger("metis.serve")
+
+EXPOSED_HEADERS = (  # the response headers a page on another origin may read (CORS)
+    "X-Metis-Seed", "X-Metis-Steps", "X-Metis-Model", "X-Metis-Processing-Seconds", "X-Metis-Queue-Seconds",
+    "X-Metis-Batch-Size", "X-Metis-Output-Seconds", "X-Metis-Audio-Seconds", "X-Metis-Chunks",
+)  # fmt: skip
 
 
 class Service:
@@ -39,7 +50,7 @@ class Service:
         self.metrics = Metrics(config.max_batch)
         self.voices = VoiceStore(config.voices_dir)
         if config.voices_file is not None:
-            self.voices.load_file(config.voices_file)
+            self.voices.load_file(config.voices_file, self.limits.max_voice_seconds)
         self.voices.load_folder()
         locks: dict[str, threading.Lock] = {}
         self.batchers: dict[str, Batcher] = {}
@@ -56,6 +67,38 @@ class Service:
                 on_fatal=on_fatal,
             )
         self.formats = media.response_formats()
+        self.text_ready = threading.Event()  # TTS: the text front ends loaded (`warm_text`)
+        self.frontend_problems: dict[str, str] = {}
+        if "tts" in pipelines:
+            problems = {lang: api.text_frontend_problem(lang) for lang in api.FRONTEND_MODULES}
+            self.frontend_problems = {lang: p for lang, p in problems.items() if p is not None}
+        else:
+            self.text_ready.set()
+
+    def warm_text(self) -> None:
+        """Load the language detector and the front ends usable here (zh) before the first
+        request needs them; a front end that fails to load is one more problem, not a crash."""
+        try:
+            api.text_language("Hello there.")
+            for lang in api.FRONTEND_MODULES:
+                if lang not in self.frontend_problems:
+                    try:
+                        api.warm_text_frontend(lang)
+                    except MetisError as exc:
+                        self.frontend_problems[lang] = f"{lang}: {exc}"
+            for lang, problem in self.frontend_problems.items():
+                log.warning("TTS in %s is unavailable: %s", lang, problem)
+        finally:
+            self.text_ready.set()
+
+    def check_frontends(self, *texts: tuple[str, str | None]) -> None:
+        """503 naming the fix when a (text, language) needs a front end this server lacks: the
+        server never downloads one inside a request."""
+        if not self.frontend_problems:
+            return
+        for text, language in texts:
+            for lang in sorted(api.needs_frontend(text, language) & set(self.frontend_problems)):
+                raise ApiError(503, self.frontend_problems[lang], None, "frontend_missing")
 
     def batcher(self, task: str) -> Batcher:
         """The task's batcher: 404 when it is not served, 503 when its models failed to load."""
@@ -86,6 +129,23 @@ class Service:
             return J.check_text(value, name)
         except MetisError as exc:
             raise ApiError(422, str(exc), name, "invalid_value") from None
+
+    def max_duration(self, text: str) -> float:
+        """The longest `duration` a TTS request for `text` may ask for: --max-duration per
+        sentence piece of at most --max-chars characters (the pieces the long-text path speaks)."""
+        max_chars = self.config.load_options.get("max_chars") or O.defaults(O.LongformOptions)["max_chars"]
+        pieces = max(1, math.ceil(len(text) / max_chars))
+        return min(self.limits.max_duration * pieces, O.MAX_DURATION_SECONDS)
+
+    def duration(self, value: float | None, text: str) -> float | None:
+        """A requested TTS duration within `max_duration(text)` (422 naming `duration`)."""
+        limit = self.max_duration(text)
+        if value is not None and value > limit:
+            raise ApiError(
+                422, f"duration: must be <= {limit:g} s for this text on this server (got {value:g})",
+                "duration", "invalid_value",
+            )  # fmt: skip
+        return value
 
     def format(self, fmt: str) -> str:
         if fmt not in self.formats:
@@ -152,7 +212,6 @@ class Service:
             "X-Metis-Batch-Size": str(work.batch_size),
             "X-Metis-Output-Seconds": f"{seconds:.3f}",
             "Content-Disposition": f'inline; filename="metis-{task}.{media.extension(fmt)}"',
-            "Access-Control-Expose-Headers": "X-Metis-Seed, X-Metis-Steps, X-Metis-Processing-Seconds",
         }
         if res.audio_seconds is not None:
             headers["X-Metis-Audio-Seconds"] = f"{res.audio_seconds:.3f}"

@@ -25,11 +25,13 @@ router = APIRouter(tags=["openai"])
     summary="Speak a text with a registered voice (OpenAI-compatible)",
     openapi_extra=json_body(SpeechRequest),
     response_class=Response,
-    responses={**AUDIO_RESPONSE, **error_responses(400, 401, 404, 413, 415, 422, 429, 503, 504)},
+    responses={**AUDIO_RESPONSE, **error_responses(400, 401, 404, 408, 413, 415, 422, 429, 503, 504)},
 )
 async def speech(request: Request) -> Response:
     service = service_of(request)
-    body = parse_json(SpeechRequest, await read_json(request, service.limits.max_upload_bytes))
+    body = parse_json(
+        SpeechRequest, await read_json(request, service.limits.max_upload_bytes, service.config.body_timeout)
+    )
     service.batcher("tts")  # 404 / 503 when TTS is not served here
     model = service.pipelines["tts"].model_name
     if body.model not in (model, *OPENAI_TTS_MODELS):
@@ -39,13 +41,15 @@ async def speech(request: Request) -> Response:
         )  # fmt: skip
     text = service.text(body.input, "input")
     voice = service.voice(body.voice_key)
+    service.check_frontends((text, body.language), (voice.text, voice.language))
     fmt = service.format(body.response_format)
     dec = service.decoding("tts", body.overrides())
-    duration = body.duration
+    duration = service.duration(body.duration, text)
     if body.speed != 1.0:
         if duration is not None:
             raise ApiError(422, "speed: give speed or duration, not both", "speed", "invalid_value")
-        duration = _speed_duration(media.seconds(voice.audio), voice.text, text, body.speed)
+        rule = _speed_duration(media.seconds(voice.audio), voice.text, text, body.speed)
+        duration = min(rule, service.max_duration(text))
     job = make_job(
         "tts", {"prompt": voice.audio}, seed=body.seed, text=text, prompt_text=voice.text,
         language=body.language, prompt_language=voice.language, duration=duration,

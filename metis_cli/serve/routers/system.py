@@ -19,7 +19,7 @@ async def index() -> FileResponse:
     return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
-@router.get("/healthz", summary="The process is up")
+@router.api_route("/healthz", methods=["GET", "HEAD"], summary="The process is up")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -27,11 +27,13 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", summary="Every pipeline's models are loaded (503 until then)")
 async def readyz(request: Request) -> JSONResponse:
     tasks = {}
-    for task, b in service_of(request).batchers.items():
+    service = service_of(request)
+    for task, b in service.batchers.items():
         if b.load_error:
             tasks[task] = "failed"
         else:
-            tasks[task] = "full" if b.full else ("ready" if b.ready.is_set() else "loading")
+            loaded = b.ready.is_set() and (task != "tts" or service.text_ready.is_set())
+            tasks[task] = "full" if b.full else ("ready" if loaded else "loading")
     ok = all(s == "ready" for s in tasks.values())
     return JSONResponse(
         {"status": "ready" if ok else "not ready", "tasks": tasks}, status_code=200 if ok else 503

@@ -71,14 +71,15 @@ async def run_task(request: Request, route: Route) -> Response:
     """Read the form, build the job, queue it, answer with its audio."""
     service = service_of(request)
     service.batcher(route.task)  # 404 / 503 before reading the body
-    form = await read_form(request, service.limits.max_upload_bytes)
+    form = await read_form(request, service.limits.max_upload_bytes, service.config.body_timeout)
     fields = parse_form(route.form, text_fields(form, tuple(route.files)))
     fmt = service.format(fields.response_format)
     dec = service.decoding(route.task, fields.overrides())
     inputs, voice = await _inputs(service, form, route, getattr(fields, "voice", None))
     kw: dict[str, Any] = {"seed": fields.seed}
     if isinstance(fields, TtsForm):
-        kw.update(text=service.text(fields.text, "text"), language=fields.language, duration=fields.duration)
+        text = service.text(fields.text, "text")
+        kw.update(text=text, language=fields.language, duration=service.duration(fields.duration, text))
         if voice is not None:
             if fields.prompt_text is not None:
                 raise ApiError(422, "prompt_text: a voice brings its own transcript", "prompt_text")
@@ -86,6 +87,8 @@ async def run_task(request: Request, route: Route) -> Response:
         else:
             kw.update(prompt_text=service.text(fields.prompt_text, "prompt_text"))
             kw.update(prompt_language=fields.prompt_language)
+    if isinstance(fields, TtsForm):
+        service.check_frontends((kw["text"], kw["language"]), (kw["prompt_text"], kw["prompt_language"]))
     job = make_job(route.task, inputs, **kw)
     return await service.answer(request, route.task, job, dec, fmt)
 
@@ -103,7 +106,10 @@ async def _inputs(service: Service, form: FormData, route: Route, voice_key: str
         inputs[route.voice_role] = voice.audio
     for role in route.files:
         if role not in inputs:
-            audio = await upload(form, role, service.limits.max_audio_seconds)
+            limits = service.limits  # a speaker prompt is bounded like a voice
+            audio = await upload(
+                form, role, limits.max_voice_seconds if role == route.voice_role else limits.max_audio_seconds
+            )
             if audio is None:
                 raise ApiError(422, f"missing file field: {role}", role, "missing_field")
             inputs[role] = audio
@@ -121,7 +127,7 @@ def _endpoint(name: str, route: Route) -> None:
         summary=route.summary,
         openapi_extra=form_body(route.form, route.files, required),
         response_class=Response,
-        responses={**AUDIO_RESPONSE, **error_responses(400, 401, 404, 413, 415, 422, 429, 503, 504)},
+        responses={**AUDIO_RESPONSE, **error_responses(400, 401, 404, 408, 413, 415, 422, 429, 503, 504)},
     )(endpoint)
 
 

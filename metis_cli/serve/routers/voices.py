@@ -1,4 +1,5 @@
-"""Registered voices: GET/POST /v1/voices, GET/DELETE /v1/voices/{voice_id}."""
+"""Registered voices: GET/POST /v1/voices, GET/DELETE /v1/voices/{voice_id} (id or name), and
+GET /v1/audio/voices (the listing vLLM-Omni serves)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from metis_cli.serve import media
 from metis_cli.serve.bodies import read_form, text_fields, upload
 from metis_cli.serve.errors import ApiError
 from metis_cli.serve.requests import VoiceForm, error_responses, form_body, parse_form
 from metis_cli.serve.routers import service_of
+from metis_cli.serve.voices import length_warnings
 
 router = APIRouter(tags=["voices"])
 
@@ -20,18 +23,29 @@ async def list_voices(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": [v.public() for v in service_of(request).voices.list()]}
 
 
+@router.get("/v1/audio/voices", summary="Voice names, and the uploaded voices (vLLM-Omni's listing)")
+async def audio_voices(request: Request) -> dict[str, Any]:
+    listed = service_of(request).voices.list()
+    return {
+        "voices": sorted(v.name for v in listed),
+        "uploaded_voices": [v.public() for v in listed if v.source == "upload"],
+    }
+
+
 @router.post(
     "/v1/voices",
     summary="Register a voice: prompt audio + its transcript",
     status_code=201,
-    openapi_extra=form_body(VoiceForm, {"audio": "The voice's prompt audio (3-30 s)."}, ("audio",)),
-    responses=error_responses(400, 401, 409, 413, 415, 422),
+    openapi_extra=form_body(
+        VoiceForm, {"audio": "The voice's prompt audio (3-30 s; at most --max-voice-seconds)."}, ("audio",)
+    ),
+    responses=error_responses(400, 401, 408, 409, 413, 415, 422),
 )
 async def add_voice(request: Request) -> JSONResponse:
     service = service_of(request)
-    form = await read_form(request, service.limits.max_upload_bytes)
+    form = await read_form(request, service.limits.max_upload_bytes, service.config.body_timeout)
     fields = parse_form(VoiceForm, text_fields(form, ("audio",)))
-    audio = await upload(form, "audio", service.limits.max_audio_seconds)
+    audio = await upload(form, "audio", service.limits.max_voice_seconds)
     if audio is None:
         raise ApiError(422, "missing file field: audio", "audio", "missing_field")
     text = service.text(fields.text, "text")
@@ -39,19 +53,25 @@ async def add_voice(request: Request) -> JSONResponse:
     try:
         voice = service.voices.add(audio, text, language, fields.name)
     except KeyError:
-        raise ApiError(409, f"name: a voice named {fields.name!r} exists", "name", "voice_exists") from None
+        raise ApiError(
+            409, f"name: {fields.name!r} is taken (a voice's name or id, or shaped like an id)", "name",
+            "voice_exists",
+        ) from None  # fmt: skip
     except OverflowError as exc:
         raise ApiError(409, str(exc), None, "too_many_voices") from None
-    return JSONResponse(voice.public(), status_code=201)
+    warnings = length_warnings(media.seconds(audio))
+    return JSONResponse({**voice.public(), **({"warnings": warnings} if warnings else {})}, status_code=201)
 
 
-@router.get("/v1/voices/{voice_id}", summary="One voice (by id or name)", responses=error_responses(401, 404))
+@router.get("/v1/voices/{voice_id}", summary="One voice (id or name)", responses=error_responses(401, 404))
 async def get_voice(request: Request, voice_id: str) -> dict[str, Any]:
     return service_of(request).voice(voice_id, "voice_id").public()
 
 
 @router.delete(
-    "/v1/voices/{voice_id}", summary="Delete an uploaded voice", responses=error_responses(401, 403, 404)
+    "/v1/voices/{voice_id}",
+    summary="Delete an uploaded voice (id or name)",
+    responses=error_responses(401, 403, 404),
 )
 async def delete_voice(request: Request, voice_id: str) -> dict[str, Any]:
     try:
