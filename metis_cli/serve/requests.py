@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from metis_cli import options as O
 from metis_cli.errors import UsageError
-from metis_cli.media.encode import FORMATS
+from metis_cli.media.encode import CONTENT_TYPES, FORMATS
 from metis_cli.serve.errors import ApiError
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -209,7 +209,8 @@ def _describe(model: type[BaseModel], name: str, error: Any) -> str:
 
 
 def _choices(model: type[BaseModel], name: str) -> tuple[Any, ...]:
-    for arg in typing.get_args(model.model_fields[name].annotation) or (model.model_fields[name].annotation,):
+    annotation = model.model_fields[name].annotation
+    for arg in (annotation, *typing.get_args(annotation)):
         if typing.get_origin(arg) is Literal:
             return typing.get_args(arg)
     return ()
@@ -282,9 +283,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 AUDIO_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The audio, in the requested format.",
-        "content": {
-            t: {"schema": {"type": "string", "format": "binary"}} for t in ("audio/mpeg", "audio/wav")
-        },
+        "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in CONTENT_TYPES.values()},
     }
 }
 
