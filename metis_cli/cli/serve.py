@@ -16,27 +16,31 @@ from typing import Any
 
 import typer
 
-from metis_cli import options as O
+from metis_cli import options
 from metis_cli.cli.params import command, group_params
 from metis_cli.cli.report import error_line
 from metis_cli.errors import MetisError, UsageError
 
 # engine options that the service sets itself: the batch size is --max-batch; l2s is not served
 _NOT_SHOWN = {"batch_size", "visual_checkpoint"}
-_LOAD_GROUPS = (O.ModelOptions, O.EngineOptions, O.LongformOptions, O.DecodingOptions)
-_SERVE_GROUPS = (O.ServeOptions, O.ServeLimits)
+_LOAD_GROUPS = (options.ModelOptions, options.EngineOptions, options.LongformOptions, options.DecodingOptions)
+_SERVE_GROUPS = (options.ServeOptions, options.ServeLimits)
 
 
 def _config(values: dict[str, Any]) -> Any:
     """The validated `ServeConfig` of the command line (UsageError naming the flag)."""
     from metis_cli.serve.config import ServeConfig, is_loopback
 
-    load_options = {k: v for k, v in values.items() if k in {n for g in _LOAD_GROUPS for n in O.names(g)}}
-    O.split(load_options, _LOAD_GROUPS)  # every engine/decoding option checked before anything loads
+    load_options = {
+        k: v for k, v in values.items() if k in {n for g in _LOAD_GROUPS for n in options.names(g)}
+    }
+    options.split(load_options, _LOAD_GROUPS)  # every engine/decoding option checked before anything loads
     load_options["offline"] = load_options.get("offline") or None
-    serve = {n: values[n] for n in O.names(O.ServeOptions)}
+    serve = {n: values[n] for n in options.names(options.ServeOptions)}
     serve["api_key"] = serve["api_key"] or None
-    config = ServeConfig(**serve, limits=O.build(O.ServeLimits, values), load_options=load_options).validate()
+    config = ServeConfig(
+        **serve, limits=options.build(options.ServeLimits, values), load_options=load_options
+    ).validate()
     if config.api_key is None and not config.no_auth and not is_loopback(config.host):
         raise UsageError(
             f"--host {config.host}: binding a non-loopback address needs --api-key (or METIS_API_KEY); "
