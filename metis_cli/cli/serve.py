@@ -4,7 +4,7 @@ Every option is generated from `metis_cli.options`: the service's own (`ServeOpt
 `ServeLimits`) and the engine, model and decoding options of the task commands (the decoding
 options set the service's defaults; each request may override them). Exit codes: 0 after a
 graceful stop (SIGTERM/SIGINT: in-flight requests finish first, within --shutdown-timeout), 1
-when a model cannot be loaded, 2 usage errors.
+when a model cannot be loaded or a second signal forced the stop, 2 usage errors.
 """
 
 from __future__ import annotations
@@ -94,6 +94,9 @@ def _serve(values: dict[str, Any]) -> None:
         raise typer.Exit(1)
     if not server[0].started and not stopped:
         raise typer.Exit(1)  # could not bind (uvicorn logged why)
+    if server[0].force_exit:  # a second signal: requests in flight were answered 503, not finished
+        error_line("stopped by a second signal before the requests in flight finished")
+        raise typer.Exit(1)
     raise typer.Exit(0)
 
 

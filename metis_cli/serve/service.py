@@ -66,6 +66,7 @@ class Service:
             )
         self.formats = media.response_formats()
         self.text_ready = threading.Event()  # TTS: the text front ends loaded (`warm_text`)
+        self.abandon = False  # a forced stop: the app's shutdown does not wait for queued jobs
         self.frontend_problems: dict[str, str] = {}
         if "tts" in pipelines:
             problems = {lang: api.text_frontend_problem(lang) for lang in api.FRONTEND_MODULES}
@@ -76,6 +77,8 @@ class Service:
     def warm_text(self) -> None:
         """Load the language detector and the front ends usable here (zh) before the first
         request needs them; a front end that fails to load is one more problem, not a crash."""
+        if "tts" not in self.pipelines:
+            return
         try:
             api.text_language("Hello there.")
             for lang in api.FRONTEND_MODULES:
