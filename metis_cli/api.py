@@ -5,6 +5,7 @@
 >>> wav = se("noisy.wav", seed=0).wav              # (N,) float32 at 24 kHz
 >>> wav = se(metis_cli.AudioArray(samples, 16000)).wav   # in-memory audio
 >>> for report in se.run(jobs): ...                # many jobs, one model load, atomic outputs
+>>> for res in se.generate(jobs): ...              # many jobs, audio kept in memory, nothing written
 
 `load` takes the same option names as the CLI (`metis_cli.options`): steps, cfg, temperature,
 s2a_steps ("N" or "A,B"), s2a_temperature, device, dtype, attention, fused_cfg, batch_size,
@@ -117,14 +118,41 @@ def _inputs_text(inputs: Mapping[str, Any]) -> dict[str, str]:
 
 
 class Pipeline:
-    """A loaded task: call it on one input, or `run` it over many jobs. One pipeline may be used
-    from several threads: each call's callbacks (`on_chunk`, `on_report`) are its own."""
+    """A loaded task: call it on one input, `run` it over many jobs (writing files) or
+    `generate` (audio in memory). Weights load on first use, or all at once with `warm()`. One
+    pipeline may be used from several threads: each call's callbacks are its own."""
 
     def __init__(self, engine: Engine, decoding: Decoding, wording: str = "api") -> None:
         self.engine = engine
-        self.decoding = decoding
+        self._defaults = decoding
         self.task = engine.task
         self.wording = wording  # "cli": messages name the CLI's flags (the `metis` commands)
+
+    # -- what front ends need to know -------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        """The model card's name ("metis-tts", a fine-tuned model's name, ...)."""
+        return self.engine.card.name
+
+    @property
+    def device(self) -> str:
+        """The torch device the models run on ("cpu", "cuda:0", ...)."""
+        return str(self.engine.device)
+
+    @property
+    def batch_size(self) -> int:
+        """Most jobs per padded batch."""
+        return int(self.engine.options.batch_size)
+
+    def warm(self) -> None:
+        """Load every model this task needs now (instead of on first use)."""
+        self.engine.load_all()
+
+    def decoding(self, **overrides: Any) -> Decoding:
+        """The resolved decoding settings: the card's official values for this task with
+        `overrides` (the CLI's names: steps, cfg, temperature, s2a_steps, s2a_temperature, or
+        `Decoding` fields) applied, each checked against its option's range (UsageError)."""
+        return replace(self._defaults, **_decoding_overrides(overrides))
 
     # -- one job ------------------------------------------------------------------------------------
     def __call__(self, *inputs: Any, seed: int | None = None, **kwargs: Any) -> Result:
@@ -138,8 +166,8 @@ class Pipeline:
             fields = {k: kwargs.pop(k) for k in list(kwargs) if k in J.JOB_FIELDS}
             _check_arrays(inputs)
             job = J.make_job(self.task, inputs, "<memory>", seed, **fields)
-            dec = self._decoding(**kwargs)
-            (res,) = list(self.engine.run([job], dec, write=False))
+            dec = self.decoding(**kwargs)
+            (res,) = list(self.generate([job], dec))
             if not res.ok:
                 ok_class = res.error_type and issubclass(res.error_type, MetisError)
                 raise (res.error_type if ok_class else MetisError)(res.error)
@@ -184,8 +212,19 @@ class Pipeline:
             ) from None
         return target / f"{stem}.wav"
 
-    def _decoding(self, **overrides: Any) -> Decoding:
-        return replace(self.decoding, **_decoding_overrides(overrides))
+    def generate(
+        self,
+        jobs: Iterable[Job],
+        decoding: Decoding | None = None,
+        on_chunk: Callable[[Any], None] | None = None,
+    ) -> Iterator[JobResult]:
+        """Run jobs and yield one `JobResult` per job, in order, with its waveform in memory
+        (`wav`: (N,) float32 at 24 kHz; None and `error` set when the job failed). Nothing is
+        written; `job.output` is only a label. decoding: `decoding(...)`'s settings (default:
+        the card's). Jobs run in padded batches of `batch_size`; a failed job never stops the
+        others. `on_chunk` gets a `chunks.ChunkProgress` per chunk of a long input."""
+        dec = self._defaults if decoding is None else decoding
+        return self.engine.run(jobs, dec, write=False, keep=True, on_chunk=on_chunk)
 
     # -- many jobs ------------------------------------------------------------------------------------
     def plan(self, request: J.Request) -> J.Plan:
@@ -222,7 +261,7 @@ class Pipeline:
             for name, fn in (("on_report", on_report), ("on_chunk", on_chunk)):
                 if fn is not None and not callable(fn):
                     raise UsageError(f"{name}: must be a function (got {type(fn).__name__})")
-            dec = self._decoding(**decoding)
+            dec = self.decoding(**decoding)
             plan = jobs if isinstance(jobs, J.Plan) else J.plan_jobs(self.task, self._as_jobs(jobs), existing)
         return self._run(plan, dec, on_report, on_chunk)
 
@@ -276,10 +315,10 @@ class Pipeline:
             yield rep
 
     def _report(self, job: Job, status: str, error: str | None = None) -> Report:
-        return job_report(job, status, error, self.decoding.steps)
+        return job_report(job, status, error, self._defaults.steps)
 
     def _rejected(self, item: J.Rejected) -> Report:
-        return rejected_report(item, self.decoding.steps)
+        return rejected_report(item, self._defaults.steps)
 
     def _finish(self, res: JobResult, dec: Decoding) -> Report:
         rep = self._report(res.job, "ok" if res.ok else "error", res.error)
@@ -375,6 +414,60 @@ def _decoding_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# ---- text front ends (what a server checks at start; nothing here downloads) ----------------------------
+
+FRONTEND_MODULES = {"zh": ("jieba", "cn2an", "pypinyin"), "ja": ("pyopenjtalk", "pykakasi")}
+FRONTEND_SAMPLES = {"zh": "你好。", "ja": "こんにちは。"}
+
+
+def text_frontend_problem(language: str) -> str | None:
+    """Why the text front end of `language` cannot run here without downloading anything (one
+    line naming the fix), or None when it can. Languages without extra resources: None."""
+    import importlib.util
+
+    from metis_cli.text import resources
+
+    if language not in FRONTEND_MODULES:
+        return None
+    missing = [m for m in FRONTEND_MODULES[language] if importlib.util.find_spec(m) is None]
+    if missing:
+        return (
+            f"{language}: the text front end needs {', '.join(missing)}: pip install 'metis-cli[{language}]'"
+        )
+    try:
+        if language == "zh":
+            resources.zh_frontend_dir()
+        else:
+            resources.ja_dictionary_dir()
+    except MetisError:
+        fix = f"run `metis download {language}-frontend`"
+        return f"{language}: the text front end's resources are not installed here: {fix}"
+    return None
+
+
+def text_language(text: str, language: str | None = None) -> str:
+    """The language whose front end a TTS text goes through (`language`, else detected)."""
+    from metis_cli.text import detect_language
+
+    return language if language not in (None, "auto") else detect_language(text)
+
+
+def needs_frontend(text: str, language: str | None = None) -> set[str]:
+    """The front ends with extra resources (zh, ja) that a TTS text needs."""
+    lang = text_language(text, language)
+    out = {lang} & set(FRONTEND_MODULES)
+    if lang in ("zh", "en") and any("\u4e00" <= ch <= "\u9fa5" for ch in text):
+        out.add("zh")  # the mixed zh/en path
+    return out
+
+
+def warm_text_frontend(language: str) -> None:
+    """Load the front end of `language` now (dictionaries, segmenters), not on a first request."""
+    from metis_cli.text import g2p
+
+    g2p(FRONTEND_SAMPLES.get(language, "Hello."), language)
+
+
 _LOAD_GROUPS = (O.ModelOptions, O.EngineOptions, O.LongformOptions)
 
 
@@ -416,4 +509,18 @@ def _load(task: str, model: str | None, wording: str, kwargs: dict[str, Any]) ->
     return Pipeline(engine, Decoding.from_card(engine.card, task, **dec_overrides), wording)
 
 
-__all__ = ["Pipeline", "Report", "Result", "api_wording", "job_report", "load", "rejected_report"]
+__all__ = [
+    "Decoding",
+    "JobResult",
+    "Pipeline",
+    "Report",
+    "Result",
+    "api_wording",
+    "job_report",
+    "load",
+    "needs_frontend",
+    "rejected_report",
+    "text_frontend_problem",
+    "text_language",
+    "warm_text_frontend",
+]

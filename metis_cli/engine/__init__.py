@@ -111,14 +111,6 @@ class Engine:
     def release(self, *names: str) -> None:
         self.loader.release(*names)
 
-    @property
-    def on_chunk(self) -> Callable[[Any], None] | None:
-        return self.longform.on_chunk
-
-    @on_chunk.setter
-    def on_chunk(self, fn: Callable[[Any], None] | None) -> None:
-        self.longform.on_chunk = fn
-
     # -- running ----------------------------------------------------------------------------------
     def run(
         self,
@@ -132,8 +124,7 @@ class Engine:
 
         write: write each output to `job.output` (atomically; "-" = stdout) as it finishes.
         keep: also return the waveform in `JobResult.wav` (always with write=False).
-        on_chunk: this call's progress callback for long jobs (default: `self.on_chunk`), so that
-        threads sharing one engine never see each other's chunks.
+        on_chunk: gets a `chunks.ChunkProgress` after each chunk of a long input.
         """
         keep = keep or not write
         batch: list[Job] = []
@@ -224,7 +215,7 @@ class Engine:
         return JobResult(job, out.wav, audio_seconds=c.audio_seconds, output_samples=out.samples, info=info)
 
     def _run_long(
-        self, job: Job, decoding: Decoding, write: bool, keep: bool, on_chunk: Callable[[Any], None] | None
+        self, job: Job, decoding: Decoding, write: bool, keep: bool, on_chunk: Callable | None = None
     ) -> JobResult:
         """One long job, chunk by chunk with bounded memory, written as it is generated."""
         t0 = time.perf_counter()

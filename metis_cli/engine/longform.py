@@ -10,7 +10,6 @@ Which role is chunked and which is the fixed prompt is task data (`TaskSpec.chun
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -20,9 +19,8 @@ import numpy as np
 import torch
 
 from metis_cli.constants import CODEC_SAMPLE_RATE, HOP_SAMPLES, TRAIN_MAX_SECONDS, TRAIN_MIN_SECONDS
-from metis_cli.core.decoding import Decoding
 from metis_cli.core.tasks import Conditions, Job, prompt_codes
-from metis_cli.engine.batch import BatchGenerator
+from metis_cli.engine.batch import BatchGenerator, Decoding
 from metis_cli.errors import MetisError
 from metis_cli.media import chunks as chunking
 from metis_cli.options import LongformOptions
@@ -41,9 +39,6 @@ class LongformStrategy:
         self.gen = gen
         self.spec = gen.loader.spec
         self.options = options.validate()
-        # default progress callback (a `longform.ChunkProgress` per chunk) when a call passes none;
-        # callers that share this strategy across threads pass theirs to `blocks`
-        self.on_chunk: Callable[[Any], None] | None = None
 
     def is_long(self, job: Job) -> bool:
         """SE/TSE/VC inputs longer than one chunk; TTS texts longer than `max_chars`.
@@ -65,16 +60,14 @@ class LongformStrategy:
     def blocks(
         self, job: Job, decoding: Decoding, info: dict, on_chunk: Callable[[Any], None] | None = None
     ) -> Iterator[np.ndarray]:
-        """The job's output, block by block (`info` gets chunk counts and the input's length;
-        `on_chunk` a `ChunkProgress` after each chunk, default `self.on_chunk`)."""
-        report = functools.partial(self._progress, job, on_chunk or self.on_chunk)
+        """The job's output, block by block (`info` gets chunk counts and the input's length);
+        `on_chunk` gets a `chunks.ChunkProgress` after each chunk."""
         if self.spec.long_text:
-            return self._tts_pieces(job, decoding, info, report)
-        return self._audio_chunks(job, decoding, info, report)
+            return self._tts_pieces(job, decoding, info, on_chunk)
+        return self._audio_chunks(job, decoding, info, on_chunk)
 
-    @staticmethod
     def _progress(
-        job: Job, on_chunk: Callable[[Any], None] | None, index: int, total: int, done: int, expected: int
+        self, job: Job, index: int, total: int, done: int, expected: int, on_chunk: Callable | None
     ) -> None:
         log.info("%s: chunk %d/%d done", job.output, index + 1, total)
         if on_chunk is not None:
@@ -82,7 +75,7 @@ class LongformStrategy:
             on_chunk(chunking.ChunkProgress(job.output, index, total, done / sr, expected / sr))
 
     def _audio_chunks(
-        self, job: Job, decoding: Decoding, info: dict, report: Callable[..., None]
+        self, job: Job, decoding: Decoding, info: dict, on_chunk: Callable | None
     ) -> Iterator[np.ndarray]:
         """SE / TSE / VC: finished 24 kHz blocks of a long input, chunk by chunk."""
         lf, gen = self.options, self.gen
@@ -131,7 +124,7 @@ class LongformStrategy:
                     a = max(0, b - context)
                     carry = (sem[a:b].clone(), codes[a:b].clone())
                 yield stitch.add(chunking.fit_length(wav, chunk.frames * HOP_SAMPLES), chunk)
-                report(chunk.index, len(chunks), stitch.emitted, reader.n_out)
+                self._progress(job, chunk.index, len(chunks), stitch.emitted, reader.n_out, on_chunk)
             yield stitch.finish()
             info["max_read_samples"] = reader.max_block
 
@@ -162,7 +155,7 @@ class LongformStrategy:
         )
 
     def _tts_pieces(
-        self, job: Job, decoding: Decoding, info: dict, report: Callable[..., None]
+        self, job: Job, decoding: Decoding, info: dict, on_chunk: Callable | None
     ) -> Iterator[np.ndarray]:
         """TTS with long text: one generation per sentence-bounded piece, same speaker prompt.
         Each piece is a seeded run of its own (seed `chunk_seed(seed, i)`), hidden SSL draws
@@ -181,4 +174,4 @@ class LongformStrategy:
             wav = chunking.edge_fades(wav, fade, fade_in=i > 0, fade_out=i < len(pieces) - 1)
             done += wav.shape[0]
             yield wav
-            report(i, len(pieces), done, 0)
+            self._progress(job, i, len(pieces), done, 0, on_chunk)

@@ -3,7 +3,7 @@
 Requests for one pipeline wait in a queue. The worker takes the oldest job and every queued
 job with an equal `Decoding` (so they can share one padded batch), waits up to `max_wait_ms`
 from the oldest job's arrival for more, and runs at most `max_batch` of them through
-`engine.run(jobs, decoding, write=False)`: each job keeps its own seed and generator, and the
+`Pipeline.generate(jobs, decoding)`: each job keeps its own seed and generator, and the
 engine's failure isolation means one bad job never fails the others. Pipelines on one device
 take turns (a lock per device). A job whose client has gone, or whose deadline has passed,
 before its batch starts is dropped.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import statistics
 import threading
 import time
 from collections import deque
@@ -21,12 +22,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from metis_cli.core.tasks import Job
-from metis_cli.engine import Decoding, JobResult
+from metis_cli.api import Decoding, JobResult
+from metis_cli.jobs import Job
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2  # how often a waiting request checks that its client is still connected
+RECENT_BATCHES = 15  # batch times kept for the Retry-After estimate
 
 
 class QueueFull(Exception):
@@ -111,7 +113,7 @@ class Batcher:
         self._queue: deque[Work] = deque()
         self._cv = threading.Condition()
         self._stopping = False
-        self._batch_seconds = 0.0  # moving average, for Retry-After
+        self._recent: deque[float] = deque(maxlen=RECENT_BATCHES)  # batch seconds, for Retry-After
         self._thread = threading.Thread(target=self._main, name=f"metis-serve-{task}", daemon=True)
 
     # -- the event loop's side --------------------------------------------------------------------
@@ -134,8 +136,10 @@ class Batcher:
         self._thread.join(timeout)
 
     def retry_after(self) -> int:
-        per_batch = self._batch_seconds or 1.0
-        return max(1, math.ceil(per_batch * math.ceil((len(self._queue) + 1) / self.max_batch)))
+        """Seconds until the queue now waiting has drained: its batches x the median time of the
+        recent batches (one long request does not inflate it)."""
+        per_batch = statistics.median(self._recent) if self._recent else 1.0
+        return max(1, math.ceil(per_batch * math.ceil(len(self._queue) / self.max_batch)))
 
     async def submit(
         self,
@@ -197,7 +201,7 @@ class Batcher:
         t0 = time.perf_counter()
         try:
             with self.device_lock:
-                self.pipeline.engine.load_all()
+                self.pipeline.warm()
         except Exception as exc:  # noqa: BLE001 - any load failure: one line, the service is not ready
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             self.load_error = f"{self.task}: models could not be loaded ({text})"
@@ -267,7 +271,7 @@ class Batcher:
         done = 0
         try:
             with self.device_lock:
-                results = self.pipeline.engine.run([w.job for w in live], live[0].decoding, write=False)
+                results = self.pipeline.generate([w.job for w in live], live[0].decoding)
                 for w, res in zip(live, results, strict=False):  # results is lazy: resolve each as it comes
                     done += 1
                     w.resolve(res)
@@ -279,7 +283,4 @@ class Batcher:
             log.debug("batch failure", exc_info=exc)
             for w in live[done:]:
                 w.resolve(error=BatchFailed(text))
-        seconds = time.perf_counter() - t0
-        self._batch_seconds = (
-            seconds if not self._batch_seconds else 0.7 * self._batch_seconds + 0.3 * seconds
-        )
+        self._recent.append(time.perf_counter() - t0)
