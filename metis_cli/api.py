@@ -14,6 +14,7 @@ offline, visual_checkpoint; plus the finer `engine.Decoding` fields (rescale_cfg
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -69,6 +70,26 @@ class Result:
     sample_rate: int
     seed: int
     info: dict[str, Any]
+
+
+@dataclass
+class AudioStream:
+    """A streamed job (`Pipeline.stream`): iterate it for (N,) float32 blocks at `sample_rate`,
+    each as soon as it is generated. `info` fills as it goes (chunks, audio_seconds, ...)."""
+
+    blocks: Iterator[np.ndarray]
+    sample_rate: int
+    seed: int
+    info: dict[str, Any]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self.blocks
+
+    def close(self) -> None:
+        """Stop generating (the rest of the job is not made)."""
+        close = getattr(self.blocks, "close", None)
+        if close is not None:
+            close()
 
 
 def _inputs_text(inputs: Mapping[str, Any]) -> dict[str, str]:
@@ -159,6 +180,26 @@ class Pipeline:
                 yield rep
         finally:
             self.engine.on_chunk = None
+
+    # -- streaming -----------------------------------------------------------------------------------
+    def stream(
+        self,
+        *inputs: Any,
+        seed: int | None = None,
+        cancel: threading.Event | Callable[[], bool] | None = None,
+        **kwargs: Any,
+    ) -> AudioStream:
+        """One job, streamed (`Engine.stream`): TTS texts sentence by sentence (the first sentence
+        alone, the rest in pieces of at most `max_chars`), long SE/TSE/VC inputs chunk by chunk,
+        anything else as one block. Inputs and keywords as for a call. `cancel`: an Event or a
+        callable, checked between blocks and decoding steps; once set, iterating raises
+        `errors.Cancelled` and the rest is not generated. Errors are raised while iterating."""
+        fields = {k: kwargs.pop(k) for k in list(kwargs) if k in J.JOB_FIELDS}
+        job = self.make_job(inputs, "<memory>", seed, **fields)
+        dec = self._decoding(**kwargs)
+        check = cancel.is_set if isinstance(cancel, threading.Event) else cancel
+        info: dict[str, Any] = {}
+        return AudioStream(self.engine.stream(job, dec, check, info), CODEC_SAMPLE_RATE, job.seed, info)
 
     def _report(self, job: Job, status: str, error: str | None = None) -> Report:
         return job_report(job, status, error, self.decoding.steps)
@@ -251,4 +292,4 @@ def load(task: str, model: str | None = None, **kwargs: Any) -> Pipeline:
     return Pipeline(engine, Decoding.from_card(engine.card, task, **dec_overrides))
 
 
-__all__ = ["Pipeline", "Report", "Result", "job_report", "load", "rejected_report"]
+__all__ = ["AudioStream", "Pipeline", "Report", "Result", "job_report", "load", "rejected_report"]

@@ -41,3 +41,7 @@ class OutputError(MetisError):
 
 class NonFiniteError(MetisError):
     """A model produced inf/NaN values (e.g. an fp16 overflow); the message names the stage and step."""
+
+
+class Cancelled(MetisError):
+    """Work stopped on request (the client went away or its deadline passed)."""

@@ -31,10 +31,11 @@ import numpy as np
 
 from metis_cli.assets.cards import ModelStore
 from metis_cli.core.devices import DTYPES, resolve_device  # noqa: F401  (re-exported)
+from metis_cli.core.prompt_cache import PromptCache
 from metis_cli.core.tasks import Conditions, Job
 from metis_cli.engine.batch import BatchGenerator, Decoding, StageTimer  # noqa: F401  (re-exported)
 from metis_cli.engine.loader import ModelLoader, StageStats  # noqa: F401  (re-exported)
-from metis_cli.engine.longform import LongformStrategy
+from metis_cli.engine.longform import LongformStrategy, check_cancelled, piece_fades, stream_piece_jobs
 from metis_cli.engine.writer import OutputWriter
 from metis_cli.errors import CheckpointError, MetisError, MissingModelError
 from metis_cli.options import EngineOptions, LongformOptions
@@ -117,6 +118,59 @@ class Engine:
     @on_chunk.setter
     def on_chunk(self, fn: Callable[[Any], None] | None) -> None:
         self.longform.on_chunk = fn
+
+    @property
+    def prompt_cache(self) -> PromptCache | None:
+        """Speaker prompts encoded once (`core.prompt_cache`); engines may share one."""
+        return self.loader.tokenizers.prompt_cache
+
+    @prompt_cache.setter
+    def prompt_cache(self, cache: PromptCache | None) -> None:
+        self.loader.tokenizers.prompt_cache = cache
+
+    # -- streaming --------------------------------------------------------------------------------
+    def stream(
+        self,
+        job: Job,
+        decoding: Decoding,
+        cancelled: Callable[[], bool] | None = None,
+        info: dict | None = None,
+    ) -> Iterator[np.ndarray]:
+        """One job's output as (N,) float32 24 kHz blocks, each yielded as soon as it is made.
+
+        TTS: the text's pieces (`longform.stream_piece_jobs`: the first sentence alone, then
+        pieces of at most `max_chars`), each a seeded run of its own like the long-text path;
+        SE/TSE/VC inputs longer than a chunk: their chunks as the long path makes them; anything
+        else: one block. `cancelled` is checked between blocks and decoding steps (raises
+        `errors.Cancelled`); errors are raised as they happen (nothing is written)."""
+        info = {} if info is None else info
+        if self.spec.long_text and self.longform.options.enabled:
+            pjobs = stream_piece_jobs(job, self.longform.options.max_chars)
+            info.update(chunks=len(pjobs))
+            for i, pjob in enumerate(pjobs):
+                check_cancelled(cancelled)
+                yield piece_fades(self.generate_one(pjob, decoding, cancelled, info), i, len(pjobs))
+        elif self.longform.is_long(job):
+            yield from self.longform.blocks(job, decoding, info, cancelled)
+        else:
+            yield self.generate_one(job, decoding, cancelled, info)
+
+    def generate_one(
+        self,
+        job: Job,
+        decoding: Decoding,
+        cancelled: Callable[[], bool] | None = None,
+        info: dict | None = None,
+    ) -> np.ndarray:
+        """One short job at batch size 1 → (N,) float32 at 24 kHz (the values `run` gives it);
+        errors are raised. `info` gets the input's length and the conditions' info."""
+        conds = self.generator.conditions(job)
+        (_,), (codes,) = self.generator.codes([(job, conds)], decoding, cancelled)
+        wav = self.generator.decode(codes)
+        if info is not None:
+            info["audio_seconds"] = conds.audio_seconds
+            info.update({k: v for k, v in conds.info.items() if v})
+        return wav.astype(np.float32, copy=False)
 
     # -- running ----------------------------------------------------------------------------------
     def run(

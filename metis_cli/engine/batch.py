@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ import torch
 from metis_cli.constants import SSL_NUM_LAYERS_OFFICIAL
 from metis_cli.core.tasks import Conditions, Job
 from metis_cli.engine.loader import ModelLoader, StageStats
+from metis_cli.errors import Cancelled
 
 
 class StageTimer:
@@ -79,6 +81,19 @@ class Decoding:
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
+class CancellableNoise:
+    """A noise source that raises `Cancelled` before a draw once `cancelled()` is true: every
+    decoding step draws noise, so a cancelled batch stops within one step."""
+
+    def __init__(self, noise: Any, cancelled: Callable[[], bool]) -> None:
+        self.noise, self.cancelled = noise, cancelled
+
+    def uniform(self, shape: tuple[int, ...], kind: str, device: torch.device | None = None) -> torch.Tensor:
+        if self.cancelled():
+            raise Cancelled("generation cancelled")
+        return self.noise.uniform(shape, kind, device)
+
+
 class BatchGenerator:
     """Generates acoustic codes and waveforms for a batch of (job, conditions)."""
 
@@ -105,9 +120,13 @@ class BatchGenerator:
         return gen
 
     def codes(
-        self, ready: list[tuple[Job, Conditions]], decoding: Decoding
+        self,
+        ready: list[tuple[Job, Conditions]],
+        decoding: Decoding,
+        cancelled: Callable[[], bool] | None = None,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Stage 1 + S2A: per item the generated semantic codes (L,) and acoustic codes (L_ac, 12)."""
+        """Stage 1 + S2A: per item the generated semantic codes (L,) and acoustic codes (L_ac, 12).
+        `cancelled`: checked before every decoding step (raises `errors.Cancelled` once true)."""
         from metis_cli.core.decoding import (
             DecodeOptions,
             TorchNoise,
@@ -116,7 +135,9 @@ class BatchGenerator:
         )
 
         ld = self.loader
-        noise = [TorchNoise(self.generator(job, c)) for job, c in ready]
+        noise: list[Any] = [TorchNoise(self.generator(job, c)) for job, c in ready]
+        if cancelled is not None:
+            noise = [CancellableNoise(n, cancelled) for n in noise]
         opts1 = DecodeOptions(
             steps=decoding.steps,
             cfg=decoding.cfg,
