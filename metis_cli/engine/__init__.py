@@ -174,28 +174,35 @@ class Engine:
 
     # -- running ----------------------------------------------------------------------------------
     def run(
-        self, jobs: Iterable[Job], decoding: Decoding, write: bool = True, keep: bool = False
+        self,
+        jobs: Iterable[Job],
+        decoding: Decoding,
+        write: bool = True,
+        keep: bool = False,
+        cancelled: Callable[[], bool] | None = None,
     ) -> Iterator[JobResult]:
         """Process jobs in batches of `options.batch_size`; yields one result per job, in order.
 
         write: write each output to `job.output` (atomically; "-" = stdout) as it finishes.
         keep: also return the waveform in `JobResult.wav` (always with write=False).
+        cancelled: checked between chunks and decoding steps; once true, the running jobs fail
+        with `errors.Cancelled`.
         """
         keep = keep or not write
         batch: list[Job] = []
         for job in jobs:
             if self.longform.is_long(job):
                 if batch:
-                    yield from self._run_batch(batch, decoding, write, keep)
+                    yield from self._run_batch(batch, decoding, write, keep, cancelled)
                     batch = []
-                yield self._run_long(job, decoding, write, keep)
+                yield self._run_long(job, decoding, write, keep, cancelled)
                 continue
             batch.append(job)
             if len(batch) >= self.options.batch_size:
-                yield from self._run_batch(batch, decoding, write, keep)
+                yield from self._run_batch(batch, decoding, write, keep, cancelled)
                 batch = []
         if batch:
-            yield from self._run_batch(batch, decoding, write, keep)
+            yield from self._run_batch(batch, decoding, write, keep, cancelled)
 
     def _failed(self, job: Job, exc: BaseException, seconds: float = 0.0) -> JobResult:
         log.debug("job %s failed", job.describe(), exc_info=exc)
@@ -208,7 +215,14 @@ class Engine:
             audio_seconds=_input_seconds(job, self.spec),
         )
 
-    def _run_batch(self, jobs: list[Job], decoding: Decoding, write: bool, keep: bool) -> Iterator[JobResult]:
+    def _run_batch(
+        self,
+        jobs: list[Job],
+        decoding: Decoding,
+        write: bool,
+        keep: bool,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Iterator[JobResult]:
         t_start = time.perf_counter()
         ready: list[tuple[Job, Conditions]] = []
         done: dict[int, JobResult] = {}
@@ -223,7 +237,11 @@ class Engine:
                 done[i] = self._failed(job, exc)
         if ready:
             try:
-                semantic, codes = self.generator.codes(ready, decoding)
+                semantic, codes = (
+                    self.generator.codes(ready, decoding)
+                    if cancelled is None
+                    else self.generator.codes(ready, decoding, cancelled)
+                )
                 generated: list[Any] = list(zip(semantic, codes, strict=True))
             except FATAL:
                 raise
@@ -269,13 +287,20 @@ class Engine:
             info.pop("warnings", None)
         return JobResult(job, out.wav, audio_seconds=c.audio_seconds, output_samples=out.samples, info=info)
 
-    def _run_long(self, job: Job, decoding: Decoding, write: bool, keep: bool) -> JobResult:
+    def _run_long(
+        self,
+        job: Job,
+        decoding: Decoding,
+        write: bool,
+        keep: bool,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> JobResult:
         """One long job, chunk by chunk with bounded memory, written as it is generated."""
         t0 = time.perf_counter()
         info: dict[str, Any] = {}
         try:
             out = self.writer.write(
-                job.output if write else None, self.longform.blocks(job, decoding, info), keep
+                job.output if write else None, self.longform.blocks(job, decoding, info, cancelled), keep
             )
         except FATAL:
             raise

@@ -28,11 +28,12 @@ class FakeEngine:
         self.device = "cpu"
         self.batches: list[tuple[list[int], int]] = []
         self.lock = threading.Lock()
+        self.longform = SimpleNamespace(is_long=lambda job: False)
 
     def load_all(self) -> None:
         pass
 
-    def run(self, jobs, decoding, write=True):
+    def run(self, jobs, decoding, write=True, cancelled=None):
         assert write is False
         with self.lock:
             self.batches.append(([j.seed for j in jobs], decoding.steps))
