@@ -265,7 +265,7 @@ def worker(cfg: dict) -> dict:
     ]
     w0, c0 = time.perf_counter(), time.process_time()
     try:
-        results = list(pipe.engine.run(jobs, pipe.decoding))
+        results = list(pipe.engine.run(jobs, pipe.decoding()))
     finally:
         rec.restore()
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0

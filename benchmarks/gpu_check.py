@@ -265,7 +265,7 @@ def run_jobs(pipe, inputs_list, dev, seed=3, text=None, **inst) -> dict:
     with instrument(dev, **inst) as rec:
         sync(dev)
         t = time.perf_counter()
-        res = list(pipe.engine.run(jobs, pipe.decoding, write=False))
+        res = list(pipe.engine.run(jobs, pipe.decoding(), write=False))
         sync(dev)
         wall = time.perf_counter() - t
     bad = [r.error for r in res if not r.ok]
@@ -554,7 +554,7 @@ def stage1_profile(pipe, wav: Path, dev) -> dict:
     job = pipe.make_job([wav], os.devnull, seed=1)
     c = eng.generator.conditions(job)
     model = eng.component("stage1")
-    d = pipe.decoding
+    d = pipe.decoding()
     opts = decoding.DecodeOptions(steps=d.steps, cfg=d.cfg, fused_cfg=eng.options.fused_cfg)
     cond = None if c.finetune_cond is None else [c.finetune_cond.to(dev, eng.dtype)]
     args = ([c.prompt_semantic.to(dev)], [c.target_len], None, cond, opts)

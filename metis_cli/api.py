@@ -5,6 +5,7 @@
 >>> wav = se("noisy.wav", seed=0).wav              # (N,) float32 at 24 kHz
 >>> wav = se(metis_cli.AudioArray(samples, 16000)).wav   # in-memory audio
 >>> for report in se.run(jobs): ...                # many jobs, one model load, atomic outputs
+>>> for res in se.generate(jobs): ...              # many jobs, audio kept in memory, nothing written
 
 `load` takes the same option names as the CLI (`metis_cli.options`): steps, cfg, temperature,
 s2a_steps ("N" or "A,B"), s2a_temperature, device, dtype, attention, fused_cfg, batch_size,
@@ -26,8 +27,10 @@ from metis_cli import jobs as J
 from metis_cli import options as O
 from metis_cli.assets.cards import ModelStore
 from metis_cli.constants import CODEC_SAMPLE_RATE
+from metis_cli.core.prompt_cache import PromptCache
 from metis_cli.core.tasks import Job
-from metis_cli.engine import Decoding, Engine, JobResult
+from metis_cli.engine import FATAL, Decoding, Engine, JobResult, one_line
+from metis_cli.engine.longform import piece_fades, stream_piece_jobs
 from metis_cli.errors import InputError, MetisError, UsageError
 
 random_seed = J.random_seed
@@ -97,12 +100,39 @@ def _inputs_text(inputs: Mapping[str, Any]) -> dict[str, str]:
 
 
 class Pipeline:
-    """A loaded task: call it on one input, or `run` it over many jobs."""
+    """A loaded task: call it on one input, `run` it over many jobs (writing files) or
+    `generate` (audio in memory). Weights load on first use, or all at once with `warm()`."""
 
     def __init__(self, engine: Engine, decoding: Decoding) -> None:
         self.engine = engine
-        self.decoding = decoding
+        self._defaults = decoding
         self.task = engine.task
+
+    # -- what front ends need to know -------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        """The model card's name ("metis-tts", a fine-tuned model's name, ...)."""
+        return self.engine.card.name
+
+    @property
+    def device(self) -> str:
+        """The torch device the models run on ("cpu", "cuda:0", ...)."""
+        return str(self.engine.device)
+
+    @property
+    def batch_size(self) -> int:
+        """Most jobs per padded batch."""
+        return int(self.engine.options.batch_size)
+
+    def warm(self) -> None:
+        """Load every model this task needs now (instead of on first use)."""
+        self.engine.load_all()
+
+    def decoding(self, **overrides: Any) -> Decoding:
+        """The resolved decoding settings: the card's official values for this task with
+        `overrides` (the CLI's names: steps, cfg, temperature, s2a_steps, s2a_temperature, or
+        `Decoding` fields) applied, each checked against its option's range (UsageError)."""
+        return replace(self._defaults, **_decoding_overrides(overrides))
 
     # -- one job ------------------------------------------------------------------------------------
     def __call__(self, *inputs: Any, seed: int | None = None, **kwargs: Any) -> Result:
@@ -114,8 +144,7 @@ class Pipeline:
         subclass on bad input."""
         fields = {k: kwargs.pop(k) for k in list(kwargs) if k in J.JOB_FIELDS}
         job = self.make_job(inputs, "<memory>", seed, **fields)
-        dec = self._decoding(**kwargs)
-        (res,) = list(self.engine.run([job], dec, write=False))
+        (res,) = list(self.generate([job], self.decoding(**kwargs)))
         if not res.ok:
             cls = res.error_type if res.error_type and issubclass(res.error_type, MetisError) else MetisError
             raise cls(res.error)
@@ -142,8 +171,76 @@ class Pipeline:
             raise UsageError(f"unknown job field(s): {', '.join(unknown)} (known: {', '.join(J.JOB_FIELDS)})")
         return J.make_job(self.task, inputs, output, seed, **fields)
 
-    def _decoding(self, **overrides: Any) -> Decoding:
-        return replace(self.decoding, **_decoding_overrides(overrides))
+    def generate(
+        self,
+        jobs: Iterable[Job],
+        decoding: Decoding | None = None,
+        on_chunk: Callable[[Any], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Iterator[JobResult]:
+        """Run jobs and yield one `JobResult` per job, in order, with its waveform in memory
+        (`wav`: (N,) float32 at 24 kHz; None and `error` set when the job failed). Nothing is
+        written; `job.output` is only a label. decoding: `decoding(...)`'s settings (default:
+        the card's). Jobs run in padded batches of `batch_size`; a failed job never stops the
+        others. `on_chunk` gets a `chunks.ChunkProgress` per chunk of a long input. `cancelled`:
+        checked between chunks and decoding steps; once true, running jobs fail (`Cancelled`)."""
+        dec = self._defaults if decoding is None else decoding
+        return self.engine.run(jobs, dec, write=False, keep=True, on_chunk=on_chunk, cancelled=cancelled)
+
+    # -- pieces of work, for schedulers (the service's batcher) ---------------------------------------
+    def is_long(self, job: Job) -> bool:
+        """Whether the job takes the long path (docs/LONGFORM.md): chunks or text pieces."""
+        return self.engine.longform.is_long(job)
+
+    def long_blocks(
+        self,
+        job: Job,
+        decoding: Decoding,
+        info: dict[str, Any],
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Iterator[np.ndarray]:
+        """A long job's output as the long path makes it, block by block ((N,) float32, 24 kHz);
+        `info` fills with chunk counts and the input's length; errors are raised."""
+        return self.engine.longform.blocks(job, decoding, info, cancelled=cancelled)
+
+    def stream_blocks(
+        self,
+        job: Job,
+        decoding: Decoding,
+        cancelled: Callable[[], bool] | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> Iterator[np.ndarray]:
+        """`Engine.stream` of one job: its blocks as they are made (see `stream`)."""
+        return self.engine.stream(job, decoding, cancelled, info)
+
+    def stream_jobs(self, job: Job) -> list[Job]:
+        """The pieces a streamed TTS job is made of (the first sentence alone, then pieces of at
+        most `max_chars`, each with its derived seed); [job] for other tasks or one piece.
+        Generate each, pass it through `stream_piece`, and the blocks equal `stream`'s."""
+        if not self.engine.spec.long_text or not self.engine.longform.options.enabled:
+            return [job]
+        return stream_piece_jobs(job, self.engine.longform.options.max_chars)
+
+    @staticmethod
+    def stream_piece(wav: np.ndarray, index: int, count: int) -> np.ndarray:
+        """Piece `index` of `count` of a streamed TTS text, its joins faded as the long path does."""
+        return piece_fades(wav, index, count)
+
+    def failure(self, job: Job, exc: BaseException) -> JobResult | None:
+        """The failed `JobResult` a job's exception gives (as `generate` reports it), or None for an
+        error about the models themselves (every job would fail)."""
+        if isinstance(exc, FATAL):
+            return None
+        return JobResult(job, None, error=one_line(job, exc), error_type=type(exc))
+
+    @property
+    def prompt_cache(self) -> PromptCache | None:
+        """Speaker prompts encoded once (`core.prompt_cache.PromptCache`), shared by its jobs."""
+        return self.engine.prompt_cache
+
+    @prompt_cache.setter
+    def prompt_cache(self, cache: PromptCache | None) -> None:
+        self.engine.prompt_cache = cache
 
     # -- many jobs ------------------------------------------------------------------------------------
     def plan(self, request: J.Request) -> J.Plan:
@@ -167,19 +264,14 @@ class Pipeline:
         fails. A failed job never stops the others. Long inputs (docs/LONGFORM.md) are written
         chunk by chunk; `on_chunk` gets a `longform.ChunkProgress` per chunk.
         """
-        dec = self._decoding(**decoding)
+        dec = self.decoding(**decoding)
         plan = jobs if isinstance(jobs, J.Plan) else J.plan_jobs(self.task, jobs, existing)
-        runnable = plan.jobs
-        self.engine.on_chunk = on_chunk
-        try:
-            results = self.engine.run(runnable, dec)
-            for item in plan.items:
-                rep = self._finish(next(results), dec) if isinstance(item, Job) else self._rejected(item)
-                if on_report is not None:
-                    on_report(rep)
-                yield rep
-        finally:
-            self.engine.on_chunk = None
+        results = self.engine.run(plan.jobs, dec, on_chunk=on_chunk)
+        for item in plan.items:
+            rep = self._finish(next(results), dec) if isinstance(item, Job) else self._rejected(item)
+            if on_report is not None:
+                on_report(rep)
+            yield rep
 
     # -- streaming -----------------------------------------------------------------------------------
     def stream(
@@ -196,16 +288,16 @@ class Pipeline:
         `errors.Cancelled` and the rest is not generated. Errors are raised while iterating."""
         fields = {k: kwargs.pop(k) for k in list(kwargs) if k in J.JOB_FIELDS}
         job = self.make_job(inputs, "<memory>", seed, **fields)
-        dec = self._decoding(**kwargs)
+        dec = self.decoding(**kwargs)
         check = cancel.is_set if isinstance(cancel, threading.Event) else cancel
         info: dict[str, Any] = {}
         return AudioStream(self.engine.stream(job, dec, check, info), CODEC_SAMPLE_RATE, job.seed, info)
 
     def _report(self, job: Job, status: str, error: str | None = None) -> Report:
-        return job_report(job, status, error, self.decoding.steps)
+        return job_report(job, status, error, self._defaults.steps)
 
     def _rejected(self, item: J.Rejected) -> Report:
-        return rejected_report(item, self.decoding.steps)
+        return rejected_report(item, self._defaults.steps)
 
     def _finish(self, res: JobResult, dec: Decoding) -> Report:
         rep = self._report(res.job, "ok" if res.ok else "error", res.error)
@@ -261,6 +353,60 @@ def _decoding_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# ---- text front ends (what a server checks at start; nothing here downloads) ----------------------------
+
+FRONTEND_MODULES = {"zh": ("jieba", "cn2an", "pypinyin"), "ja": ("pyopenjtalk", "pykakasi")}
+FRONTEND_SAMPLES = {"zh": "你好。", "ja": "こんにちは。"}
+
+
+def text_frontend_problem(language: str) -> str | None:
+    """Why the text front end of `language` cannot run here without downloading anything (one
+    line naming the fix), or None when it can. Languages without extra resources: None."""
+    import importlib.util
+
+    from metis_cli.text import resources
+
+    if language not in FRONTEND_MODULES:
+        return None
+    missing = [m for m in FRONTEND_MODULES[language] if importlib.util.find_spec(m) is None]
+    if missing:
+        return (
+            f"{language}: the text front end needs {', '.join(missing)}: pip install 'metis-cli[{language}]'"
+        )
+    try:
+        if language == "zh":
+            resources.zh_frontend_dir()
+        else:
+            resources.ja_dictionary_dir()
+    except MetisError:
+        fix = f"run `metis download {language}-frontend`"
+        return f"{language}: the text front end's resources are not installed here: {fix}"
+    return None
+
+
+def text_language(text: str, language: str | None = None) -> str:
+    """The language whose front end a TTS text goes through (`language`, else detected)."""
+    from metis_cli.text import detect_language
+
+    return language if language not in (None, "auto") else detect_language(text)
+
+
+def needs_frontend(text: str, language: str | None = None) -> set[str]:
+    """The front ends with extra resources (zh, ja) that a TTS text needs."""
+    lang = text_language(text, language)
+    out = {lang} & set(FRONTEND_MODULES)
+    if lang in ("zh", "en") and any("\u4e00" <= ch <= "\u9fa5" for ch in text):
+        out.add("zh")  # the mixed zh/en path
+    return out
+
+
+def warm_text_frontend(language: str) -> None:
+    """Load the front end of `language` now (dictionaries, segmenters), not on a first request."""
+    from metis_cli.text import g2p
+
+    g2p(FRONTEND_SAMPLES.get(language, "Hello."), language)
+
+
 _LOAD_GROUPS = (O.ModelOptions, O.EngineOptions, O.LongformOptions)
 
 
@@ -292,4 +438,18 @@ def load(task: str, model: str | None = None, **kwargs: Any) -> Pipeline:
     return Pipeline(engine, Decoding.from_card(engine.card, task, **dec_overrides))
 
 
-__all__ = ["AudioStream", "Pipeline", "Report", "Result", "job_report", "load", "rejected_report"]
+__all__ = [
+    "AudioStream",
+    "Decoding",
+    "JobResult",
+    "Pipeline",
+    "Report",
+    "Result",
+    "job_report",
+    "load",
+    "needs_frontend",
+    "rejected_report",
+    "text_frontend_problem",
+    "text_language",
+    "warm_text_frontend",
+]

@@ -43,7 +43,7 @@ MAX_TEXT_CHARS = 100_000  # TTS text length
 def _num(flag: str, value: Any, kind: type) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UsageError(f"{flag}: must be a number (got {value!r})")
-    if kind is int and not float(value).is_integer():
+    if kind is int and not isinstance(value, int):  # 2.0 is not a step count
         raise UsageError(f"{flag}: must be an integer (got {value!r})")
     if not math.isfinite(value):
         raise UsageError(f"{flag}: must be a finite number (got {value})")
@@ -62,6 +62,7 @@ def at_least(lo: float, kind: type = float, hi: float | None = None, above: bool
         if hi is not None and v > hi:
             raise UsageError(f"{flag}: must be <= {hi:g} (got {v:g})")
 
+    check.bounds = (lo, hi, above, kind)  # type: ignore[attr-defined]  # read by typed front ends
     return check
 
 
@@ -72,6 +73,7 @@ def one_of(choices: Iterable[str]) -> Callable:
         if v is not None and v not in choices:
             raise UsageError(f"{flag}: must be one of {', '.join(choices)} (got {v!r})")
 
+    check.choices = choices  # type: ignore[attr-defined]
     return check
 
 
@@ -482,6 +484,141 @@ class TrainOptions:
     )  # fmt: skip
 
 
+# ---- the service (`metis serve`, metis_cli/serve) ------------------------------------------------------
+
+SERVABLE_TASKS = ("tts", "se", "vc", "tse")  # l2s needs video and a visual checkpoint: not served
+TASK_ALIASES = {"enhance": "se"}
+
+
+def parse_tasks(value: str | Iterable[str], flag: str = "--tasks") -> tuple[str, ...]:
+    """'tts,se' (or a sequence) → ('tts', 'se'); 'enhance' is 'se'; unknown names: UsageError."""
+    raw_names = value.split(",") if isinstance(value, str) else list(value)
+    out: list[str] = []
+    for raw in raw_names:
+        name = TASK_ALIASES.get(str(raw).strip(), str(raw).strip())
+        if not name:
+            continue
+        if name not in SERVABLE_TASKS:
+            raise UsageError(
+                f"{flag}: must be a comma-separated list of {', '.join(SERVABLE_TASKS)} (got {raw!r})"
+            )
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise UsageError(f"{flag}: give at least one of {', '.join(SERVABLE_TASKS)}")
+    return tuple(out)
+
+
+def _tasks(flag: str, v: Any) -> None:
+    parse_tasks(v, flag)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """`metis serve`: where it listens, what it loads, how it batches and who may call it."""
+
+    host: str = opt("127.0.0.1", "--host", "Address to bind (default: loopback only).", tasks=())
+    port: int = opt(
+        8000, "--port", "Port to listen on (0: any free port).", at_least(0, int, 65535), tasks=()
+    )
+    tasks: str = opt(
+        "tts,se,vc,tse", "--tasks", "Pipelines to load at start (tts, se, vc, tse).", _tasks, tasks=()
+    )
+    max_batch: int = opt(
+        8, "--max-batch", "Most jobs per padded batch (the engine's batch size).",
+        at_least(1, int, MAX_BATCH), tasks=(),
+    )  # fmt: skip
+    max_wait_ms: float = opt(
+        20.0, "--max-wait-ms", "How long a batch's first request waits for others (ms).",
+        at_least(0, float, 60_000), tasks=(),
+    )  # fmt: skip
+    max_queue: int = opt(
+        64, "--max-queue", "Waiting requests per pipeline; beyond: 429.", at_least(1, int, 100_000), tasks=()
+    )
+    request_timeout: float = opt(
+        300.0, "--request-timeout", "Seconds a request may take in all; beyond: 504.",
+        at_least(0, float, above=True), tasks=(),
+    )  # fmt: skip
+    api_key: str | None = opt(
+        None, "--api-key", "Require Authorization: Bearer KEY.", envvar="METIS_API_KEY", tasks=()
+    )
+    no_auth: bool = opt(False, "--no-auth", "Allow a non-loopback --host without an API key.", tasks=())
+    voices_file: Path | None = opt(
+        None, "--voices", "voices.json: name -> {audio, text, language} (paths relative to it).", tasks=()
+    )
+    voices_dir: Path | None = opt(
+        None, "--voices-dir", "Keep uploaded voices in this folder too (reloaded at start).", tasks=()
+    )
+    cors_origins: str | None = opt(
+        None, "--cors-origins",
+        "Comma-separated origins whose pages may call the API (CORS; '*': any). Default: none.",
+        tasks=(),
+    )  # fmt: skip
+    shutdown_timeout: float = opt(
+        30.0, "--shutdown-timeout", "On SIGTERM/SIGINT, wait at most this long for requests in flight (s).",
+        at_least(0, float), tasks=(),
+    )  # fmt: skip
+    idle_timeout: float = opt(
+        5.0, "--idle-timeout", "Close a kept-alive connection idle for this long (s).",
+        at_least(0, float, above=True), tasks=(),
+    )  # fmt: skip
+    body_timeout: float = opt(
+        60.0, "--body-timeout",
+        "A request's headers, then its body, must arrive within this time (s); beyond: closed / 408.",
+        at_least(0, float, above=True), tasks=(),
+    )  # fmt: skip
+    verbose: bool = opt(False, "--verbose", "Debug logging.", tasks=())
+
+    @property
+    def served_tasks(self) -> tuple[str, ...]:
+        return parse_tasks(self.tasks)
+
+    @property
+    def origins(self) -> tuple[str, ...]:
+        """The CORS origins ('*' alone: any)."""
+        return tuple(o.strip() for o in (self.cors_origins or "").split(",") if o.strip())
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """Per-request limits of `metis serve`; each rejected with 413/422 and a one-line message."""
+
+    max_upload_mb: float = opt(
+        50.0, "--max-upload-mb", "Largest request body (MiB).", at_least(0, float, above=True), tasks=()
+    )
+    max_audio_seconds: float = opt(
+        600.0, "--max-audio-seconds",
+        "Longest uploaded audio to process (seconds; long inputs run in chunks).",
+        at_least(0, float, above=True), tasks=(),
+    )  # fmt: skip
+    max_voice_seconds: float = opt(
+        float(TRAIN_MAX_SECONDS), "--max-voice-seconds",
+        f"Longest speaker prompt or registered voice (seconds; the models were trained on "
+        f"{TRAIN_MIN_SECONDS:g}-{TRAIN_MAX_SECONDS:g} s).",
+        at_least(0, float, above=True), tasks=(),
+    )  # fmt: skip
+    max_duration: float = opt(
+        float(TRAIN_MAX_SECONDS), "--max-duration",
+        "Longest TTS duration a request may ask for per sentence piece (seconds; longer texts are "
+        "spoken sentence by sentence).",
+        at_least(0, float, MAX_DURATION_SECONDS, above=True), tasks=(),
+    )  # fmt: skip
+    max_text_chars: int = opt(
+        2000, "--max-text-chars", "Longest TTS text (characters).", at_least(1, int, MAX_TEXT_CHARS), tasks=()
+    )
+    max_steps: int = opt(
+        200,
+        "--max-steps",
+        "Most decoding steps a request may ask for.",
+        at_least(1, int, MAX_STEPS),
+        tasks=(),
+    )
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
 # groups whose options every task command shows, in --help order
 COMMAND_GROUPS: tuple[type, ...] = (
     LongformOptions,
@@ -522,8 +659,11 @@ __all__ = [
     "OutputPolicy",
     "ReportOptions",
     "RunControl",
+    "ServeLimits",
+    "ServeOptions",
     "build",
     "parse_s2a_steps",
+    "parse_tasks",
     "replace",
     "split",
     "validate",

@@ -130,7 +130,7 @@ def test_low_memory_releases_stage_models(bundle, noisy, tmp_path, monkeypatch):
 
     monkeypatch.setattr(decoding, "stage1_generate", stage1)
     monkeypatch.setattr(decoding, "metis_semantic_to_acoustic", s2a)
-    (res,) = list(pipe.engine.run([job], pipe.decoding, keep=True))
+    (res,) = list(pipe.engine.run([job], pipe.decoding(), keep=True))
     assert seen["alive_during_s2a"] is False
     # the large models of other stages are freed; the small codecs stay for the next batch
     assert not seen["resident_during_s2a"] & {"ssl", "stage1"}

@@ -46,7 +46,7 @@ def _enhance(bundle: Path, noisy: Path, out: Path, **options) -> tuple[np.ndarra
     )
     pipe.engine.load_all()
     state = {k: v.clone() for k, v in pipe.engine.component("stage1").state_dict().items()}
-    (res,) = pipe.engine.run([pipe.make_job([str(noisy)], out, seed=5)], pipe.decoding, keep=True)
+    (res,) = pipe.engine.run([pipe.make_job([str(noisy)], out, seed=5)], pipe.decoding(), keep=True)
     assert res.ok, res.error
     return res.wav, state
 

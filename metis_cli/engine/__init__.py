@@ -112,14 +112,6 @@ class Engine:
         self.loader.release(*names)
 
     @property
-    def on_chunk(self) -> Callable[[Any], None] | None:
-        return self.longform.on_chunk
-
-    @on_chunk.setter
-    def on_chunk(self, fn: Callable[[Any], None] | None) -> None:
-        self.longform.on_chunk = fn
-
-    @property
     def prompt_cache(self) -> PromptCache | None:
         """Speaker prompts encoded once (`core.prompt_cache`); engines may share one."""
         return self.loader.tokenizers.prompt_cache
@@ -151,7 +143,7 @@ class Engine:
                 check_cancelled(cancelled)
                 yield piece_fades(self.generate_one(pjob, decoding, cancelled, info), i, len(pjobs))
         elif self.longform.is_long(job):
-            yield from self.longform.blocks(job, decoding, info, cancelled)
+            yield from self.longform.blocks(job, decoding, info, cancelled=cancelled)
         else:
             yield self.generate_one(job, decoding, cancelled, info)
 
@@ -179,12 +171,14 @@ class Engine:
         decoding: Decoding,
         write: bool = True,
         keep: bool = False,
+        on_chunk: Callable[[Any], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
     ) -> Iterator[JobResult]:
         """Process jobs in batches of `options.batch_size`; yields one result per job, in order.
 
         write: write each output to `job.output` (atomically; "-" = stdout) as it finishes.
         keep: also return the waveform in `JobResult.wav` (always with write=False).
+        on_chunk: gets a `chunks.ChunkProgress` after each chunk of a long input.
         cancelled: checked between chunks and decoding steps; once true, the running jobs fail
         with `errors.Cancelled`.
         """
@@ -195,7 +189,7 @@ class Engine:
                 if batch:
                     yield from self._run_batch(batch, decoding, write, keep, cancelled)
                     batch = []
-                yield self._run_long(job, decoding, write, keep, cancelled)
+                yield self._run_long(job, decoding, write, keep, on_chunk, cancelled)
                 continue
             batch.append(job)
             if len(batch) >= self.options.batch_size:
@@ -293,6 +287,7 @@ class Engine:
         decoding: Decoding,
         write: bool,
         keep: bool,
+        on_chunk: Callable | None = None,
         cancelled: Callable[[], bool] | None = None,
     ) -> JobResult:
         """One long job, chunk by chunk with bounded memory, written as it is generated."""
@@ -300,7 +295,9 @@ class Engine:
         info: dict[str, Any] = {}
         try:
             out = self.writer.write(
-                job.output if write else None, self.longform.blocks(job, decoding, info, cancelled), keep
+                job.output if write else None,
+                self.longform.blocks(job, decoding, info, on_chunk, cancelled),
+                keep,
             )
         except FATAL:
             raise

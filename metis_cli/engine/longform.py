@@ -39,7 +39,6 @@ class LongformStrategy:
         self.gen = gen
         self.spec = gen.loader.spec
         self.options = options.validate()
-        self.on_chunk: Callable[[Any], None] | None = None  # gets a `longform.ChunkProgress`
 
     def is_long(self, job: Job) -> bool:
         """SE/TSE/VC inputs longer than one chunk; TTS texts longer than `max_chars`.
@@ -59,23 +58,36 @@ class LongformStrategy:
             return False
 
     def blocks(
-        self, job: Job, decoding: Decoding, info: dict, cancelled: Callable[[], bool] | None = None
+        self,
+        job: Job,
+        decoding: Decoding,
+        info: dict,
+        on_chunk: Callable[[Any], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> Iterator[np.ndarray]:
-        """The job's output, block by block (`info` gets chunk counts and the input's length).
-        `cancelled`: checked between chunks and decoding steps (raises `errors.Cancelled`)."""
+        """The job's output, block by block (`info` gets chunk counts and the input's length);
+        `on_chunk` gets a `chunks.ChunkProgress` after each chunk; `cancelled` is checked between
+        chunks and decoding steps (raises `errors.Cancelled`)."""
         if self.spec.long_text:
             pieces = sentences.split_text(job.text or "", self.options.max_chars)
-            return self.tts_blocks(job, decoding, info, pieces, cancelled)
-        return self._audio_chunks(job, decoding, info, cancelled)
+            return self.tts_blocks(job, decoding, info, pieces, on_chunk, cancelled)
+        return self._audio_chunks(job, decoding, info, on_chunk, cancelled)
 
-    def _progress(self, job: Job, index: int, total: int, done: int, expected: int) -> None:
+    def _progress(
+        self, job: Job, index: int, total: int, done: int, expected: int, on_chunk: Callable | None
+    ) -> None:
         log.info("%s: chunk %d/%d done", job.output, index + 1, total)
-        if self.on_chunk is not None:
+        if on_chunk is not None:
             sr = CODEC_SAMPLE_RATE
-            self.on_chunk(chunking.ChunkProgress(job.output, index, total, done / sr, expected / sr))
+            on_chunk(chunking.ChunkProgress(job.output, index, total, done / sr, expected / sr))
 
     def _audio_chunks(
-        self, job: Job, decoding: Decoding, info: dict, cancelled: Callable[[], bool] | None = None
+        self,
+        job: Job,
+        decoding: Decoding,
+        info: dict,
+        on_chunk: Callable | None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> Iterator[np.ndarray]:
         """SE / TSE / VC: finished 24 kHz blocks of a long input, chunk by chunk."""
         lf, gen = self.options, self.gen
@@ -125,7 +137,7 @@ class LongformStrategy:
                     a = max(0, b - context)
                     carry = (sem[a:b].clone(), codes[a:b].clone())
                 yield stitch.add(chunking.fit_length(wav, chunk.frames * HOP_SAMPLES), chunk)
-                self._progress(job, chunk.index, len(chunks), stitch.emitted, reader.n_out)
+                self._progress(job, chunk.index, len(chunks), stitch.emitted, reader.n_out, on_chunk)
             yield stitch.finish()
             info["max_read_samples"] = reader.max_block
 
@@ -161,6 +173,7 @@ class LongformStrategy:
         decoding: Decoding,
         info: dict,
         pieces: list[str],
+        on_chunk: Callable | None = None,
         cancelled: Callable[[], bool] | None = None,
     ) -> Iterator[np.ndarray]:
         """TTS with long text: one generation per piece, same speaker prompt (`tts_piece_jobs`:
@@ -176,7 +189,7 @@ class LongformStrategy:
             wav = piece_fades(self.gen.decode(codes), i, len(pjobs))
             done += wav.shape[0]
             yield wav
-            self._progress(job, i, len(pieces), done, 0)
+            self._progress(job, i, len(pieces), done, 0, on_chunk)
 
 
 def check_cancelled(cancelled: Callable[[], bool] | None) -> None:

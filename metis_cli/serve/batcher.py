@@ -3,7 +3,7 @@
 Requests for one pipeline wait in a queue. The worker takes the oldest job and every queued
 job with an equal `Decoding` (so they can share one padded batch), waits up to `max_wait_ms`
 from the oldest job's arrival for more, and runs at most `max_batch` of them through
-`engine.run(jobs, decoding, write=False)`: each job keeps its own seed and generator, and the
+`Pipeline.generate(jobs, decoding)`: each job keeps its own seed and generator, and the
 engine's failure isolation means one bad job never fails the others. Pipelines on one device
 take turns (a lock per device). A job whose client has gone, or whose deadline has passed,
 before its batch starts is dropped; once started, a batch whose clients have all gone (or
@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import statistics
 import threading
 import time
 from collections import deque
@@ -30,12 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from metis_cli.core.tasks import Job
-from metis_cli.engine import Decoding, JobResult
+from metis_cli.api import Decoding, JobResult
+from metis_cli.jobs import Job
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2  # how often a waiting request checks that its client is still connected
+RECENT_BATCHES = 15  # batch times kept for the Retry-After estimate
 
 
 class QueueFull(Exception):
@@ -137,7 +139,7 @@ class Batcher:
         self._queue: deque[Work] = deque()
         self._cv = threading.Condition()
         self._stopping = False
-        self._batch_seconds = 0.0  # moving average, for Retry-After
+        self._recent: deque[float] = deque(maxlen=RECENT_BATCHES)  # batch seconds, for Retry-After
         self._thread = threading.Thread(target=self._main, name=f"metis-serve-{task}", daemon=True)
 
     # -- the event loop's side --------------------------------------------------------------------
@@ -160,8 +162,10 @@ class Batcher:
         self._thread.join(timeout)
 
     def retry_after(self) -> int:
-        per_batch = self._batch_seconds or 1.0
-        return max(1, math.ceil(per_batch * math.ceil((len(self._queue) + 1) / self.max_batch)))
+        """Seconds until the queue now waiting has drained: its batches x the median time of the
+        recent batches (one long request does not inflate it)."""
+        per_batch = statistics.median(self._recent) if self._recent else 1.0
+        return max(1, math.ceil(per_batch * math.ceil(len(self._queue) / self.max_batch)))
 
     async def submit(
         self,
@@ -176,8 +180,7 @@ class Batcher:
         turns with the other requests)."""
         if self.load_error is not None:
             raise NotReady(self.load_error)
-        engine = self.pipeline.engine
-        if await asyncio.to_thread(engine.longform.is_long, job):
+        if await asyncio.to_thread(self.pipeline.is_long, job):
             return await self._submit_long(job, decoding, deadline, request_id, disconnected)
         loop = asyncio.get_running_loop()
         work = Work(job, decoding, deadline, request_id, loop, loop.create_future())
@@ -293,25 +296,23 @@ class Batcher:
         disconnected: Callable[[], Awaitable[bool]] | None,
     ) -> tuple[JobResult, Work]:
         """A long input as a stepped work, collected into one result (as `Engine.run` gives it)."""
-        from metis_cli.engine import FATAL, one_line
-
         info: dict[str, Any] = {}
         blocks: list[np.ndarray] = []
         t0 = time.perf_counter()
-        engine = self.pipeline.engine
         work = self._stepped(
             job, decoding, deadline, request_id,
-            lambda cancelled: engine.longform.blocks(job, decoding, info, cancelled),
+            lambda cancelled: self.pipeline.long_blocks(job, decoding, info, cancelled),
         )  # fmt: skip
         try:
             async for block in self._blocks(work, disconnected):
                 blocks.append(block)
-        except FATAL as exc:
-            raise BatchFailed(one_line(job, exc)) from None
         except (DeadlineExceeded, ClientGone, NotReady, QueueFull, BatchFailed):
             raise
-        except Exception as exc:  # noqa: BLE001 - the job's own failure, reported like Engine.run's
-            res = JobResult(job, None, error=one_line(job, exc), error_type=type(exc))
+        except Exception as exc:  # noqa: BLE001 - the job's own failure, reported like Pipeline.generate's
+            res = self.pipeline.failure(job, exc)
+            if res is None:  # an error about the models themselves
+                text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise BatchFailed(text) from None
             res.seconds = time.perf_counter() - t0
             res.audio_seconds = info.get("audio_seconds")
             return res, work
@@ -340,7 +341,7 @@ class Batcher:
         t0 = time.perf_counter()
         try:
             with self.device_lock:
-                self.pipeline.engine.load_all()
+                self.pipeline.warm()
         except Exception as exc:  # noqa: BLE001 - any load failure: one line, the service is not ready
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             self.load_error = f"{self.task}: models could not be loaded ({text})"
@@ -408,14 +409,9 @@ class Batcher:
             w.push(exc)
             return
         finally:
-            self._record(time.perf_counter() - t0)
+            self._recent.append(time.perf_counter() - t0)
         self.metrics.batch_size.labels(self.task).observe(1)
         w.push(block)  # its request queues the next turn when it takes this block
-
-    def _record(self, seconds: float) -> None:
-        self._batch_seconds = (
-            seconds if not self._batch_seconds else 0.7 * self._batch_seconds + 0.3 * seconds
-        )
 
     def _execute(self, group: list[Work]) -> None:
         if group[0].steps is not None:
@@ -449,10 +445,9 @@ class Batcher:
         done = 0
         try:
             with self.device_lock:
-                results = self.pipeline.engine.run(
+                results = self.pipeline.generate(
                     [w.job for w in live],
                     live[0].decoding,
-                    write=False,
                     cancelled=lambda: all(w.cancelled.is_set() for w in live),
                 )
                 for w, res in zip(live, results, strict=False):  # results is lazy: resolve each as it comes
@@ -466,4 +461,4 @@ class Batcher:
             log.debug("batch failure", exc_info=exc)
             for w in live[done:]:
                 w.resolve(error=BatchFailed(text))
-        self._record(time.perf_counter() - t0)
+        self._recent.append(time.perf_counter() - t0)

@@ -74,7 +74,7 @@ class RemotePipeline:
         self.client.close()
 
     def run(self, plan: Any, on_chunk: Any = None, on_report: Any = None, **_: Any) -> Iterator[Any]:
-        from metis_cli.core.tasks import Job
+        from metis_cli.jobs import Job
 
         items = plan.items
         with ThreadPoolExecutor(CONCURRENCY) as pool:

@@ -4,7 +4,7 @@
 containers libsndfile does not read (WebM/Opus from a browser's MediaRecorder, M4A/AAC, MP4),
 with PyAV, into an `audio.AudioArray` at its native rate: the engine then reads it exactly as
 it reads a file (`audio.load_audio`). `encode` turns a 24 kHz waveform into the bytes of a
-response format.
+response format (`metis_cli.media.encode`).
 """
 
 from __future__ import annotations
@@ -17,45 +17,26 @@ import soundfile as sf
 
 from metis_cli.constants import CODEC_SAMPLE_RATE
 from metis_cli.errors import AudioError
-from metis_cli.media.audio import AudioArray, pcm_to_float32, writable_formats
-
-# response_format -> (libsndfile format, subtype, media type); pcm: raw s16le, 24 kHz mono
-_ENCODERS = {
-    "wav": ("WAV", "PCM_16", "audio/wav"),
-    "flac": ("FLAC", "PCM_16", "audio/flac"),
-    "pcm": ("RAW", "PCM_16", "audio/pcm"),
-    "mp3": ("MP3", "MPEG_LAYER_III", "audio/mpeg"),
-    "opus": ("OGG", "OPUS", "audio/ogg"),
-}
+from metis_cli.media import encode as encode_formats
+from metis_cli.media.audio import AudioArray, pcm_to_float32
 
 
 def response_formats() -> tuple[str, ...]:
-    """The response formats this installation can encode (mp3/opus only where libsndfile writes them)."""
-    can = set(writable_formats())
-    return tuple(f for f in _ENCODERS if f in ("wav", "flac", "pcm") or f in can)
+    """The response formats this installation encodes (`media.encode`: all six with PyAV)."""
+    return encode_formats.available()
 
 
 def media_type(fmt: str) -> str:
-    return _ENCODERS[fmt][2]
+    """The content type of a response format (the OpenAI API's)."""
+    return encode_formats.CONTENT_TYPES[fmt]
 
 
 def encode(wav: np.ndarray, fmt: str, sample_rate: int = CODEC_SAMPLE_RATE) -> bytes:
-    """The waveform as a file of format `fmt` (see `response_formats`), PCM 16 where the format has PCM."""
-    fmt_name, subtype, _ = _ENCODERS[fmt]
-    data = np.asarray(wav, dtype=np.float32)
-    if fmt == "flac":  # libsndfile's FLAC rounds floats differently: take the WAV's 16-bit samples
-        data = _pcm16(data, sample_rate)
-    buf = io.BytesIO()
-    extra = {"endian": "LITTLE"} if fmt_name == "RAW" else {}
-    sf.write(buf, data, sample_rate, format=fmt_name, subtype=subtype, **extra)
-    return buf.getvalue()
+    """The waveform as a whole file of format `fmt` (`media.encode.encode`)."""
+    return encode_formats.encode(wav, fmt, sample_rate)
 
 
-def _pcm16(wav: np.ndarray, sample_rate: int) -> np.ndarray:
-    """The int16 samples the WAV writer (and the CLI) stores for a float waveform."""
-    buf = io.BytesIO()
-    sf.write(buf, wav, sample_rate, format="RAW", subtype="PCM_16", endian="LITTLE")
-    return np.frombuffer(buf.getvalue(), "<i2")
+extension = encode_formats.extension
 
 
 def _first_line(exc: BaseException) -> str:

@@ -11,7 +11,9 @@ opens a path a client names. voices.json:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -24,6 +26,7 @@ import soundfile as sf
 
 from metis_cli import jobs as J
 from metis_cli import options as O
+from metis_cli.constants import TRAIN_MIN_SECONDS
 from metis_cli.errors import MetisError, UsageError
 from metis_cli.media.audio import AudioArray
 from metis_cli.serve.media import decode_upload, seconds
@@ -31,6 +34,8 @@ from metis_cli.serve.media import decode_upload, seconds
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 ID_RE = re.compile(r"v_[0-9a-f]{16}")
 MAX_UPLOADED = 256
+
+log = logging.getLogger("metis.serve")
 
 
 def valid_name(name: Any) -> bool:
@@ -64,8 +69,10 @@ class VoiceStore:
         self._lock = threading.Lock()
 
     # -- the operator's voices ------------------------------------------------------------------
-    def load_file(self, path: Path) -> int:
-        """Read voices.json (UsageError naming the file and the voice on any problem)."""
+    def load_file(self, path: Path, max_seconds: float | None = None) -> int:
+        """Read voices.json (UsageError naming the file and the voice on any problem, a voice
+        longer than `max_seconds` included). Each voice's id is derived from its name and
+        content, so it stays the same across restarts."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -92,7 +99,14 @@ class VoiceStore:
                 raise UsageError(f"{where}: cannot read {audio_path} ({exc.strerror or exc})") from None
             except MetisError as exc:
                 raise UsageError(f"{where}: {exc}") from None
-            self._put(Voice(_new_id(), name, audio, text, language, "config"))
+            secs = seconds(audio)
+            if max_seconds is not None and secs > max_seconds:
+                raise UsageError(
+                    f"{where}: {secs:.1f} s of audio (at most {max_seconds:g} s: --max-voice-seconds)"
+                )
+            for warning in length_warnings(secs):
+                log.warning("%s: %s", where, warning)
+            self._put(Voice(stable_id(name, audio, text, language), name, audio, text, language, "config"))
         return len(data)
 
     def load_folder(self) -> int:
@@ -117,6 +131,8 @@ class VoiceStore:
 
     # -- uploads ----------------------------------------------------------------------------------
     def add(self, audio: AudioArray, text: str, language: str | None, name: str | None = None) -> Voice:
+        if name is not None and ID_RE.fullmatch(name) is not None:
+            raise KeyError(name)  # a name must never be mistaken for another voice's id
         vid = _new_id()
         voice = Voice(
             vid,
@@ -129,22 +145,24 @@ class VoiceStore:
         with self._lock:
             if sum(v.source == "upload" for v in self._by_id.values()) >= MAX_UPLOADED:
                 raise OverflowError(f"at most {MAX_UPLOADED} uploaded voices; delete some first")
-            if name is not None and any(v.name == name for v in self._by_id.values()):
+            if name is not None and any(name in (v.name, v.id) for v in self._by_id.values()):
                 raise KeyError(name)
             self._by_id[vid] = voice
         if self.folder is not None:
             self._save(voice)
         return voice
 
-    def delete(self, vid: str) -> Voice:
-        """Remove an uploaded voice (KeyError: unknown; PermissionError: an operator's voice)."""
+    def delete(self, key: str) -> Voice:
+        """Remove an uploaded voice named by id or name (KeyError: unknown; PermissionError: an
+        operator's voice)."""
+        voice = self.get(key)
         with self._lock:
-            voice = self._by_id.get(vid) if isinstance(vid, str) else None
-            if voice is None:
-                raise KeyError(vid)
+            if voice is None or voice.id not in self._by_id:
+                raise KeyError(key)
             if voice.source != "upload":
-                raise PermissionError(vid)
-            del self._by_id[vid]
+                raise PermissionError(key)
+            del self._by_id[voice.id]
+        vid = voice.id
         if self.folder is not None:
             for suffix in (".json", ".wav"):
                 try:
@@ -176,8 +194,8 @@ class VoiceStore:
     # -- internals ----------------------------------------------------------------------------------
     def _put(self, voice: Voice) -> None:
         with self._lock:
-            if any(v.name == voice.name for v in self._by_id.values()):
-                raise UsageError(f"voice {voice.name!r} is defined twice")
+            if any(voice.name in (v.name, v.id) or voice.id == v.name for v in self._by_id.values()):
+                raise UsageError(f"voice {voice.name!r} is defined twice (or as another voice's id)")
             self._by_id[voice.id] = voice
 
     def _save(self, voice: Voice) -> None:
@@ -208,6 +226,22 @@ def _atomic(path: Path, write: Any) -> None:
 
 def _new_id() -> str:
     return "v_" + secrets.token_hex(8)
+
+
+def stable_id(name: str, audio: AudioArray, text: str, language: str | None) -> str:
+    """The id of an operator's voice: a hash of its name and content (the same at every start)."""
+    digest = hashlib.sha256()
+    for part in (name, text, language or "auto", str(audio.sample_rate)):
+        digest.update(part.encode("utf-8") + b"\0")
+    digest.update(audio.samples.astype("<f4").tobytes())
+    return "v_" + digest.hexdigest()[:16]
+
+
+def length_warnings(secs: float) -> list[str]:
+    """Warnings for a voice prompt outside the training range (the models saw 3-30 s)."""
+    if secs < TRAIN_MIN_SECONDS:
+        return [f"{secs:.1f} s of audio: a voice prompt under {TRAIN_MIN_SECONDS:g} s gives a weak likeness"]
+    return []
 
 
 def _language(value: Any) -> str | None:

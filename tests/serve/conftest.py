@@ -113,9 +113,7 @@ def served(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
         request_timeout=120.0,
         api_key=API_KEY,
         voices_file=folder / "voices.json",
-        limits=Limits(
-            max_upload_bytes=2 * 1024 * 1024, max_audio_seconds=30.0, max_text_chars=400, max_steps=50
-        ),
+        limits=Limits(max_upload_mb=2.0, max_audio_seconds=30.0, max_text_chars=400, max_steps=50),
         load_options={"checkpoint_dir": tiny_bundle, "offline": True, "steps": 2, "s2a_steps": "2,2"},
     )
     app = create_app(config)

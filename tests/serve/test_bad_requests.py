@@ -32,7 +32,7 @@ CASES = [
     ("oversized upload", _enhance(b"\0" * (3 * 1024 * 1024)), 413, None, "at most"),
     ("text file as audio", _enhance(b"just some words\n" * 50, "notes.txt"), 422, "input", "unsupported"),
     ("audio too long", _enhance(wav_bytes(31.0, 8_000)), 413, "input", "31.0 s of audio"),
-    ("wrong response format", _speech(response_format="aac"), 422, "response_format", "must be one of"),
+    ("wrong response format", _speech(response_format="ogg"), 422, "response_format", "must be one of"),
     (
         "wrong format on multipart",
         _enhance(wav_bytes(1.0), response_format="ogg-vorbis"),

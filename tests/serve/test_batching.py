@@ -28,12 +28,11 @@ class FakeEngine:
         self.device = "cpu"
         self.batches: list[tuple[list[int], int]] = []
         self.lock = threading.Lock()
-        self.longform = SimpleNamespace(is_long=lambda job: False)
 
     def load_all(self) -> None:
         pass
 
-    def run(self, jobs, decoding, write=True, cancelled=None):
+    def run(self, jobs, decoding, write=True):
         assert write is False
         with self.lock:
             self.batches.append(([j.seed for j in jobs], decoding.steps))
@@ -46,12 +45,26 @@ class FakeEngine:
 
 
 class FakePipeline:
+    """The public `api.Pipeline` surface the service uses, over a `FakeEngine`."""
+
     task = "se"
+    device = "cpu"
 
     def __init__(self, engine: FakeEngine) -> None:
         self.engine = engine
+        self.model_name = engine.card.name
+        self.batch_size = engine.options.batch_size
 
-    def _decoding(self, **kw):
+    def warm(self) -> None:
+        self.engine.load_all()
+
+    def generate(self, jobs, decoding=None, on_chunk=None, cancelled=None):
+        return self.engine.run(jobs, decoding, write=False)
+
+    def is_long(self, job) -> bool:
+        return False
+
+    def decoding(self, **kw):
         return Decoding(steps=kw.get("steps") or 10, cfg=0.0)
 
 

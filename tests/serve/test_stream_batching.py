@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,17 +20,21 @@ WAIT = 60.0  # generous: a loaded machine
 
 
 class Engine:
-    """Records the order of short batches and stepped blocks in `events`."""
+    """A stand-in pipeline: records the order of short batches and stepped blocks in `events`."""
+
+    task = "se"
+    batch_size = 4
 
     def __init__(self) -> None:
         self.events: list[tuple[str, int]] = []
-        self.options = SimpleNamespace(batch_size=4)
-        self.longform = SimpleNamespace(is_long=lambda job: False)
 
-    def load_all(self) -> None:
+    def warm(self) -> None:
         pass
 
-    def run(self, jobs, decoding, write=True, cancelled=None):
+    def is_long(self, job) -> bool:
+        return False
+
+    def generate(self, jobs, decoding=None, on_chunk=None, cancelled=None):
         for j in jobs:
             self.events.append(("short", j.seed))
             yield JobResult(j, np.full(10, 0.1, np.float32))
@@ -53,7 +56,7 @@ def _job(seed: int) -> Job:
 def batcher():
     engine = Engine()
     b = Batcher(
-        "se", SimpleNamespace(engine=engine), max_batch=4, max_wait_ms=0.0, max_queue=16,
+        "se", engine, max_batch=4, max_wait_ms=0.0, max_queue=16,
         metrics=Metrics(4), device_lock=threading.Lock(),
     )  # fmt: skip
     b.start()
