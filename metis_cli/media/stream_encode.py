@@ -23,22 +23,13 @@ import soundfile as sf
 
 from metis_cli.constants import CODEC_SAMPLE_RATE
 from metis_cli.errors import InputError
+from metis_cli.media.encode import AV_CODECS, CONTENT_TYPES
 
 STREAMABLE = ("pcm", "wav", "mp3", "opus", "aac")
-MEDIA_TYPES = {
-    "pcm": "audio/pcm",
-    "wav": "audio/wav",
-    "mp3": "audio/mpeg",
-    "opus": "audio/ogg",
-    "aac": "audio/aac",
-}
+MEDIA_TYPES = {fmt: CONTENT_TYPES[fmt] for fmt in STREAMABLE}  # the whole files' content types
 UNKNOWN_SIZE = 0xFFFFFFFF
-# format -> (PyAV container format, codec, codec sample rate, container options)
-_AV = {
-    "mp3": ("mp3", "libmp3lame", CODEC_SAMPLE_RATE, {}),
-    "opus": ("ogg", "libopus", 48_000, {"page_duration": "20000"}),
-    "aac": ("adts", "aac", CODEC_SAMPLE_RATE, {}),
-}
+AV_RATES = {"opus": 48_000}  # codec sample rates other than 24 kHz
+AV_OPTIONS = {"opus": {"page_duration": "20000"}}  # Ogg pages of 20 ms: each block leaves at once
 
 
 class StreamEncoder(Protocol):
@@ -114,14 +105,16 @@ class AvEncoder:
     def __init__(self, fmt: str, sample_rate: int = CODEC_SAMPLE_RATE) -> None:
         import av
 
-        container_fmt, codec, rate, options = _AV[fmt]
+        container_fmt, codec, bit_rate = AV_CODECS[fmt]
         self.media_type = MEDIA_TYPES[fmt]
         self.sample_rate = sample_rate
         self._av = av
         self._sink = _Sink()
+        options = AV_OPTIONS.get(fmt, {})
         self._container = av.open(self._sink, mode="w", format=container_fmt, options=options)
-        self._stream = self._container.add_stream(codec, rate=rate)
+        self._stream = self._container.add_stream(codec, rate=AV_RATES.get(fmt, CODEC_SAMPLE_RATE))
         self._stream.layout = "mono"
+        self._stream.bit_rate = bit_rate
         self._pts = 0
 
     def _mux(self, frame: object) -> bytes:
@@ -151,6 +144,6 @@ def stream_encoder(fmt: str, sample_rate: int = CODEC_SAMPLE_RATE) -> StreamEnco
         return PcmEncoder(False, sample_rate)
     if fmt == "wav":
         return PcmEncoder(True, sample_rate)
-    if fmt in _AV:
+    if fmt in AV_CODECS:
         return AvEncoder(fmt, sample_rate)
     raise InputError(f"response_format: {fmt!r} cannot be streamed (streamable: {', '.join(STREAMABLE)})")
