@@ -4,7 +4,7 @@ Every option is generated from `metis_cli.options`: the service's own (`ServeOpt
 `ServeLimits`) and the engine, model and decoding options of the task commands (the decoding
 options set the service's defaults; each request may override them). Exit codes: 0 after a
 graceful stop (SIGTERM/SIGINT: in-flight requests finish first, within --shutdown-timeout), 1
-when a model cannot be loaded, 2 usage errors.
+when a model cannot be loaded or a second signal forced the stop, 2 usage errors.
 """
 
 from __future__ import annotations
@@ -16,27 +16,31 @@ from typing import Any
 
 import typer
 
-from metis_cli import options as O
+from metis_cli import options
 from metis_cli.cli.params import command, group_params
 from metis_cli.cli.report import error_line
 from metis_cli.errors import MetisError, UsageError
 
 # engine options that the service sets itself: the batch size is --max-batch; l2s is not served
 _NOT_SHOWN = {"batch_size", "visual_checkpoint"}
-_LOAD_GROUPS = (O.ModelOptions, O.EngineOptions, O.LongformOptions, O.DecodingOptions)
-_SERVE_GROUPS = (O.ServeOptions, O.ServeLimits)
+_LOAD_GROUPS = (options.ModelOptions, options.EngineOptions, options.LongformOptions, options.DecodingOptions)
+_SERVE_GROUPS = (options.ServeOptions, options.ServeLimits)
 
 
 def _config(values: dict[str, Any]) -> Any:
     """The validated `ServeConfig` of the command line (UsageError naming the flag)."""
     from metis_cli.serve.config import ServeConfig, is_loopback
 
-    load_options = {k: v for k, v in values.items() if k in {n for g in _LOAD_GROUPS for n in O.names(g)}}
-    O.split(load_options, _LOAD_GROUPS)  # every engine/decoding option checked before anything loads
+    load_options = {
+        k: v for k, v in values.items() if k in {n for g in _LOAD_GROUPS for n in options.names(g)}
+    }
+    options.split(load_options, _LOAD_GROUPS)  # every engine/decoding option checked before anything loads
     load_options["offline"] = load_options.get("offline") or None
-    serve = {n: values[n] for n in O.names(O.ServeOptions)}
+    serve = {n: values[n] for n in options.names(options.ServeOptions)}
     serve["api_key"] = serve["api_key"] or None
-    config = ServeConfig(**serve, limits=O.build(O.ServeLimits, values), load_options=load_options).validate()
+    config = ServeConfig(
+        **serve, limits=options.build(options.ServeLimits, values), load_options=load_options
+    ).validate()
     if config.api_key is None and not config.no_auth and not is_loopback(config.host):
         raise UsageError(
             f"--host {config.host}: binding a non-loopback address needs --api-key (or METIS_API_KEY); "
@@ -61,7 +65,7 @@ def _serve(values: dict[str, Any]) -> None:
     for name in ("metis.serve", "metis_cli.serve"):  # one line per request and per batch
         logging.getLogger(name).setLevel(logging.DEBUG if config.verbose else logging.INFO)
     if values["ray"]:
-        _serve_ray(config, O.build(O.RayServeOptions, values))
+        _serve_ray(config, options.build(options.RayServeOptions, values))
     failed: list[str] = []
     server: list[Any] = []  # set once built: on_fatal may run before
 
@@ -92,6 +96,9 @@ def _serve(values: dict[str, Any]) -> None:
         raise typer.Exit(1)
     if not server[0].started and not stopped:
         raise typer.Exit(1)  # could not bind (uvicorn logged why)
+    if server[0].force_exit:  # a second signal: requests in flight were answered 503, not finished
+        error_line("stopped by a second signal before the requests in flight finished")
+        raise typer.Exit(1)
     raise typer.Exit(0)
 
 
@@ -117,7 +124,7 @@ def _serve_ray(config: Any, ray: Any) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    groups = (*_SERVE_GROUPS, O.RayServeOptions, *_LOAD_GROUPS)
+    groups = (*_SERVE_GROUPS, options.RayServeOptions, *_LOAD_GROUPS)
     params = [p for p in group_params(groups) if p.name not in _NOT_SHOWN]
     doc = (
         "Run a warm speech service: OpenAI-compatible /v1/audio/speech, enhance/tse/vc/tts endpoints, "

@@ -1,16 +1,21 @@
-"""`metis serve`: a warm speech service on the job layer (docs: README "Service").
+"""`metis serve`: a warm speech service on the Python API (docs/SERVICE.md).
 
-    config.py    ServeConfig and Limits (what the command line sets)
-    app.py       the FastAPI app: endpoints, auth, request ids, errors in the OpenAI shape
+    config.py    ServeConfig: options.ServeOptions + options.ServeLimits + api.load keywords
+    app.py       the FastAPI app: the gate (request ids, auth, metrics), errors, CORS
+    routers/     one router per API surface: system, speech (OpenAI), tasks, voices
+    requests.py  Pydantic request models (ranges from options.py), validation messages, OpenAPI
+    bodies.py    request bodies read in memory, bounded in size and time
+    service.py   what the endpoints share: batchers, voices, checks, the audio answer
     batcher.py   dynamic batching: one worker thread per pipeline, one padded batch per group
     voices.py    registered voices (voices.json, uploads kept in memory or in a folder)
-    media.py     uploads decoded in memory; responses encoded in memory
+    media.py     uploads decoded in memory; responses encoded (metis_cli.media.encode)
     metrics.py   Prometheus metrics
+    server.py    uvicorn with timeouts for slow, idle and stopped clients
     client.py    `metis tts|vc|tse|enhance --server URL`: run a plan against a running service
     static/      the web page at `/` (plain HTML + JS)
 
 Needs the optional extra `metis-cli[serve]` (FastAPI, uvicorn, python-multipart,
-prometheus-client, httpx). Nothing here is imported by the rest of the package.
+prometheus-client, httpx, av). Nothing here is imported by the rest of the package.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def create_app(
             yield
         finally:
             for b in service.batchers.values():
-                await asyncio.to_thread(b.stop, 60.0)
+                await asyncio.to_thread(b.stop, 0.0 if service.abandon else 60.0)
 
     app = FastAPI(
         title="metis",

@@ -8,25 +8,25 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from metis_cli import options as O
+from metis_cli import options
 
-Limits = O.ServeLimits  # per-request limits (options.ServeLimits)
-SERVABLE = O.SERVABLE_TASKS
-parse_tasks = O.parse_tasks
+Limits = options.ServeLimits  # per-request limits (options.ServeLimits)
+SERVABLE = options.SERVABLE_TASKS
+parse_tasks = options.parse_tasks
 
 
 @dataclass(frozen=True)
-class ServeConfig(O.ServeOptions):
+class ServeConfig(options.ServeOptions):
     """The service's settings: every `ServeOptions` field, the limits, and the `api.load`
     keywords of its pipelines (model, engine, longform and decoding options)."""
 
-    limits: O.ServeLimits = field(default_factory=O.ServeLimits)
+    limits: options.ServeLimits = field(default_factory=options.ServeLimits)
     load_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> ServeConfig:
         """Every option's range (UsageError naming the flag)."""
-        O.validate(self)
-        O.validate(self.limits)
+        options.validate(self)
+        options.validate(self.limits)
         return self
 
 

@@ -17,13 +17,13 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from metis_cli import options as O
+from metis_cli import options
 from metis_cli.errors import UsageError
-from metis_cli.media.encode import FORMATS
+from metis_cli.media.encode import CONTENT_TYPES, FORMATS
 from metis_cli.serve.errors import ApiError
 
 Model = TypeVar("Model", bound=BaseModel)
-Language = Literal[O.LANGUAGE_CHOICES]  # type: ignore[valid-type]
+Language = Literal[options.LANGUAGE_CHOICES]  # type: ignore[valid-type]
 Format = Literal[FORMATS]  # type: ignore[valid-type]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_SPEED = 4.0
@@ -56,16 +56,20 @@ class Strict(BaseModel):
 class Decoding(Strict):
     """Decoding overrides and the seed (None: the server's settings; seed: random)."""
 
-    steps: int | None = option(O.DecodingOptions, "steps")
-    cfg: float | None = option(O.DecodingOptions, "cfg")
-    temperature: float | None = option(O.DecodingOptions, "temperature")
-    s2a_steps: str | None = option(O.DecodingOptions, "s2a_steps", examples=["40,16"])
-    s2a_temperature: float | None = option(O.DecodingOptions, "s2a_temperature")
-    seed: int | None = option(O.JobDefaults, "seed", ge=0, le=O.MAX_SEED)
+    steps: int | None = option(options.DecodingOptions, "steps")
+    cfg: float | None = option(options.DecodingOptions, "cfg")
+    temperature: float | None = option(options.DecodingOptions, "temperature")
+    s2a_steps: str | None = option(options.DecodingOptions, "s2a_steps", examples=["40,16"])
+    s2a_temperature: float | None = option(options.DecodingOptions, "s2a_temperature")
+    seed: int | None = option(options.JobDefaults, "seed", ge=0, le=options.MAX_SEED)
 
     def overrides(self) -> dict[str, Any]:
         """The decoding options given (for `Pipeline.decoding`)."""
-        return {k: getattr(self, k) for k in O.names(O.DecodingOptions) if getattr(self, k) is not None}
+        return {
+            k: getattr(self, k)
+            for k in options.names(options.DecodingOptions)
+            if getattr(self, k) is not None
+        }
 
 
 class VoiceRef(Strict):
@@ -96,7 +100,7 @@ class SpeechRequest(Decoding):
     )
     language: Language | None = Field(None, description="Language of the input (default: detect).")
     duration: float | None = Field(
-        None, gt=0, le=O.MAX_DURATION_SECONDS, description="Target length of the speech (seconds)."
+        None, gt=0, le=options.MAX_DURATION_SECONDS, description="Target length of the speech (seconds)."
     )
 
     @property
@@ -129,7 +133,7 @@ class TtsForm(VoiceTaskForm):
     language: Language | None = Field(None, description="Language of the text (default: detect).")
     prompt_language: Language | None = Field(None, description="Language of the prompt (default: detect).")
     duration: float | None = Field(
-        None, gt=0, le=O.MAX_DURATION_SECONDS, description="Target length of the speech (seconds)."
+        None, gt=0, le=options.MAX_DURATION_SECONDS, description="Target length of the speech (seconds)."
     )
 
 
@@ -217,7 +221,8 @@ def _describe(model: type[BaseModel], name: str, error: Any) -> str:
 
 
 def _choices(model: type[BaseModel], name: str) -> tuple[Any, ...]:
-    for arg in typing.get_args(model.model_fields[name].annotation) or (model.model_fields[name].annotation,):
+    annotation = model.model_fields[name].annotation
+    for arg in (annotation, *typing.get_args(annotation)):
         if typing.get_origin(arg) is Literal:
             return typing.get_args(arg)
     return ()
@@ -290,9 +295,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 AUDIO_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The audio, in the requested format.",
-        "content": {
-            t: {"schema": {"type": "string", "format": "binary"}} for t in ("audio/mpeg", "audio/wav")
-        },
+        "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in CONTENT_TYPES.values()},
     }
 }
 

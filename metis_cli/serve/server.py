@@ -61,10 +61,23 @@ class GuardedH11(H11Protocol):
             self.transport.close()
 
 
+class Server(uvicorn.Server):
+    """uvicorn's server; a forced stop (a second signal) still runs the app's shutdown, without
+    waiting for queued jobs (uvicorn skips it, and the cancelled lifespan logs a traceback)."""
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        await super().shutdown(sockets)
+        if self.force_exit and self.config.lifespan != "off":
+            service = getattr(getattr(self.config.app, "state", None), "service", None)
+            if service is not None:
+                service.abandon = True
+            await self.lifespan.shutdown()
+
+
 def server(app: Any, config: ServeConfig, log_level: str | None = None) -> uvicorn.Server:
     """A uvicorn server for `app` with the config's address and timeouts."""
     protocol = type("GuardedH11", (GuardedH11,), {"header_timeout": config.body_timeout})
-    return uvicorn.Server(
+    return Server(
         uvicorn.Config(
             app,
             host=config.host,

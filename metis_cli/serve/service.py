@@ -15,9 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from metis_cli import api
-from metis_cli import jobs as J
-from metis_cli import options as O
+from metis_cli import api, jobs, options
 from metis_cli.constants import CODEC_SAMPLE_RATE
 from metis_cli.core.prompt_cache import PromptCache, content_hash
 from metis_cli.errors import MetisError
@@ -80,6 +78,7 @@ class Service:
                 pipe.prompt_cache = self.prompt_cache
         self.on_stream_end: Callable[[str, str], None] | None = None  # (request id, outcome); for tests
         self.text_ready = threading.Event()  # TTS: the text front ends loaded (`warm_text`)
+        self.abandon = False  # a forced stop: the app's shutdown does not wait for queued jobs
         self.frontend_problems: dict[str, str] = {}
         if "tts" in pipelines:
             problems = {lang: api.text_frontend_problem(lang) for lang in api.FRONTEND_MODULES}
@@ -90,6 +89,8 @@ class Service:
     def warm_text(self) -> None:
         """Load the language detector and the front ends usable here (zh) before the first
         request needs them; a front end that fails to load is one more problem, not a crash."""
+        if "tts" not in self.pipelines:
+            return
         try:
             api.text_language("Hello there.")
             for lang in api.FRONTEND_MODULES:
@@ -138,16 +139,19 @@ class Service:
                 "too_long",
             )
         try:
-            return J.check_text(value, name)
+            return jobs.check_text(value, name)
         except MetisError as exc:
             raise ApiError(422, str(exc), name, "invalid_value") from None
 
     def max_duration(self, text: str) -> float:
         """The longest `duration` a TTS request for `text` may ask for: --max-duration per
         sentence piece of at most --max-chars characters (the pieces the long-text path speaks)."""
-        max_chars = self.config.load_options.get("max_chars") or O.defaults(O.LongformOptions)["max_chars"]
+        max_chars = (
+            self.config.load_options.get("max_chars")
+            or options.defaults(options.LongformOptions)["max_chars"]
+        )
         pieces = max(1, math.ceil(len(text) / max_chars))
-        return min(self.limits.max_duration * pieces, O.MAX_DURATION_SECONDS)
+        return min(self.limits.max_duration * pieces, options.MAX_DURATION_SECONDS)
 
     def duration(self, value: float | None, text: str) -> float | None:
         """A requested TTS duration within `max_duration(text)` (422 naming `duration`)."""
@@ -280,6 +284,6 @@ class Service:
 def make_job(task: str, inputs: dict[str, Any], **kw: Any) -> Any:
     """A job of the job layer (its validation and wording); 422 naming the field."""
     try:
-        return J.make_job(task, inputs, Path("response.wav"), **kw)
+        return jobs.make_job(task, inputs, Path("response.wav"), **kw)
     except MetisError as exc:
         raise from_metis(exc) from None

@@ -76,6 +76,34 @@ CASES = [
     ("missing field", _speech(input=...), 422, "input", "missing field(s): input"),
     ("unknown field", _speech(stepz=3), 422, "stepz", "unknown field(s): stepz"),
     ("negative steps", _speech(steps=-1), 422, "steps", "steps: must be >= 1 (got -1)"),
+    ("steps not an integer", _speech(steps=2.0), 422, "steps", "steps: must be an integer (got 2.0)"),
+    ("model not a string", _speech(model=1), 422, "model", "model: must be a string"),
+    ("voice as an object without id", _speech(voice={"name": "alice"}), 422, "voice", None),
+    ("unknown voice as an object", _speech(voice={"id": "nobody"}), 404, "voice", "no voice named 'nobody'"),
+    (
+        "JSON nested 100000 deep",
+        {
+            "method": "POST",
+            "path": "/v1/audio/speech",
+            "content": b"[" * 100_000 + b"]" * 100_000,
+            "headers": {"content-type": "application/json"},
+        },
+        400,
+        None,
+        "nested too deeply",
+    ),
+    (
+        "an integer of 5000 digits",
+        {
+            "method": "POST",
+            "path": "/v1/audio/speech",
+            "content": b'{"seed": ' + b"7" * 5000 + b"}",
+            "headers": {"content-type": "application/json"},
+        },
+        400,
+        None,
+        "not valid JSON",
+    ),
     ("steps over the server's limit", _speech(steps=51), 422, "steps", "must be <= 50 on this server"),
     ("steps not a number", _enhance(wav_bytes(1.0), steps="many"), 422, "steps", "must be an integer"),
     ("bad s2a steps", _speech(s2a_steps="1,2,3"), 422, "s2a_steps", "must be N or A,B"),
@@ -152,6 +180,7 @@ def test_server_healthy_after_the_corpus(served):
     metrics = httpx.get(served.url + "/metrics", headers=served.auth).text
     assert 'metis_requests_total{endpoint="/v1/audio/speech",status="422"}' in metrics
     assert 'metis_requests_total{endpoint="other",status="404"}' in metrics
+    assert 'status="500"' not in metrics  # every bad request above is the client's error
 
 
 def test_no_temp_files_and_no_bodies_in_logs(served, caplog, tmp_path, monkeypatch):

@@ -79,6 +79,57 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tiny_bundle, tmp_path):
     assert "se: batch of 1" in text and "POST /v1/enhance 200" in text
 
 
+@pytest.mark.slow  # a fresh process: torch import and model load
+def test_a_forced_stop_answers_503_and_exits_1(tiny_bundle, tmp_path):
+    """SIGINT, then SIGINT again while a request waits: a JSON 503, never a 500, and exit 1."""
+    port = free_port()
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metis_cli.cli", "serve", "--checkpoint-dir", str(tiny_bundle), "--offline",
+         "--tasks", "se", "--port", str(port), "--max-wait-ms", "20000", *FAST],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "METIS_API_KEY": ""},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    answers: list[httpx.Response] = []
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, "the service did not get ready"
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        sender = threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(url + "/v1/enhance", files={"input": ("a.wav", wav_bytes(1.0))}, timeout=60)
+            )
+        )
+        sender.start()
+        deadline = time.monotonic() + 30
+        while "queue_depth" not in (m := httpx.get(url + "/metrics", timeout=5).text) or (
+            'metis_queue_depth{task="se"} 1.0' not in m
+        ):
+            assert time.monotonic() < deadline, "the request was not queued"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)  # uvicorn counts a second signal only after it handled the first
+        proc.send_signal(signal.SIGINT)
+        sender.join(60)
+        assert proc.wait(60) == 1, (tmp_path / "serve.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in text and "second signal" in text
+    assert len(answers) == 1 and answers[0].status_code == 503, answers
+    assert answers[0].json()["error"]["code"] in ("shutting_down", "not_ready")
+
+
 def test_client_mode_same_outputs_json_and_exit_codes(served, tiny_bundle, tmp_path):
     a = tmp_path / "a.wav"
     b = tmp_path / "b.wav"

@@ -84,6 +84,11 @@ def test_tts_and_enhancement_in_the_browser(served, browser, tmp_path):
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     browser.get(served.url + "/")
+    hint = browser.find_element(By.ID, "voice-hint")  # no key yet: a hint, not an empty list alone
+    WebDriverWait(browser, 20).until(lambda d: hint.is_displayed())
+    assert "API key" in hint.text
+    formats = [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "format")).options]
+    assert sorted(formats) == sorted(["mp3", "opus", "aac", "flac", "wav", "pcm"])
     key = browser.find_element(By.ID, "apikey")
     key.send_keys(served.key)
     browser.execute_script("document.getElementById('apikey').dispatchEvent(new Event('change'))")
@@ -114,3 +119,23 @@ def test_tts_and_enhancement_in_the_browser(served, browser, tmp_path):
         lambda d: "error" in d.find_element(By.ID, "status").get_attribute("class")
     )
     assert browser.find_element(By.ID, "status").text == "steps: must be <= 50 on this server (got 99)"
+    # ... and the previous result's player, download link and seed line are gone
+    assert not browser.find_element(By.ID, "player").is_displayed()
+    assert not browser.find_element(By.ID, "download").is_displayed()
+    assert browser.find_element(By.ID, "info").text == ""
+    assert not browser.find_element(By.ID, "voice-hint").is_displayed()
+
+    # a voice registered from the page is listed and selected
+    prompt = tmp_path / "carol.wav"
+    prompt.write_bytes(wav_bytes(3.0, 24_000, seed=11))
+    browser.find_element(By.CSS_SELECTOR, "#register summary").click()
+    browser.find_element(By.ID, "voice-file").send_keys(str(prompt))
+    browser.find_element(By.ID, "voice-text").send_keys("A prompt text for carol.")
+    browser.find_element(By.ID, "voice-name").send_keys("carol-page")
+    browser.find_element(By.ID, "voice-add").click()
+    WebDriverWait(browser, 30).until(lambda d: "registered" in d.find_element(By.ID, "voice-status").text)
+    selected = Select(browser.find_element(By.ID, "voice")).first_selected_option.text
+    assert selected.startswith("carol-page")
+    import httpx
+
+    assert httpx.delete(served.url + "/v1/voices/carol-page", headers=served.auth).status_code == 200

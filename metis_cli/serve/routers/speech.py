@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from metis_cli import options as O
+from metis_cli import options
 from metis_cli.serve import media
 from metis_cli.serve.bodies import read_json
 from metis_cli.serve.errors import ApiError
@@ -62,7 +62,7 @@ async def speech(request: Request) -> Response:
 def _speed_duration(prompt_seconds: float, prompt_text: str, text: str, speed: float) -> float:
     """The length rule's duration (prompt seconds × UTF-8 byte ratio, as `text.target_length`) / speed."""
     rule = prompt_seconds * len(text.encode("utf-8")) / max(len(prompt_text.encode("utf-8")), 1)
-    return min(max(rule / speed, 0.1), O.MAX_DURATION_SECONDS)
+    return min(max(rule / speed, 0.1), options.MAX_DURATION_SECONDS)
 
 
 def _model(task: str, pipe: Any) -> dict[str, Any]:

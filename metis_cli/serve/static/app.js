@@ -37,10 +37,34 @@ function layout() {
   $("audio-fields").classList.toggle("hidden", task === "tts" && usingVoice);
 }
 
+function clearResult() {
+  // a new run, or a failed one: the previous result's player, link and seed line go
+  const player = $("player");
+  player.pause();
+  player.removeAttribute("src");
+  player.classList.add("hidden");
+  $("download").classList.add("hidden");
+  $("download").removeAttribute("href");
+  $("info").textContent = "";
+  if (lastUrl) URL.revokeObjectURL(lastUrl);
+  lastUrl = null;
+}
+
+function voiceHint(text) {
+  const hint = $("voice-hint");
+  hint.textContent = text;
+  hint.classList.toggle("hidden", !text);
+}
+
 async function loadLists() {
   try {
     const r = await fetch("/v1/voices", { headers: headers() });
-    if (r.ok) {
+    if (r.status === 401) {
+      voiceHint($("apikey").value.trim()
+        ? "The API key was refused: check it to list the registered voices."
+        : "This server needs an API key: enter it above to list the registered voices.");
+    } else if (r.ok) {
+      voiceHint("");
       const voices = (await r.json()).data;
       const sel = $("voice");
       const keep = sel.value;
@@ -126,6 +150,7 @@ async function run() {
       form.append(roles[i][0], blob, name);
     }
   }
+  clearResult();
   setStatus("running " + task + "...", false);
   $("run").disabled = true;
   const t0 = performance.now();
@@ -140,14 +165,15 @@ async function run() {
       return;
     }
     const blob = await r.blob();
-    if (lastUrl) URL.revokeObjectURL(lastUrl);
     lastUrl = URL.createObjectURL(blob);
     const player = $("player");
     player.src = lastUrl;
     player.classList.remove("hidden");
     const link = $("download");
     link.href = lastUrl;
-    link.download = "metis-" + task + "." + $("format").value;
+    const fmt = $("format").value;
+    link.download = "metis-" + task + "." + (fmt === "pcm" ? "raw" : fmt);
+    if (fmt === "pcm") player.classList.add("hidden"); // raw samples: no player can read them
     link.classList.remove("hidden");
     const h = (k) => r.headers.get(k) || "?";
     $("info").textContent =
@@ -163,7 +189,37 @@ async function run() {
   }
 }
 
+async function registerVoice() {
+  const file = $("voice-file").files[0];
+  const status = $("voice-status");
+  if (!file || !$("voice-text").value.trim()) {
+    status.textContent = "give the audio and its transcript";
+    return;
+  }
+  const form = new FormData();
+  form.append("audio", file, file.name);
+  form.append("text", $("voice-text").value);
+  form.append("language", $("voice-language").value);
+  if ($("voice-name").value.trim()) form.append("name", $("voice-name").value.trim());
+  status.textContent = "uploading...";
+  try {
+    const r = await fetch("/v1/voices", { method: "POST", body: form, headers: headers() });
+    const body = await r.json();
+    if (!r.ok) {
+      status.textContent = body.error ? body.error.message : "HTTP " + r.status;
+      return;
+    }
+    status.textContent = "registered " + body.name + (body.warnings ? " (" + body.warnings.join("; ") + ")" : "");
+    await loadLists();
+    $("voice").value = body.id;
+    layout();
+  } catch (e) {
+    status.textContent = "request failed: " + e;
+  }
+}
+
 $("task").addEventListener("change", layout);
+$("voice-add").addEventListener("click", registerVoice);
 $("voice").addEventListener("change", layout);
 $("apikey").addEventListener("change", loadLists);
 $("rec-1").addEventListener("click", () => record(1));
