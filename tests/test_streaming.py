@@ -172,6 +172,10 @@ def test_the_lru_is_bounded_and_pinned_entries_persist(bundle, tmp_path):
     pipe(_prompt(tmp_path, seed=3), **kw)
     assert len(cache) == 2  # the pinned one + one unpinned
     assert len(list((tmp_path / "enc").glob("*.safetensors"))) == 1  # only the pinned one on disk
+    tiny = PromptCache(max_bytes=1)
+    pipe.engine.prompt_cache = tiny
+    pipe(b, **kw)
+    assert len(tiny) == 0 and tiny.misses == 1  # over the byte bound: not kept
     fresh = PromptCache(persist_dir=tmp_path / "enc")  # a restart: read back from disk
     fresh.pin(content_hash(a))
     pipe.engine.prompt_cache = fresh

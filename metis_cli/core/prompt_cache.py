@@ -32,6 +32,7 @@ import torch
 log = logging.getLogger(__name__)
 
 DEFAULT_ENTRIES = 64  # unpinned prompts kept in memory (about 2 MB each for a 30 s prompt)
+DEFAULT_BYTES = 256 << 20  # and at most this many bytes of them
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -43,6 +44,11 @@ class PromptEncoding:
     semantic: torch.Tensor
     acoustic: torch.Tensor
     wav16: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        tensors = (self.semantic, self.acoustic)
+        return int(self.wav16.nbytes) + sum(t.numel() * t.element_size() for t in tensors)
 
 
 def content_hash(source: Any) -> str | None:
@@ -68,12 +74,18 @@ def content_hash(source: Any) -> str | None:
 class PromptCache:
     """A thread-safe LRU of `PromptEncoding`s keyed by (content hash, scope).
 
-    max_entries: unpinned entries kept (0 disables caching of unpinned prompts).
+    max_entries, max_bytes: bounds of the unpinned entries (0 entries: none are kept).
     persist_dir: where pinned entries are stored as `<hash>.<scope>.safetensors` (None: memory only).
     """
 
-    def __init__(self, max_entries: int = DEFAULT_ENTRIES, persist_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        max_entries: int = DEFAULT_ENTRIES,
+        persist_dir: Path | None = None,
+        max_bytes: int = DEFAULT_BYTES,
+    ) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.persist_dir = persist_dir
         self.hits = 0
         self.misses = 0
@@ -138,9 +150,10 @@ class PromptCache:
         with self._lock:
             self._entries[key] = enc
             self._entries.move_to_end(key)
-            unpinned = [k for k in self._entries if k[0] not in self._pinned]
-            for k in unpinned[: max(0, len(unpinned) - self.max_entries)]:
-                del self._entries[k]
+            unpinned = [k for k in self._entries if k[0] not in self._pinned]  # oldest first
+            size = sum(self._entries[k].nbytes for k in unpinned)
+            while unpinned and (len(unpinned) > self.max_entries or size > self.max_bytes):
+                size -= self._entries.pop(unpinned.pop(0)).nbytes
 
     def _path(self, digest: str, scope: str) -> Path:
         assert self.persist_dir is not None
