@@ -220,7 +220,9 @@ class _Body:
             m.audio_out.labels(task).inc(self.samples / CODEC_SAMPLE_RATE)
             if self.info.get("audio_seconds") and task != "tts":
                 m.audio_in.labels(task).inc(float(self.info["audio_seconds"]))
-        except (asyncio.CancelledError, ClientGone, GeneratorExit):
+        except ClientGone:  # noticed by the batcher's poll: nobody is left to tell
+            outcome = "disconnected"
+        except (asyncio.CancelledError, GeneratorExit):
             outcome = "disconnected"
             raise
         except Exception as exc:  # noqa: BLE001 - the status line is sent: end the stream, say why
