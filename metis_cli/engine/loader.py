@@ -100,7 +100,8 @@ class ModelLoader:
         feats = weakref.WeakMethod(self._visual_features)
         self.tokenizers = Tokenizers(lambda name: get()(name), self.device, visual=lambda *a: feats()(*a))
         self.tokenizers.prompt_cache = PromptCache()  # one prompt, encoded once per run
-        self.tokenizers.cache_scope = f"{self.card.name}-{self.options.dtype}-{self.device}"
+        where = hashlib.sha256(str(self.store.checkpoint_dir).encode()).hexdigest()[:8]  # which weights
+        self.tokenizers.cache_scope = f"{self.card.name}-{self.options.dtype}-{self.device}-{where}"
 
     # -- components -----------------------------------------------------------------------------
     def component(self, name: str) -> Any:
