@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -33,8 +34,10 @@ from metis_cli import jobs as J
 from metis_cli import options as O
 from metis_cli.assets.cards import ModelStore
 from metis_cli.constants import CODEC_SAMPLE_RATE
+from metis_cli.core.prompt_cache import PromptCache
 from metis_cli.core.tasks import TASKS, Job
-from metis_cli.engine import Decoding, Engine, JobResult
+from metis_cli.engine import FATAL, Decoding, Engine, JobResult, one_line
+from metis_cli.engine.longform import piece_fades, stream_piece_jobs
 from metis_cli.errors import InputError, MetisError, UsageError
 
 random_seed = J.random_seed
@@ -111,6 +114,26 @@ class Result:
     sample_rate: int
     seed: int
     info: dict[str, Any]
+
+
+@dataclass
+class AudioStream:
+    """A streamed job (`Pipeline.stream`): iterate it for (N,) float32 blocks at `sample_rate`,
+    each as soon as it is generated. `info` fills as it goes (chunks, audio_seconds, ...)."""
+
+    blocks: Iterator[np.ndarray]
+    sample_rate: int
+    seed: int
+    info: dict[str, Any]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self.blocks
+
+    def close(self) -> None:
+        """Stop generating (the rest of the job is not made)."""
+        close = getattr(self.blocks, "close", None)
+        if close is not None:
+            close()
 
 
 def _inputs_text(inputs: Mapping[str, Any]) -> dict[str, str]:
@@ -217,14 +240,71 @@ class Pipeline:
         jobs: Iterable[Job],
         decoding: Decoding | None = None,
         on_chunk: Callable[[Any], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> Iterator[JobResult]:
         """Run jobs and yield one `JobResult` per job, in order, with its waveform in memory
         (`wav`: (N,) float32 at 24 kHz; None and `error` set when the job failed). Nothing is
         written; `job.output` is only a label. decoding: `decoding(...)`'s settings (default:
         the card's). Jobs run in padded batches of `batch_size`; a failed job never stops the
-        others. `on_chunk` gets a `chunks.ChunkProgress` per chunk of a long input."""
+        others. `on_chunk` gets a `chunks.ChunkProgress` per chunk of a long input. `cancelled`:
+        checked between chunks and decoding steps; once true, running jobs fail (`Cancelled`)."""
         dec = self._defaults if decoding is None else decoding
-        return self.engine.run(jobs, dec, write=False, keep=True, on_chunk=on_chunk)
+        return self.engine.run(jobs, dec, write=False, keep=True, on_chunk=on_chunk, cancelled=cancelled)
+
+    # -- pieces of work, for schedulers (the service's batcher) ---------------------------------------
+    def is_long(self, job: Job) -> bool:
+        """Whether the job takes the long path (docs/LONGFORM.md): chunks or text pieces."""
+        return self.engine.longform.is_long(job)
+
+    def long_blocks(
+        self,
+        job: Job,
+        decoding: Decoding,
+        info: dict[str, Any],
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Iterator[np.ndarray]:
+        """A long job's output as the long path makes it, block by block ((N,) float32, 24 kHz);
+        `info` fills with chunk counts and the input's length; errors are raised."""
+        return self.engine.longform.blocks(job, decoding, info, cancelled=cancelled)
+
+    def stream_blocks(
+        self,
+        job: Job,
+        decoding: Decoding,
+        cancelled: Callable[[], bool] | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> Iterator[np.ndarray]:
+        """`Engine.stream` of one job: its blocks as they are made (see `stream`)."""
+        return self.engine.stream(job, decoding, cancelled, info)
+
+    def stream_jobs(self, job: Job) -> list[Job]:
+        """The pieces a streamed TTS job is made of (the first sentence alone, then pieces of at
+        most `max_chars`, each with its derived seed); [job] for other tasks or one piece.
+        Generate each, pass it through `stream_piece`, and the blocks equal `stream`'s."""
+        if not self.engine.spec.long_text or not self.engine.longform.options.enabled:
+            return [job]
+        return stream_piece_jobs(job, self.engine.longform.options.max_chars)
+
+    @staticmethod
+    def stream_piece(wav: np.ndarray, index: int, count: int) -> np.ndarray:
+        """Piece `index` of `count` of a streamed TTS text, its joins faded as the long path does."""
+        return piece_fades(wav, index, count)
+
+    def failure(self, job: Job, exc: BaseException) -> JobResult | None:
+        """The failed `JobResult` a job's exception gives (as `generate` reports it), or None for an
+        error about the models themselves (every job would fail)."""
+        if isinstance(exc, FATAL):
+            return None
+        return JobResult(job, None, error=one_line(job, exc), error_type=type(exc))
+
+    @property
+    def prompt_cache(self) -> PromptCache | None:
+        """Speaker prompts encoded once (`core.prompt_cache.PromptCache`), shared by its jobs."""
+        return self.engine.prompt_cache
+
+    @prompt_cache.setter
+    def prompt_cache(self, cache: PromptCache | None) -> None:
+        self.engine.prompt_cache = cache
 
     # -- many jobs ------------------------------------------------------------------------------------
     def plan(self, request: J.Request) -> J.Plan:
@@ -313,6 +393,26 @@ class Pipeline:
             if on_report is not None:
                 on_report(rep)
             yield rep
+
+    # -- streaming -----------------------------------------------------------------------------------
+    def stream(
+        self,
+        *inputs: Any,
+        seed: int | None = None,
+        cancel: threading.Event | Callable[[], bool] | None = None,
+        **kwargs: Any,
+    ) -> AudioStream:
+        """One job, streamed (`Engine.stream`): TTS texts sentence by sentence (the first sentence
+        alone, the rest in pieces of at most `max_chars`), long SE/TSE/VC inputs chunk by chunk,
+        anything else as one block. Inputs and keywords as for a call. `cancel`: an Event or a
+        callable, checked between blocks and decoding steps; once set, iterating raises
+        `errors.Cancelled` and the rest is not generated. Errors are raised while iterating."""
+        fields = {k: kwargs.pop(k) for k in list(kwargs) if k in J.JOB_FIELDS}
+        job = self.make_job(inputs, "<memory>", seed, **fields)
+        dec = self.decoding(**kwargs)
+        check = cancel.is_set if isinstance(cancel, threading.Event) else cancel
+        info: dict[str, Any] = {}
+        return AudioStream(self.engine.stream(job, dec, check, info), CODEC_SAMPLE_RATE, job.seed, info)
 
     def _report(self, job: Job, status: str, error: str | None = None) -> Report:
         return job_report(job, status, error, self._defaults.steps)
@@ -510,6 +610,7 @@ def _load(task: str, model: str | None, wording: str, kwargs: dict[str, Any]) ->
 
 
 __all__ = [
+    "AudioStream",
     "Decoding",
     "JobResult",
     "Pipeline",

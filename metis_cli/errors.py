@@ -61,3 +61,7 @@ def printable(text: str, controls: bool = True) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+class Cancelled(MetisError):
+    """Work stopped on request (the client went away or its deadline passed)."""

@@ -700,6 +700,30 @@ class ServeLimits:
         return int(self.max_upload_mb * 1024 * 1024)
 
 
+@dataclass(frozen=True)
+class RayServeOptions:
+    """`metis serve --ray`: the service as a Ray Serve deployment (metis_cli/serve/ray_serve.py)."""
+
+    ray: bool = opt(False, "--ray", "Serve through Ray Serve: one replica per GPU or CPU process.", tasks=())
+    replicas: int = opt(
+        0, "--replicas", "Ray Serve replicas (0: one per GPU of the cluster, else one).",
+        at_least(0, int, 1024), tasks=(),
+    )  # fmt: skip
+    ray_address: str | None = opt(
+        None,
+        "--ray-address",
+        "Ray cluster to join ('auto', ray://HOST:PORT); default: a local one.",
+        tasks=(),
+    )
+    cpus_per_replica: float = opt(
+        1.0, "--cpus-per-replica", "CPUs each replica reserves.", at_least(0, float, above=True), tasks=()
+    )
+    gpus_per_replica: float = opt(
+        0.0, "--gpus-per-replica", "GPUs each replica reserves (1: one replica per GPU).", at_least(0, float),
+        tasks=(),
+    )  # fmt: skip
+
+
 # groups whose options every task command shows, in --help order
 COMMAND_GROUPS: tuple[type, ...] = (
     LongformOptions,
@@ -740,6 +764,7 @@ __all__ = [
     "OutputPolicy",
     "ReportOptions",
     "RunControl",
+    "RayServeOptions",
     "ServeLimits",
     "ServeOptions",
     "build",

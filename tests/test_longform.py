@@ -263,11 +263,11 @@ def test_a_failing_chunk_leaves_no_output(bundle, tmp_path):
     pipe = _load(bundle)
     real, calls = pipe.engine.generator.codes, []
 
-    def flaky(ready, decoding):
+    def flaky(ready, decoding, *rest):
         calls.append(1)
         if len(calls) == 3:
             raise MetisError("boom")
-        return real(ready, decoding)
+        return real(ready, decoding, *rest)
 
     pipe.engine.generator.codes = flaky
     (rep,) = list(pipe.run([pipe.make_job([src], tmp_path / "out.wav", seed=0)]))

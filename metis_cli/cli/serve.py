@@ -64,6 +64,8 @@ def _serve(values: dict[str, Any]) -> None:
     configure(verbose=config.verbose)
     for name in ("metis.serve", "metis_cli.serve"):  # one line per request and per batch
         logging.getLogger(name).setLevel(logging.DEBUG if config.verbose else logging.INFO)
+    if values["ray"]:
+        _serve_ray(config, options.build(options.RayServeOptions, values))
     failed: list[str] = []
     server: list[Any] = []  # set once built: on_fatal may run before
 
@@ -100,8 +102,30 @@ def _serve(values: dict[str, Any]) -> None:
     raise typer.Exit(0)
 
 
+def _serve_ray(config: Any, ray: Any) -> None:
+    """`--ray`: the same app on Ray Serve replicas; serves until interrupted (exit 0)."""
+    from metis_cli.serve import ray_serve
+
+    if config.port == 0:
+        raise UsageError("--port: give a port with --ray (Ray's proxy does not pick a free one)")
+    url = ray_serve.start(
+        config, ray.replicas, ray.ray_address, ray.cpus_per_replica, ray.gpus_per_replica, blocking=False
+    )
+    sys.stderr.write(f"metis serve --ray: {url}/ (tasks: {', '.join(config.served_tasks)})\n")
+    sys.stderr.flush()
+    try:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ray_serve.stop()
+    raise typer.Exit(0)
+
+
 def register(app: typer.Typer) -> None:
-    params = [p for p in group_params((*_SERVE_GROUPS, *_LOAD_GROUPS)) if p.name not in _NOT_SHOWN]
+    groups = (*_SERVE_GROUPS, options.RayServeOptions, *_LOAD_GROUPS)
+    params = [p for p in group_params(groups) if p.name not in _NOT_SHOWN]
     doc = (
         "Run a warm speech service: OpenAI-compatible /v1/audio/speech, enhance/tse/vc/tts endpoints, "
         "dynamic batching, a web page at /, the API documented at /docs."

@@ -105,10 +105,19 @@ def prompt_warnings(path: object, wav16: object, rate: int) -> list[str]:
 
 
 def prompt_codes(tok: Tokenizers, path: Path) -> tuple[torch.Tensor, torch.Tensor, object]:
-    wav16 = tok.load16(path)
-    sem = tok.semantic_codes(tok.ssl_features(wav16, what=str(path)))  # (Lp,)
-    ac = tok.acoustic_codes(tok.load24(path), what=str(path))  # (Lp_ac, 12)
-    return sem, ac, wav16
+    """A speaker prompt's (Lp,) semantic codes, (Lp_ac, 12) acoustic codes and (N,) 16 kHz samples,
+    through the tokenizers' `PromptCache` when they have one (the same values either way)."""
+    from metis_cli.core.prompt_cache import PromptEncoding
+
+    def encode() -> PromptEncoding:
+        wav16 = tok.load16(path)
+        sem = tok.semantic_codes(tok.ssl_features(wav16, what=str(path)))  # (Lp,)
+        ac = tok.acoustic_codes(tok.load24(path), what=str(path))  # (Lp_ac, 12)
+        return PromptEncoding(sem, ac, wav16)
+
+    cache = tok.prompt_cache
+    enc = encode() if cache is None else cache.get_or_encode(path, tok.cache_scope, encode)
+    return enc.semantic.to(tok.device), enc.acoustic.to(tok.device), enc.wav16
 
 
 def _build_pair(job: Job, tok: Tokenizers, source_role: str, prompt_role: str) -> Conditions:

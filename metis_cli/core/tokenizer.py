@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from metis_cli.constants import CODEC_MIN_SAMPLES, CODEC_SAMPLE_RATE, NUM_ACOUSTIC_CODEBOOKS, SSL_SAMPLE_RATE
+from metis_cli.core.prompt_cache import PromptCache
 from metis_cli.errors import AudioError, MissingModelError
 from metis_cli.media import audio
 
@@ -35,6 +36,8 @@ class Tokenizers:
         self._get = get
         self.device = device
         self._visual = visual
+        self.prompt_cache: PromptCache | None = None  # speaker prompts encoded once (core.prompt_cache)
+        self.cache_scope = str(device)  # what besides the content decides a prompt's codes
 
     # -- audio ----------------------------------------------------------------------------------
     def load16(self, path: Path) -> np.ndarray:

@@ -32,10 +32,11 @@ import numpy as np
 from metis_cli.assets.cards import ModelStore
 from metis_cli.core.decoding import Decoding  # noqa: F401  (re-exported)
 from metis_cli.core.devices import DTYPES, resolve_device  # noqa: F401  (re-exported)
+from metis_cli.core.prompt_cache import PromptCache
 from metis_cli.core.tasks import Conditions, Job
 from metis_cli.engine.batch import BatchGenerator, StageTimer  # noqa: F401  (re-exported)
 from metis_cli.engine.loader import ModelLoader, StageStats  # noqa: F401  (re-exported)
-from metis_cli.engine.longform import LongformStrategy
+from metis_cli.engine.longform import LongformStrategy, check_cancelled, piece_fades, stream_piece_jobs
 from metis_cli.engine.writer import OutputWriter
 from metis_cli.errors import CheckpointError, MetisError, MissingModelError
 from metis_cli.options import EngineOptions, LongformOptions
@@ -111,6 +112,59 @@ class Engine:
     def release(self, *names: str) -> None:
         self.loader.release(*names)
 
+    @property
+    def prompt_cache(self) -> PromptCache | None:
+        """Speaker prompts encoded once (`core.prompt_cache`); engines may share one."""
+        return self.loader.tokenizers.prompt_cache
+
+    @prompt_cache.setter
+    def prompt_cache(self, cache: PromptCache | None) -> None:
+        self.loader.tokenizers.prompt_cache = cache
+
+    # -- streaming --------------------------------------------------------------------------------
+    def stream(
+        self,
+        job: Job,
+        decoding: Decoding,
+        cancelled: Callable[[], bool] | None = None,
+        info: dict | None = None,
+    ) -> Iterator[np.ndarray]:
+        """One job's output as (N,) float32 24 kHz blocks, each yielded as soon as it is made.
+
+        TTS: the text's pieces (`longform.stream_piece_jobs`: the first sentence alone, then
+        pieces of at most `max_chars`), each a seeded run of its own like the long-text path;
+        SE/TSE/VC inputs longer than a chunk: their chunks as the long path makes them; anything
+        else: one block. `cancelled` is checked between blocks and decoding steps (raises
+        `errors.Cancelled`); errors are raised as they happen (nothing is written)."""
+        info = {} if info is None else info
+        if self.spec.long_text and self.longform.options.enabled:
+            pjobs = stream_piece_jobs(job, self.longform.options.max_chars)
+            info.update(chunks=len(pjobs))
+            for i, pjob in enumerate(pjobs):
+                check_cancelled(cancelled)
+                yield piece_fades(self.generate_one(pjob, decoding, cancelled, info), i, len(pjobs))
+        elif self.longform.is_long(job):
+            yield from self.longform.blocks(job, decoding, info, cancelled=cancelled)
+        else:
+            yield self.generate_one(job, decoding, cancelled, info)
+
+    def generate_one(
+        self,
+        job: Job,
+        decoding: Decoding,
+        cancelled: Callable[[], bool] | None = None,
+        info: dict | None = None,
+    ) -> np.ndarray:
+        """One short job at batch size 1 → (N,) float32 at 24 kHz (the values `run` gives it);
+        errors are raised. `info` gets the input's length and the conditions' info."""
+        conds = self.generator.conditions(job)
+        (_,), (codes,) = self.generator.codes([(job, conds)], decoding, cancelled)
+        wav = self.generator.decode(codes)
+        if info is not None:
+            info["audio_seconds"] = conds.audio_seconds
+            info.update({k: v for k, v in conds.info.items() if v})
+        return wav.astype(np.float32, copy=False)
+
     # -- running ----------------------------------------------------------------------------------
     def run(
         self,
@@ -119,28 +173,31 @@ class Engine:
         write: bool = True,
         keep: bool = False,
         on_chunk: Callable[[Any], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> Iterator[JobResult]:
         """Process jobs in batches of `options.batch_size`; yields one result per job, in order.
 
         write: write each output to `job.output` (atomically; "-" = stdout) as it finishes.
         keep: also return the waveform in `JobResult.wav` (always with write=False).
         on_chunk: gets a `chunks.ChunkProgress` after each chunk of a long input.
+        cancelled: checked between chunks and decoding steps; once true, the running jobs fail
+        with `errors.Cancelled`.
         """
         keep = keep or not write
         batch: list[Job] = []
         for job in jobs:
             if self.longform.is_long(job):
                 if batch:
-                    yield from self._run_batch(batch, decoding, write, keep)
+                    yield from self._run_batch(batch, decoding, write, keep, cancelled)
                     batch = []
-                yield self._run_long(job, decoding, write, keep, on_chunk)
+                yield self._run_long(job, decoding, write, keep, on_chunk, cancelled)
                 continue
             batch.append(job)
             if len(batch) >= self.options.batch_size:
-                yield from self._run_batch(batch, decoding, write, keep)
+                yield from self._run_batch(batch, decoding, write, keep, cancelled)
                 batch = []
         if batch:
-            yield from self._run_batch(batch, decoding, write, keep)
+            yield from self._run_batch(batch, decoding, write, keep, cancelled)
 
     def _failed(self, job: Job, exc: BaseException, seconds: float = 0.0) -> JobResult:
         log.debug("job %s failed", job.describe(), exc_info=exc)
@@ -153,7 +210,14 @@ class Engine:
             audio_seconds=_input_seconds(job, self.spec),
         )
 
-    def _run_batch(self, jobs: list[Job], decoding: Decoding, write: bool, keep: bool) -> Iterator[JobResult]:
+    def _run_batch(
+        self,
+        jobs: list[Job],
+        decoding: Decoding,
+        write: bool,
+        keep: bool,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Iterator[JobResult]:
         t_start = time.perf_counter()
         ready: list[tuple[Job, Conditions]] = []
         done: dict[int, JobResult] = {}
@@ -168,7 +232,11 @@ class Engine:
                 done[i] = self._failed(job, exc)
         if ready:
             try:
-                semantic, codes = self.generator.codes(ready, decoding)
+                semantic, codes = (
+                    self.generator.codes(ready, decoding)
+                    if cancelled is None
+                    else self.generator.codes(ready, decoding, cancelled)
+                )
                 generated: list[Any] = list(zip(semantic, codes, strict=True))
             except FATAL:
                 raise
@@ -215,13 +283,19 @@ class Engine:
         return JobResult(job, out.wav, audio_seconds=c.audio_seconds, output_samples=out.samples, info=info)
 
     def _run_long(
-        self, job: Job, decoding: Decoding, write: bool, keep: bool, on_chunk: Callable | None = None
+        self,
+        job: Job,
+        decoding: Decoding,
+        write: bool,
+        keep: bool,
+        on_chunk: Callable | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> JobResult:
         """One long job, chunk by chunk with bounded memory, written as it is generated."""
         t0 = time.perf_counter()
         info: dict[str, Any] = {}
         try:
-            blocks = self.longform.blocks(job, decoding, info, on_chunk)
+            blocks = self.longform.blocks(job, decoding, info, on_chunk, cancelled)
             out = self.writer.write(job.output if write else None, blocks, keep, job.overwrite)
         except FATAL:
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from metis_cli.constants import SSL_NUM_LAYERS_OFFICIAL
 from metis_cli.core.decoding import Decoding
 from metis_cli.core.tasks import Conditions, Job
 from metis_cli.engine.loader import ModelLoader, StageStats
+from metis_cli.errors import Cancelled
 
 
 class StageTimer:
@@ -33,6 +35,19 @@ class StageTimer:
     def __exit__(self, *exc: object) -> None:
         self.sync()
         self.stats.add(self.stage, time.perf_counter() - self.w0, time.process_time() - self.c0)
+
+
+class CancellableNoise:
+    """A noise source that raises `Cancelled` before a draw once `cancelled()` is true: every
+    decoding step draws noise, so a cancelled batch stops within one step."""
+
+    def __init__(self, noise: Any, cancelled: Callable[[], bool]) -> None:
+        self.noise, self.cancelled = noise, cancelled
+
+    def uniform(self, shape: tuple[int, ...], kind: str, device: torch.device | None = None) -> torch.Tensor:
+        if self.cancelled():
+            raise Cancelled("generation cancelled")
+        return self.noise.uniform(shape, kind, device)
 
 
 class BatchGenerator:
@@ -61,13 +76,19 @@ class BatchGenerator:
         return gen
 
     def codes(
-        self, ready: list[tuple[Job, Conditions]], decoding: Decoding
+        self,
+        ready: list[tuple[Job, Conditions]],
+        decoding: Decoding,
+        cancelled: Callable[[], bool] | None = None,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Stage 1 + S2A: per item the generated semantic codes (L,) and acoustic codes (L_ac, 12)."""
+        """Stage 1 + S2A: per item the generated semantic codes (L,) and acoustic codes (L_ac, 12).
+        `cancelled`: checked before every decoding step (raises `errors.Cancelled` once true)."""
         from metis_cli.core.decoding import TorchNoise, metis_semantic_to_acoustic, stage1_generate
 
         ld = self.loader
-        noise = [TorchNoise(self.generator(job, c)) for job, c in ready]
+        noise: list[Any] = [TorchNoise(self.generator(job, c)) for job, c in ready]
+        if cancelled is not None:
+            noise = [CancellableNoise(n, cancelled) for n in noise]
         fast = {k: getattr(ld.options, k) for k in ("fused_cfg", "static_shapes", "cuda_graphs")}
         dev = ld.device
         conds = [c for _, c in ready]

@@ -29,6 +29,7 @@ from metis_cli.assets import checkpoint, weight_cache
 from metis_cli.assets.cards import DEFAULT_MODEL, ModelCard, ModelStore, get_card
 from metis_cli.constants import SSL_LAYER
 from metis_cli.core.devices import DTYPES, apply_precision, resolve_device
+from metis_cli.core.prompt_cache import PromptCache
 from metis_cli.core.tasks import TASKS, TaskSpec
 from metis_cli.core.tokenizer import Tokenizers
 from metis_cli.errors import InputError, MissingModelError, UsageError
@@ -98,6 +99,9 @@ class ModelLoader:
         get = weakref.WeakMethod(self.component)
         feats = weakref.WeakMethod(self._visual_features)
         self.tokenizers = Tokenizers(lambda name: get()(name), self.device, visual=lambda *a: feats()(*a))
+        self.tokenizers.prompt_cache = PromptCache()  # one prompt, encoded once per run
+        where = hashlib.sha256(str(self.store.checkpoint_dir).encode()).hexdigest()[:8]  # which weights
+        self.tokenizers.cache_scope = f"{self.card.name}-{self.options.dtype}-{self.device}-{where}"
 
     # -- components -----------------------------------------------------------------------------
     def component(self, name: str) -> Any:

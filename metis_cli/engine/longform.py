@@ -21,7 +21,7 @@ import torch
 from metis_cli.constants import CODEC_SAMPLE_RATE, HOP_SAMPLES, TRAIN_MAX_SECONDS, TRAIN_MIN_SECONDS
 from metis_cli.core.tasks import Conditions, Job, prompt_codes
 from metis_cli.engine.batch import BatchGenerator, Decoding
-from metis_cli.errors import MetisError
+from metis_cli.errors import Cancelled, MetisError
 from metis_cli.media import chunks as chunking
 from metis_cli.options import LongformOptions
 from metis_cli.text import sentences
@@ -58,13 +58,20 @@ class LongformStrategy:
             return False
 
     def blocks(
-        self, job: Job, decoding: Decoding, info: dict, on_chunk: Callable[[Any], None] | None = None
+        self,
+        job: Job,
+        decoding: Decoding,
+        info: dict,
+        on_chunk: Callable[[Any], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> Iterator[np.ndarray]:
         """The job's output, block by block (`info` gets chunk counts and the input's length);
-        `on_chunk` gets a `chunks.ChunkProgress` after each chunk."""
+        `on_chunk` gets a `chunks.ChunkProgress` after each chunk; `cancelled` is checked between
+        chunks and decoding steps (raises `errors.Cancelled`)."""
         if self.spec.long_text:
-            return self._tts_pieces(job, decoding, info, on_chunk)
-        return self._audio_chunks(job, decoding, info, on_chunk)
+            pieces = sentences.split_text(job.text or "", self.options.max_chars)
+            return self.tts_blocks(job, decoding, info, pieces, on_chunk, cancelled)
+        return self._audio_chunks(job, decoding, info, on_chunk, cancelled)
 
     def _progress(
         self, job: Job, index: int, total: int, done: int, expected: int, on_chunk: Callable | None
@@ -75,7 +82,12 @@ class LongformStrategy:
             on_chunk(chunking.ChunkProgress(job.output, index, total, done / sr, expected / sr))
 
     def _audio_chunks(
-        self, job: Job, decoding: Decoding, info: dict, on_chunk: Callable | None
+        self,
+        job: Job,
+        decoding: Decoding,
+        info: dict,
+        on_chunk: Callable | None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> Iterator[np.ndarray]:
         """SE / TSE / VC: finished 24 kHz blocks of a long input, chunk by chunk."""
         lf, gen = self.options, self.gen
@@ -105,13 +117,14 @@ class LongformStrategy:
             stitch = chunking.Stitcher(reader.n_out)
             carry: tuple[torch.Tensor, torch.Tensor] | None = None  # (P,) semantic, (P, 12) acoustic
             for chunk, nxt in chunking.iter_pairs(chunks):
+                check_cancelled(cancelled)
                 ctx = 0 if carry is None else int(carry[0].shape[0])
                 gen.loader.enter("conditions")
                 with gen.timer("conditions"):
                     wav16 = reader.read16(chunk.start - ctx, chunk.stop + CHUNK_MARGIN_FRAMES)
                     conds = self._chunk_conditions(job, wav16, carry, prompt)
                 cjob = replace(job, seed=chunking.chunk_seed(job.seed, chunk.index))
-                (sem,), (codes,) = gen.codes([(cjob, conds)], decoding)
+                (sem,), (codes,) = gen.codes([(cjob, conds)], decoding, cancelled)
                 if codes.shape[0] < chunk.frames:
                     log.warning(
                         "chunk %d: %d frames for %d; padded", chunk.index, codes.shape[0], chunk.frames
@@ -154,24 +167,58 @@ class LongformStrategy:
             ssl_forwards=0,  # chunk seeds are derived, not official runs: no hidden draws
         )
 
-    def _tts_pieces(
-        self, job: Job, decoding: Decoding, info: dict, on_chunk: Callable | None
+    def tts_blocks(
+        self,
+        job: Job,
+        decoding: Decoding,
+        info: dict,
+        pieces: list[str],
+        on_chunk: Callable | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> Iterator[np.ndarray]:
-        """TTS with long text: one generation per sentence-bounded piece, same speaker prompt.
-        Each piece is a seeded run of its own (seed `chunk_seed(seed, i)`), hidden SSL draws
-        included (its conditions make one w2v-BERT forward of the prompt)."""
-        pieces = sentences.split_text(job.text or "", self.options.max_chars)
-        durations = sentences.split_duration(job.duration, pieces) if job.duration else [None] * len(pieces)
+        """TTS with long text: one generation per piece, same speaker prompt (`tts_piece_jobs`:
+        each piece is a seeded run of its own, hidden SSL draws included), edges faded."""
+        pjobs = tts_piece_jobs(job, pieces)
         info.update(chunks=len(pieces), piece_chars=[len(p) for p in pieces])
-        fade = int(TTS_FADE_SECONDS * CODEC_SAMPLE_RATE)
         done = 0
-        for i, (piece, dur) in enumerate(zip(pieces, durations, strict=True)):
-            pjob = replace(job, text=piece, duration=dur, seed=chunking.chunk_seed(job.seed, i))
+        for i, pjob in enumerate(pjobs):
+            check_cancelled(cancelled)
             conds = self.gen.conditions(pjob)
             info["audio_seconds"] = conds.audio_seconds
-            (_,), (codes,) = self.gen.codes([(pjob, conds)], decoding)
-            wav = self.gen.decode(codes)
-            wav = chunking.edge_fades(wav, fade, fade_in=i > 0, fade_out=i < len(pieces) - 1)
+            (_,), (codes,) = self.gen.codes([(pjob, conds)], decoding, cancelled)
+            wav = piece_fades(self.gen.decode(codes), i, len(pjobs))
             done += wav.shape[0]
             yield wav
             self._progress(job, i, len(pieces), done, 0, on_chunk)
+
+
+def check_cancelled(cancelled: Callable[[], bool] | None) -> None:
+    """Raise `errors.Cancelled` when `cancelled()` is true."""
+    if cancelled is not None and cancelled():
+        raise Cancelled("generation cancelled")
+
+
+def tts_piece_jobs(job: Job, pieces: list[str]) -> list[Job]:
+    """The jobs of a TTS text spoken piece by piece: piece i gets seed `chunk_seed(seed, i)` and
+    its share of a given duration."""
+    durations = sentences.split_duration(job.duration, pieces) if job.duration else [None] * len(pieces)
+    return [
+        replace(job, text=piece, duration=dur, seed=chunking.chunk_seed(job.seed, i))
+        for i, (piece, dur) in enumerate(zip(pieces, durations, strict=True))
+    ]
+
+
+def stream_piece_jobs(job: Job, max_chars: int) -> list[Job]:
+    """The jobs of a streamed TTS text (`sentences.stream_pieces`: the first sentence alone, then
+    pieces of at most max_chars): `tts_piece_jobs`, or the job itself when the text is one piece
+    (then the stream equals the unstreamed request, seed included)."""
+    pieces = sentences.stream_pieces(job.text or "", max_chars)
+    return [job] if len(pieces) <= 1 else tts_piece_jobs(job, pieces)
+
+
+def piece_fades(wav: np.ndarray, index: int, count: int) -> np.ndarray:
+    """(N,) float32 piece `index` of `count` with the short fades of TTS joins (none on a lone piece)."""
+    if count == 1:
+        return wav
+    fade = int(TTS_FADE_SECONDS * CODEC_SAMPLE_RATE)
+    return chunking.edge_fades(wav, fade, fade_in=index > 0, fade_out=index < count - 1)

@@ -6,7 +6,10 @@
     requests.py  Pydantic request models (ranges from options.py), validation messages, OpenAPI
     bodies.py    request bodies read in memory, bounded in size and time
     service.py   what the endpoints share: batchers, voices, checks, the audio answer
-    batcher.py   dynamic batching: one worker thread per pipeline, one padded batch per group
+    batcher.py   dynamic batching: one worker thread per pipeline, one padded batch per group;
+                 stepped works (streams, long inputs) one block per turn, round robin
+    streaming.py stream_format "audio" / "sse": answers sent as they are made
+    ray_serve.py `metis serve --ray`: the same app as a Ray Serve deployment
     voices.py    registered voices (voices.json, uploads kept in memory or in a folder)
     media.py     uploads decoded in memory; responses encoded (metis_cli.media.encode)
     metrics.py   Prometheus metrics

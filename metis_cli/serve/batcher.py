@@ -6,7 +6,14 @@ from the oldest job's arrival for more, and runs at most `max_batch` of them thr
 `Pipeline.generate(jobs, decoding)`: each job keeps its own seed and generator, and the
 engine's failure isolation means one bad job never fails the others. Pipelines on one device
 take turns (a lock per device). A job whose client has gone, or whose deadline has passed,
-before its batch starts is dropped.
+before its batch starts is dropped; once started, a batch whose clients have all gone (or
+whose deadlines have all passed) stops at its next decoding step.
+
+Long work never holds the worker: a stepped work (a streamed job, or a long input that the
+engine makes chunk by chunk) is advanced one block per turn and then queued again at the back,
+so the short jobs that arrived meanwhile run between its blocks (round robin). A streamed TTS
+text is queued sentence piece by piece (`stream`'s caller submits piece after piece), so the
+pieces of concurrent streams share padded batches like any short jobs.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from metis_cli.api import Decoding, JobResult
 from metis_cli.jobs import Job
@@ -67,8 +76,22 @@ class Work:
     cancel_reason: str = "disconnected"  # why `cancelled` was set: "disconnected" | "deadline"
     batch_size: int = 0
     queue_seconds: float = 0.0
+    steps: Iterator[np.ndarray] | None = None  # a stepped work: one block per turn
+    outbox: asyncio.Queue | None = None  # a stepped work's blocks, then END or an exception
+
+    def push(self, item: Any) -> None:
+        """Hand a stepped work's block (or END, or an exception) to the waiting request."""
+        assert self.outbox is not None
+        try:
+            self.loop.call_soon_threadsafe(self.outbox.put_nowait, item)
+        except RuntimeError:  # the event loop is closed: nobody waits any more
+            pass
 
     def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
+        if self.outbox is not None:  # a stepped work ends with its error
+            self.push(END if error is None else error)
+            return
+
         def settle() -> None:
             if self.future.done():
                 return
@@ -83,6 +106,9 @@ class Work:
             self.loop.call_soon_threadsafe(settle)
         except RuntimeError:  # the event loop is closed: nobody waits any more
             pass
+
+
+END = object()  # the last item of a stepped work's outbox
 
 
 class Batcher:
@@ -150,19 +176,15 @@ class Batcher:
         disconnected: Callable[[], Awaitable[bool]] | None = None,
     ) -> tuple[JobResult, Work]:
         """Queue a job and wait for its result. Raises QueueFull, NotReady, DeadlineExceeded,
-        ClientGone or BatchFailed."""
+        ClientGone or BatchFailed. A long input runs as a stepped work (chunk by chunk, taking
+        turns with the other requests)."""
         if self.load_error is not None:
             raise NotReady(self.load_error)
+        if await asyncio.to_thread(self.pipeline.is_long, job):
+            return await self._submit_long(job, decoding, deadline, request_id, disconnected)
         loop = asyncio.get_running_loop()
         work = Work(job, decoding, deadline, request_id, loop, loop.create_future())
-        with self._cv:
-            if self._stopping:
-                raise NotReady("the service is shutting down")
-            if len(self._queue) >= self.max_queue:
-                raise QueueFull(self.retry_after())
-            self._queue.append(work)
-            self.metrics.queue_depth.labels(self.task).set(len(self._queue))
-            self._cv.notify_all()
+        self._enqueue(work)
         try:
             while True:
                 remaining = deadline - time.monotonic()
@@ -175,12 +197,130 @@ class Batcher:
                     return result, work
                 except asyncio.TimeoutError:
                     pass
-                if not work.started and disconnected is not None and await disconnected():
+                if disconnected is not None and await disconnected():
                     work.cancelled.set()
                     raise ClientGone()
         except asyncio.CancelledError:
             work.cancelled.set()
             raise
+
+    def _enqueue(self, work: Work) -> None:
+        with self._cv:
+            if self._stopping:
+                raise NotReady("the service is shutting down")
+            if len(self._queue) >= self.max_queue:
+                raise QueueFull(self.retry_after())
+            self._queue.append(work)
+            self.metrics.queue_depth.labels(self.task).set(len(self._queue))
+            self._cv.notify_all()
+
+    async def stream(
+        self,
+        job: Job,
+        decoding: Decoding,
+        deadline: float,
+        request_id: str,
+        make_blocks: Callable[[Callable[[], bool]], Iterator[np.ndarray]],
+        disconnected: Callable[[], Awaitable[bool]] | None = None,
+    ) -> AsyncIterator[np.ndarray]:
+        """Run `make_blocks(cancelled)` as a stepped work and yield its blocks as they come.
+        Raises as `submit` does, or the generation's own exception. Leaving the iteration early
+        (the client went away) cancels the rest."""
+        if self.load_error is not None:
+            raise NotReady(self.load_error)
+        work = self._stepped(job, decoding, deadline, request_id, make_blocks)
+        async for block in self._blocks(work, disconnected):
+            yield block
+
+    def _stepped(
+        self,
+        job: Job,
+        decoding: Decoding,
+        deadline: float,
+        request_id: str,
+        make_blocks: Callable[[Callable[[], bool]], Iterator[np.ndarray]],
+    ) -> Work:
+        loop = asyncio.get_running_loop()
+        work = Work(job, decoding, deadline, request_id, loop, loop.create_future())
+        work.outbox = asyncio.Queue()
+        work.steps = make_blocks(work.cancelled.is_set)
+        return work
+
+    async def _blocks(
+        self, work: Work, disconnected: Callable[[], Awaitable[bool]] | None
+    ) -> AsyncIterator[np.ndarray]:
+        """Queue a stepped work and yield its blocks; leaving early cancels the rest."""
+        assert work.outbox is not None
+        self._enqueue(work)
+        deadline = work.deadline
+        ended = False
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    work.cancel_reason = "deadline"
+                    raise DeadlineExceeded()
+                try:
+                    item = await asyncio.wait_for(work.outbox.get(), min(POLL_SECONDS, remaining))
+                except asyncio.TimeoutError:
+                    if disconnected is not None and await disconnected():
+                        raise ClientGone() from None
+                    continue
+                if item is END or isinstance(item, BaseException):
+                    ended = True
+                    if item is END:
+                        return
+                    raise item
+                self._requeue(work)  # its next block is made while this one is sent
+                yield item
+        finally:
+            if not ended:  # the client left or the deadline passed: the remaining blocks stop
+                work.cancelled.set()
+                self._requeue(work)  # its next turn closes its generator (its own clean-up runs)
+                self.metrics.dropped.labels(self.task, work.cancel_reason).inc()
+                log.info("%s: request %s stopped (%s)", self.task, work.request_id, work.cancel_reason)
+
+    def _requeue(self, work: Work) -> None:
+        """A stepped work's next turn, at the back of the queue (round robin)."""
+        with self._cv:
+            self._queue.append(work)
+            self.metrics.queue_depth.labels(self.task).set(len(self._queue))
+            self._cv.notify_all()
+
+    async def _submit_long(
+        self,
+        job: Job,
+        decoding: Decoding,
+        deadline: float,
+        request_id: str,
+        disconnected: Callable[[], Awaitable[bool]] | None,
+    ) -> tuple[JobResult, Work]:
+        """A long input as a stepped work, collected into one result (as `Engine.run` gives it)."""
+        info: dict[str, Any] = {}
+        blocks: list[np.ndarray] = []
+        t0 = time.perf_counter()
+        work = self._stepped(
+            job, decoding, deadline, request_id,
+            lambda cancelled: self.pipeline.long_blocks(job, decoding, info, cancelled),
+        )  # fmt: skip
+        try:
+            async for block in self._blocks(work, disconnected):
+                blocks.append(block)
+        except (DeadlineExceeded, ClientGone, NotReady, QueueFull, BatchFailed):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the job's own failure, reported like Pipeline.generate's
+            res = self.pipeline.failure(job, exc)
+            if res is None:  # an error about the models themselves
+                text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise BatchFailed(text) from None
+            res.seconds = time.perf_counter() - t0
+            res.audio_seconds = info.get("audio_seconds")
+            return res, work
+        wav = np.concatenate([np.zeros(0, np.float32), *blocks]).astype(np.float32, copy=False)
+        res = JobResult(job, wav, audio_seconds=info.pop("audio_seconds", None), output_samples=len(wav))
+        res.seconds = time.perf_counter() - t0
+        res.info = info
+        return res, work
 
     # -- the worker thread ------------------------------------------------------------------------
     def _main(self) -> None:
@@ -231,8 +371,13 @@ class Batcher:
                     return None
                 self._cv.wait()
             head = self._queue[0]
+            if head.steps is not None:  # a stepped work: one block, alone
+                self._queue.popleft()
+                self.metrics.queue_depth.labels(self.task).set(len(self._queue))
+                return [head]
             while True:
-                group = [w for w in self._queue if w.decoding == head.decoding][: self.max_batch]
+                group = [w for w in self._queue if w.steps is None and w.decoding == head.decoding]
+                group = group[: self.max_batch]
                 remaining = head.enqueued + self.max_wait - time.monotonic()
                 if len(group) >= self.max_batch or remaining <= 0:
                     break
@@ -242,7 +387,36 @@ class Batcher:
             self.metrics.queue_depth.labels(self.task).set(len(self._queue))
             return group
 
+    def _step(self, w: Work) -> None:
+        """Advance a stepped work by one block, then queue it again at the back."""
+        assert w.steps is not None
+        now = time.monotonic()
+        if w.cancelled.is_set() or now >= w.deadline:  # its request counts it as dropped
+            w.steps.close()
+            w.push(ClientGone() if w.cancelled.is_set() else DeadlineExceeded())
+            return
+        if not w.started:
+            w.started, w.queue_seconds, w.batch_size = True, now - w.enqueued, 1
+            self.metrics.queue_seconds.labels(self.task).observe(w.queue_seconds)
+        t0 = time.perf_counter()
+        try:
+            with self.device_lock:
+                block = next(w.steps)
+        except StopIteration:
+            w.push(END)
+            return
+        except Exception as exc:  # noqa: BLE001 - the work's own failure (or Cancelled): to its request
+            w.push(exc)
+            return
+        finally:
+            self._recent.append(time.perf_counter() - t0)
+        self.metrics.batch_size.labels(self.task).observe(1)
+        w.push(block)  # its request queues the next turn when it takes this block
+
     def _execute(self, group: list[Work]) -> None:
+        if group[0].steps is not None:
+            self._step(group[0])
+            return
         now = time.monotonic()
         live: list[Work] = []
         for w in group:
@@ -271,7 +445,11 @@ class Batcher:
         done = 0
         try:
             with self.device_lock:
-                results = self.pipeline.generate([w.job for w in live], live[0].decoding)
+                results = self.pipeline.generate(
+                    [w.job for w in live],
+                    live[0].decoding,
+                    cancelled=lambda: all(w.cancelled.is_set() for w in live),
+                )
                 for w, res in zip(live, results, strict=False):  # results is lazy: resolve each as it comes
                     done += 1
                     w.resolve(res)

@@ -42,6 +42,20 @@ class Metrics:
             "metis_pipeline_ready", "1 when the pipeline's models are loaded.", ["task"], registry=r
         )
 
+        self.streams = Counter(
+            "metis_streams", "Streamed responses by task and outcome (ok, disconnected, error).",
+            ["task", "outcome"], registry=r,
+        )  # fmt: skip
+        self.first_audio = Histogram(
+            "metis_first_audio_seconds", "Streamed responses: arrival to the first audio block.", ["task"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.prompt_cache = Counter(
+            "metis_prompt_cache", "Speaker prompt encodings: cache hits and misses.", ["event"], registry=r
+        )
+        for event in ("hit", "miss"):
+            self.prompt_cache.labels(event)
+
     def declare(self, task: str) -> None:
         """Show a pipeline's series from the start (zeros until something happens)."""
         for metric in (self.queue_seconds, self.batch_size, self.audio_in, self.audio_out):

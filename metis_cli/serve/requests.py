@@ -92,7 +92,12 @@ class SpeechRequest(Decoding):
         description="Speaking rate (sets the target duration; not with duration).",
     )
     instructions: str | None = Field(None, description="Accepted for compatibility and ignored.")
-    stream_format: Literal["audio"] | None = Field(None, description="'audio': the whole file.")
+    stream_format: Literal["audio", "sse"] | None = Field(
+        None,
+        description="Stream the answer: 'audio' (the audio as it is made, chunked transfer) or 'sse' "
+        "(speech.audio.delta events with base64 audio, then speech.audio.done with the usage); "
+        "absent: the whole file.",
+    )
     language: Language | None = Field(None, description="Language of the input (default: detect).")
     duration: float | None = Field(
         None, gt=0, le=options.MAX_DURATION_SECONDS, description="Target length of the speech (seconds)."
@@ -107,6 +112,9 @@ class TaskForm(Decoding):
     """The text fields of POST /v1/enhance, /v1/tse, /v1/vc, /v1/tts (multipart/form-data)."""
 
     response_format: Format = Field("wav", description="Audio format of the response.")
+    stream_format: Literal["audio", "sse"] | None = Field(
+        None, description="Stream the answer as it is made ('audio' or 'sse', as /v1/audio/speech)."
+    )
 
 
 class VoiceTaskForm(TaskForm):

@@ -17,12 +17,14 @@ from starlette.responses import Response
 
 from metis_cli import api, jobs, options
 from metis_cli.constants import CODEC_SAMPLE_RATE
+from metis_cli.core.prompt_cache import PromptCache, content_hash
 from metis_cli.errors import MetisError
 from metis_cli.serve import media
 from metis_cli.serve.batcher import Batcher, BatchFailed, ClientGone, DeadlineExceeded, NotReady, QueueFull
 from metis_cli.serve.config import ServeConfig
 from metis_cli.serve.errors import ApiError, from_job_error, from_metis
 from metis_cli.serve.metrics import Metrics
+from metis_cli.serve.streaming import stream_answer
 from metis_cli.serve.voices import Voice, VoiceStore
 
 log = logging.getLogger("metis.serve")
@@ -30,6 +32,7 @@ log = logging.getLogger("metis.serve")
 EXPOSED_HEADERS = (  # the response headers a page on another origin may read (CORS)
     "X-Metis-Seed", "X-Metis-Steps", "X-Metis-Model", "X-Metis-Processing-Seconds", "X-Metis-Queue-Seconds",
     "X-Metis-Batch-Size", "X-Metis-Output-Seconds", "X-Metis-Audio-Seconds", "X-Metis-Chunks",
+    "X-Metis-First-Audio-Seconds",
 )  # fmt: skip
 
 
@@ -65,6 +68,15 @@ class Service:
                 on_fatal=on_fatal,
             )
         self.formats = media.response_formats()
+        # speaker prompts encoded once, shared by every pipeline (each entry is keyed by model,
+        # dtype and device); registered voices stay pinned, and persisted beside their audio
+        self.prompt_cache = PromptCache(persist_dir=config.voices_dir)
+        self.prompt_cache.on_event = lambda event: self.metrics.prompt_cache.labels(event).inc()
+        self._voice_hashes: dict[str, str] = {}
+        for pipe in pipelines.values():
+            if hasattr(pipe, "prompt_cache"):
+                pipe.prompt_cache = self.prompt_cache
+        self.on_stream_end: Callable[[str, str], None] | None = None  # (request id, outcome); for tests
         self.text_ready = threading.Event()  # TTS: the text front ends loaded (`warm_text`)
         self.abandon = False  # a forced stop: the app's shutdown does not wait for queued jobs
         self.frontend_problems: dict[str, str] = {}
@@ -162,13 +174,26 @@ class Service:
         return fmt
 
     def voice(self, key: str, param: str = "voice") -> Voice:
+        """A registered voice by name or id (404 naming `param`); its prompt encoding is pinned in
+        the prompt cache (made at its first use, then kept, and persisted with --voices-dir)."""
         voice = self.voices.get(key)
         if voice is None:
             known = ", ".join(self.voices.names()) or "none registered"
             raise ApiError(
                 404, f"{param}: no voice named {key!r} (voices: {known})", param, "voice_not_found"
             )
+        if voice.id not in self._voice_hashes:
+            digest = content_hash(voice.audio)
+            if digest is not None:
+                self._voice_hashes[voice.id] = digest
+                self.prompt_cache.pin(digest)
         return voice
+
+    def forget_voice(self, voice: Voice) -> None:
+        """A deleted voice: drop its pinned encodings (memory and --voices-dir)."""
+        digest = self._voice_hashes.pop(voice.id, None)
+        if digest is not None and digest not in self._voice_hashes.values():
+            self.prompt_cache.unpin(digest)
 
     def decoding(self, task: str, overrides: dict[str, Any]) -> Any:
         """The pipeline's resolved decoding settings with a request's overrides (422 naming the
@@ -192,8 +217,19 @@ class Service:
         return dec
 
     # -- running ---------------------------------------------------------------------------------------
-    async def answer(self, request: Request, task: str, job: Any, decoding: Any, fmt: str) -> Response:
-        """Queue the job, wait for its batch, answer with the audio (or the job's error)."""
+    async def answer(
+        self,
+        request: Request,
+        task: str,
+        job: Any,
+        decoding: Any,
+        fmt: str,
+        stream_format: str | None = None,
+    ) -> Response:
+        """Queue the job, wait for its batch, answer with the audio (or the job's error);
+        `stream_format` "audio" / "sse": a streamed answer (`streaming.stream_answer`)."""
+        if stream_format is not None:
+            return await stream_answer(self, request, task, job, decoding, fmt, stream_format)
         res, work = await self._submit(request, task, job, decoding)
         if res is None:
             return Response(status_code=499)

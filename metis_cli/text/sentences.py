@@ -55,6 +55,16 @@ def split_text(text: str, max_chars: int) -> list[str]:
     return _pack(pieces, max_chars, " ")
 
 
+def stream_pieces(text: str, max_chars: int) -> list[str]:
+    """The pieces of a streamed text: its first sentence on its own (so the first audio comes
+    soon), then the rest packed like `split_text` (pieces of at most max_chars characters)."""
+    sentences = [s.strip() for s in _SENTENCE.findall(text.strip()) if s.strip()]
+    pieces: list[str] = []
+    for s in sentences:
+        pieces.extend(p.strip() for p in _split_long(s, max_chars) if p.strip())
+    return pieces[:1] + _pack(pieces[1:], max_chars, " ")
+
+
 def split_duration(total_seconds: float, pieces: list[str]) -> list[float]:
     """A given total duration shared among pieces by UTF-8 bytes (the length rule's measure)."""
     sizes = np.array([len(p.encode("utf-8")) for p in pieces], dtype=np.float64)

@@ -52,8 +52,11 @@ class FakePipeline:
     def warm(self) -> None:
         self.engine.load_all()
 
-    def generate(self, jobs, decoding=None, on_chunk=None):
+    def generate(self, jobs, decoding=None, on_chunk=None, cancelled=None):
         return self.engine.run(jobs, decoding, write=False)
+
+    def is_long(self, job) -> bool:
+        return False
 
     def decoding(self, **kw):
         return Decoding(steps=kw.get("steps") or 10, cfg=0.0)

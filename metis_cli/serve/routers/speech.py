@@ -14,6 +14,7 @@ from metis_cli.serve.errors import ApiError
 from metis_cli.serve.requests import AUDIO_RESPONSE, SpeechRequest, error_responses, json_body, parse_json
 from metis_cli.serve.routers import service_of
 from metis_cli.serve.service import make_job
+from metis_cli.serve.streaming import check_stream_format
 
 OPENAI_TTS_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "metis")
 
@@ -43,6 +44,7 @@ async def speech(request: Request) -> Response:
     voice = service.voice(body.voice_key)
     service.check_frontends((text, body.language), (voice.text, voice.language))
     fmt = service.format(body.response_format)
+    check_stream_format(body.stream_format, fmt)
     dec = service.decoding("tts", body.overrides())
     duration = service.duration(body.duration, text)
     if body.speed != 1.0:
@@ -54,7 +56,7 @@ async def speech(request: Request) -> Response:
         "tts", {"prompt": voice.audio}, seed=body.seed, text=text, prompt_text=voice.text,
         language=body.language, prompt_language=voice.language, duration=duration,
     )  # fmt: skip
-    return await service.answer(request, "tts", job, dec, fmt)
+    return await service.answer(request, "tts", job, dec, fmt, body.stream_format)
 
 
 def _speed_duration(prompt_seconds: float, prompt_text: str, text: str, speed: float) -> float:

@@ -26,6 +26,7 @@ from metis_cli.serve.requests import (
 )
 from metis_cli.serve.routers import service_of
 from metis_cli.serve.service import Service, make_job
+from metis_cli.serve.streaming import check_stream_format
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ async def run_task(request: Request, route: Route) -> Response:
     form = await read_form(request, service.limits.max_upload_bytes, service.config.body_timeout)
     fields = parse_form(route.form, text_fields(form, tuple(route.files)))
     fmt = service.format(fields.response_format)
+    check_stream_format(fields.stream_format, fmt)
     dec = service.decoding(route.task, fields.overrides())
     inputs, voice = await _inputs(service, form, route, getattr(fields, "voice", None))
     kw: dict[str, Any] = {"seed": fields.seed}
@@ -90,7 +92,7 @@ async def run_task(request: Request, route: Route) -> Response:
     if isinstance(fields, TtsForm):
         service.check_frontends((kw["text"], kw["language"]), (kw["prompt_text"], kw["prompt_language"]))
     job = make_job(route.task, inputs, **kw)
-    return await service.answer(request, route.task, job, dec, fmt)
+    return await service.answer(request, route.task, job, dec, fmt, fields.stream_format)
 
 
 async def _inputs(service: Service, form: FormData, route: Route, voice_key: str | None) -> tuple[dict, Any]:

@@ -84,4 +84,5 @@ async def delete_voice(request: Request, voice_id: str) -> dict[str, Any]:
         raise ApiError(
             403, f"voice_id: {voice_id!r} comes from the server's voices file", "voice_id", "read_only"
         ) from None
+    service_of(request).forget_voice(voice)  # its pinned prompt encodings go too
     return {"id": voice.id, "object": "voice", "deleted": True}
