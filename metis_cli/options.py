@@ -566,6 +566,7 @@ class PretrainInputs:
     )
     val: Path | None = opt(None, "--val", "Held-out audio list: loss and masked-token accuracy.", tasks=())
 
+
 # ---- the service (`metis serve`, metis_cli/serve) ------------------------------------------------------
 
 SERVABLE_TASKS = ("tts", "se", "vc", "tse")  # l2s needs video and a visual checkpoint: not served
