@@ -135,6 +135,7 @@ class Pipeline:
         existing: str = "error",
         on_report: Callable[[Report], None] | None = None,
         on_chunk: Callable[[Any], None] | None = None,
+        on_start: Callable[[Job], None] | None = None,
         **decoding: Any,
     ) -> Iterator[Report]:
         """Run jobs with one model load; write each output atomically as it finishes.
@@ -144,14 +145,15 @@ class Pipeline:
         existing: what to do when an output file exists: "error" (default: the job fails, the
         file is kept), "overwrite", or "skip". An output that is one of the job's inputs always
         fails. A failed job never stops the others. Long inputs (docs/LONGFORM.md) are written
-        chunk by chunk; `on_chunk` gets a `longform.ChunkProgress` per chunk.
+        chunk by chunk; `on_chunk` gets a `longform.ChunkProgress` per chunk. `on_start` is called
+        with each job just before it runs (a batch's jobs together).
         """
         dec = self._decoding(**decoding)
         plan = jobs if isinstance(jobs, J.Plan) else J.plan_jobs(self.task, jobs, existing)
         runnable = plan.jobs
         self.engine.on_chunk = on_chunk
         try:
-            results = self.engine.run(runnable, dec)
+            results = self.engine.run(runnable if on_start is None else _announced(runnable, on_start), dec)
             for item in plan.items:
                 rep = self._finish(next(results), dec) if isinstance(item, Job) else self._rejected(item)
                 if on_report is not None:
@@ -176,6 +178,13 @@ class Pipeline:
             rep.output_seconds = round(res.output_samples / CODEC_SAMPLE_RATE, 3)
         rep.info = res.info
         return rep
+
+
+def _announced(jobs: Iterable[Job], on_start: Callable[[Job], None]) -> Iterator[Job]:
+    """The jobs, calling `on_start` as the engine takes each one (just before it runs)."""
+    for job in jobs:
+        on_start(job)
+        yield job
 
 
 def job_report(job: Job, status: str, error: str | None = None, steps: int | None = None) -> Report:
@@ -220,6 +229,20 @@ def _decoding_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def set_threads(threads: int | None) -> int:
+    """Set torch's CPU threads (`threads`; None leaves them) and return the count in use. The
+    inter-op pool can be sized only before torch's first parallel work: later it stays."""
+    import torch
+
+    if threads is not None and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+        try:
+            torch.set_num_interop_threads(threads)
+        except RuntimeError:
+            pass
+    return torch.get_num_threads()
+
+
 _LOAD_GROUPS = (O.ModelOptions, O.EngineOptions, O.LongformOptions)
 
 
@@ -233,7 +256,8 @@ def load(task: str, model: str | None = None, **kwargs: Any) -> Pipeline:
     passes, batch size 1). Long inputs (docs/LONGFORM.md): SE/TSE/VC inputs longer than
     `chunk_seconds` (0 = never) run in chunks; TTS texts longer than `max_chars` are split at
     sentence boundaries. `bf16_cache`: with `dtype="bfloat16"`, keep converted weights in
-    `$METIS_CACHE_DIR/bf16` (`weight_cache`).
+    `$METIS_CACHE_DIR/bf16` (`weight_cache`). `threads`: torch's CPU threads for this process
+    (default: `options.default_threads`, i.e. cores / local processes under a launcher).
     """
     if model is not None:
         kwargs["model"] = model
@@ -243,6 +267,7 @@ def load(task: str, model: str | None = None, **kwargs: Any) -> Pipeline:
     groups = O.split(kwargs, _LOAD_GROUPS)
     m: O.ModelOptions = groups[O.ModelOptions]
     eng_opts: O.EngineOptions = groups[O.EngineOptions]
+    set_threads(O.resolve_threads(eng_opts.threads))
     if eng_opts.visual_checkpoint is not None:
         eng_opts = replace(eng_opts, visual_checkpoint=Path(eng_opts.visual_checkpoint))
     engine = Engine(
@@ -251,4 +276,4 @@ def load(task: str, model: str | None = None, **kwargs: Any) -> Pipeline:
     return Pipeline(engine, Decoding.from_card(engine.card, task, **dec_overrides))
 
 
-__all__ = ["Pipeline", "Report", "Result", "job_report", "load", "rejected_report"]
+__all__ = ["Pipeline", "Report", "Result", "job_report", "load", "rejected_report", "set_threads"]

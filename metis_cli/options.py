@@ -17,8 +17,9 @@ value is one line `metis: error: --steps: must be >= 1 (got 0)` with exit code 2
 from __future__ import annotations
 
 import math
+import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -245,6 +246,13 @@ class EngineOptions:
         "Jobs per padded batch. In fp32 each item's tokens equal batch size 1; in bf16/fp16 padding "
         "changes rounding.",
         at_least(1, int, MAX_BATCH),
+    )  # fmt: skip
+    # torch CPU threads (None: `default_threads`: cores / processes of this machine's launch)
+    threads: int | None = opt(
+        None, "--threads",
+        "CPU threads for torch (intra-op). Default: all cores, or cores / local processes when a "
+        "launcher runs several on one machine (LOCAL_WORLD_SIZE, SLURM_STEP_TASKS_PER_NODE).",
+        at_least(1, int, 4096),
     )  # fmt: skip
     # free each stage's models once the batch no longer needs them
     low_memory: bool = opt(
@@ -495,6 +503,39 @@ COMMAND_GROUPS: tuple[type, ...] = (
 )
 
 
+def _leading_int(text: str | None) -> int | None:
+    m = re.match(r"\s*(\d+)", text or "")
+    return int(m.group(1)) if m else None
+
+
+def local_processes(env: Mapping[str, str] | None = None) -> int | None:
+    """Processes a launcher runs on this machine: LOCAL_WORLD_SIZE (torchrun, accelerate), else
+    SLURM_STEP_TASKS_PER_NODE (srun: "2" or "2(x3)"); None when not known (plain `--shard I/N`
+    processes started by hand: give --threads)."""
+    env = os.environ if env is None else env
+    for name in ("LOCAL_WORLD_SIZE", "SLURM_STEP_TASKS_PER_NODE"):
+        n = _leading_int(env.get(name))
+        if n:
+            return n
+    return None
+
+
+def default_threads(env: Mapping[str, str] | None = None, cores: int | None = None) -> int | None:
+    """The torch thread count when --threads is not given: cores // local processes (at least
+    1) when several processes share this machine, else None (torch's own default)."""
+    procs = local_processes(env)
+    if not procs or procs <= 1:
+        return None
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // procs)
+
+
+def resolve_threads(threads: int | None, env: Mapping[str, str] | None = None) -> int | None:
+    """--threads when given, else `default_threads`; None: leave torch's setting alone."""
+    return threads if threads is not None else default_threads(env)
+
+
 def split(values: dict[str, Any], groups: Iterable[type] = COMMAND_GROUPS) -> dict[type, Any]:
     """Flat keyword values → one validated instance per group (unknown keys: UsageError)."""
     groups = tuple(groups)
@@ -523,7 +564,10 @@ __all__ = [
     "ReportOptions",
     "RunControl",
     "build",
+    "default_threads",
+    "local_processes",
     "parse_s2a_steps",
+    "resolve_threads",
     "replace",
     "split",
     "validate",

@@ -34,6 +34,7 @@ class Job:
     duration: float | None = None  # TTS target duration in seconds (None = length rule)
     origin: str | None = None  # where the job came from, e.g. "jobs.csv:3" (reports, messages)
     job_id: str | None = None  # the manifest's optional "id" (echoed in reports)
+    seed_drawn: bool = False  # the seed was drawn at random (no --seed, no seed field)
 
     def describe(self) -> str:
         """How messages name the job: its manifest line, else its main input."""
