@@ -431,6 +431,37 @@ class RunControl:
 
 
 @dataclass(frozen=True)
+class RayOptions:
+    """`metis ray` (metis_cli/runs/ray.py): the manifest, the cluster and its actors."""
+
+    # the jobs: a manifest is required (checked by the command)
+    manifest: Path | None = opt(None, "--manifest", "Jobs file (.jsonl or .csv), one job per line.")
+    # the -o folder of the manifest's outputs
+    output: Path | None = opt(None, "--output", "Output folder.", short="-o")
+    # actors, each with its own pipeline
+    workers: int = opt(1, "--workers", "Ray actors, each with its own pipeline.", at_least(1, int))
+    # GPUs per actor
+    gpus_per_worker: float = opt(0.0, "--gpus-per-worker", "GPUs per actor (0: CPU actors).", at_least(0))
+    # CPUs per actor
+    cpus_per_worker: float = opt(1.0, "--cpus-per-worker", "CPUs per actor.", at_least(0, above=True))
+    # CPUs of a local cluster started for the run
+    num_cpus: int | None = opt(
+        None, "--num-cpus", "CPUs of a local cluster (default: all of them).", at_least(1, int)
+    )
+    # the cluster to join (None: RAY_ADDRESS, else a local one)
+    address: str | None = opt(
+        None, "--address", "Ray cluster to join (default: RAY_ADDRESS, else a local cluster)."
+    )
+    # how long to wait for the cluster's address and for nodes that can hold the actors
+    ray_timeout: float = opt(
+        60.0, "--ray-timeout",
+        "Seconds to wait for --address to answer and for nodes that can hold the actors (an "
+        "autoscaler's) before failing with the missing resource.",
+        at_least(0, above=True),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
 class TrainOptions:
     """Training schedule and optimiser (`metis finetune`, `metis pretrain`); ranges are checked
     by `train.loop.check_options` (usage errors before anything loads)."""
@@ -561,6 +592,7 @@ __all__ = [
     "LongformOptions",
     "ModelOptions",
     "OutputPolicy",
+    "RayOptions",
     "ReportOptions",
     "RunControl",
     "build",

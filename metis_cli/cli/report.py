@@ -219,7 +219,7 @@ def _run(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) 
     plan = J.plan(J.Request(**request_kw))
     for w in plan.warnings:
         printer.message(f"warning: {w}")
-    settings = _settings(pipe, groups)
+    settings = settings_of(pipe, groups)
     session = Session.open(
         plan, message=printer.message, settings=settings, threads=threads, **_session_args(plan.task, groups)
     )
@@ -243,7 +243,7 @@ def _session_args(task: str, groups: dict[type, Any]) -> dict[str, Any]:
     )
 
 
-def _settings(pipe: Any, groups: dict[type, Any]) -> dict[str, Any]:
+def settings_of(pipe: Any, groups: dict[type, Any]) -> dict[str, Any]:
     """What a job's output depends on besides the job itself: recorded with each success, and
     a resume reruns the jobs recorded with other settings (`runs.ledger.job_identity`)."""
     import dataclasses
