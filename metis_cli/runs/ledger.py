@@ -6,30 +6,43 @@ written, flushed and fsync'd when its job finishes, so a process killed at any m
 most the jobs it had in flight. A sharded run writes one file per shard,
 `FILE.shard-00003-of-00008.jsonl`, so no two processes ever append to one file.
 
-Besides job records a ledger holds, per run, a header (`{"ledger": "metis-results", "total":
-planned items before sharding, "shard": "3/8", ...}`), one `pending` record per job the run is
-about to start, and a closing `summary`. Readers skip what they cannot parse (the torn last
-line of a killed process).
+Besides job records a ledger holds, per run (or shard) attempt, a header (`{"ledger":
+"metis-results", "version": 2, "total": planned items before sharding, "shard": "3/8", "keys":
+this shard's planned keys in plan order, "run": a digest of every planned key, "settings",
+"threads", host, pid ...}`), a `pending` record per job as it starts (in flight until its record
+comes) and a closing `summary`. Readers skip what they cannot parse (the torn last line of a
+killed process).
 
-Job identity (`key`): the job's manifest line as planned (`jobs.jsonl:3`; none for jobs named
-on the command line) and its output path as planned, so the same command, rerun from the same
-folder, finds its jobs again whatever the sharding.
+Job identity (`key`, "DIGEST|OUTPUT"): DIGEST hashes the task and the real path of the job's
+output (its slot; a bad manifest line without output: its problem, numbered when repeated), so a
+job is found again whatever folder the run is started from, however the manifest is named or
+spelled and whatever line the row is on. What the output was made from is recorded with each
+success: `identity` (a digest of `job_identity`: the inputs' real path, size and mtime, the seed
+unless drawn at random, the text fields, and the run's resolved `settings`: model, dtype,
+decoding, long-form options), `input_identity` and `settings`.
 
 Resume (`--resume`; `resume`): the latest record of each job decides, read from every ledger of
 the run (every shard file, whatever N was):
-* ok or skipped, and the output is there and complete (soundfile reads its header and its
-  length is the recorded `output_seconds`): done, not run again;
-* ok but the output is gone or incomplete, or pending (it was in flight when the process died):
-  run again, replacing an output the run itself wrote;
+* ok or skipped, the output there and complete (soundfile reads its header and its length is
+  the recorded `output_seconds`), and made from what the job is now: done, not run again;
+* ok but the output is gone or incomplete, or the row changed since (seed, inputs, text,
+  options: a warning names the row and what changed), or pending (in flight when the process
+  died): run again, replacing the output the run itself wrote;
 * error: run again (`--retry-failed`, the default) or not (`--no-retry-failed`: it stays a
   failure and the exit code is 1);
 * no record: planned as usual.
-Temporary files (`.metis-*.tmp`) that a killed process left beside the outputs are removed when
+A version-1 ledger (keys by manifest line) is refused with a message. Temporary files
+(`.metis-*.tmp`) that a killed process left in any output folder of the shard are removed when
 no process on this machine has them open and they are older than `METIS_STALE_TEMP_SECONDS`
 (default 600 s: a writer on another machine may be between two blocks of a long job).
 
-`summarize(paths)` merges ledgers for `metis results`: totals, failures, and missing jobs
-(pending ones, and jobs of shards that wrote no ledger).
+One owner per shard (`ShardLock`): `fcntl.flock` on `LEDGER.lock`, which holds the owner's host
+and pid; a second process on the same shard's ledger stops with a usage error naming them.
+
+`summarize(paths)` merges ledgers for `metis results`: the jobs the latest attempt of each shard
+planned (records of rows edited away since are not counted), failures in plan order, jobs
+started and never finished, jobs not started, and shards that wrote no ledger. A file that is
+not a ledger, or ledgers of two different runs, are usage errors.
 """
 
 from __future__ import annotations
@@ -416,10 +429,21 @@ def changed(record: Mapping[str, Any], identity: Mapping[str, Any]) -> str | Non
     if record.get("input_identity") not in (None, identity["inputs"]):
         what.append("input file")
     if record.get("settings") not in (None, identity["settings"]):
-        old, new = record.get("settings") or {}, identity["settings"]
+        old, new = _flat(record.get("settings") or {}), _flat(identity["settings"])
         names = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         what.append("options " + ", ".join(names) if names else "options")
     return ", ".join(what) or "text or job fields"
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"decoding": {"steps": 2}} -> {"decoding.steps": 2}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def resume(
