@@ -415,8 +415,8 @@ class RunControl:
     # skip jobs the ledger records as done (output there and complete)
     resume: bool = opt(
         False, "--resume",
-        "Continue the run of --results: skip jobs recorded ok whose output is complete; rerun "
-        "failed and interrupted ones.",
+        "Continue the run of --results: skip jobs recorded ok whose output is complete and whose row "
+        "and settings are unchanged; rerun failed, interrupted and changed ones.",
     )  # fmt: skip
     # with --resume: rerun jobs recorded as failed
     retry_failed: bool = opt(

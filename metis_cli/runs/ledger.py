@@ -604,7 +604,7 @@ class Summary:
             "absent_shards": [f"{i}/{self.shards}" for i in self.absent_shards],
             "failures": [brief(r) for r in self.status("error")],
             "pending": [brief(r) for r in self.status("pending")],
-            "not_started": [k.split("|", 1)[1] or key_id(k) for k in self.not_started],
+            "not_started": [k.partition("|")[2] or key_id(k) for k in self.not_started],
             "complete": self.complete,
         }
 

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from metis_cli import jobs as J
-from metis_cli import options as O
+from metis_cli import options
 from metis_cli.core.tasks import Job
 from metis_cli.errors import MetisError, UsageError
 from metis_cli.runs.ledger import plan_keys
@@ -392,8 +392,8 @@ class ClusterError(MetisError):
 def load_kwargs(groups: Mapping[type, Any]) -> dict[str, Any]:
     """`metis_cli.load` keywords for the actors (paths absolute: workers run in other folders)."""
     kw: dict[str, Any] = {}
-    for g in (O.ModelOptions, O.EngineOptions, O.LongformOptions, O.DecodingOptions):
-        kw.update({k: getattr(groups[g], k) for k in O.names(g)})
+    for g in (options.ModelOptions, options.EngineOptions, options.LongformOptions, options.DecodingOptions):
+        kw.update({k: getattr(groups[g], k) for k in options.names(g)})
     kw["offline"] = kw["offline"] or None
     for k in ("checkpoint_dir", "visual_checkpoint"):
         if kw.get(k) is not None:
@@ -404,7 +404,7 @@ def load_kwargs(groups: Mapping[type, Any]) -> dict[str, Any]:
     return kw
 
 
-def _connect(ray: Any, opts: O.RayOptions, verbose: bool) -> bool:
+def _connect(ray: Any, opts: options.RayOptions, verbose: bool) -> bool:
     """Join the cluster (or start a local one); False when Ray was already initialised."""
     if ray.is_initialized():
         return False
@@ -426,7 +426,7 @@ def _connect(ray: Any, opts: O.RayOptions, verbose: bool) -> bool:
     return True
 
 
-def _wait_for_room(ray: Any, opts: O.RayOptions, remote: bool) -> None:
+def _wait_for_room(ray: Any, opts: options.RayOptions, remote: bool) -> None:
     """UsageError naming the resource when the cluster can never hold the actors (a remote
     cluster gets `--ray-timeout` seconds to grow; a local one is what it is)."""
     names = {"actors": "--workers", "cpus": "--cpus-per-worker", "gpus": "--gpus-per-worker"}
@@ -443,7 +443,7 @@ def _wait_for_room(ray: Any, opts: O.RayOptions, remote: bool) -> None:
 def drive(
     session: Session,
     load_kw: Mapping[str, Any],
-    opts: O.RayOptions,
+    opts: options.RayOptions,
     batch_size: int = 1,
     verbose: bool = False,
 ) -> Iterator[dict[str, Any]]:

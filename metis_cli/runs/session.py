@@ -36,6 +36,8 @@ from metis_cli.runs.ledger import (
 )
 from metis_cli.runs.shard import Shard, select, torchrun_barrier
 
+KEYS_IN_FULL = 100_000  # a bigger shard lists only its keys' digests in the header (no output names)
+
 
 @dataclass
 class Session:
@@ -94,10 +96,12 @@ class Session:
             if path is not None:
                 session._prepare(path, results, resume_run, retry_failed)
             session._order(batch_size, length_buckets, long_seconds)
+            session._index()
             if path is not None:
                 session.ledger = Ledger(path).open()
                 run = identity_digest({"keys": [k.split("|", 1)[0] for k in all_keys]})
-                head = header(plan.task, shard, total, len(mine), resume_run, keys, run, settings, threads)
+                listed = keys if len(keys) <= KEYS_IN_FULL else [k.split("|", 1)[0] for k in keys]
+                head = header(plan.task, shard, total, len(mine), resume_run, listed, run, settings, threads)
                 session.ledger.append(head)
         except BaseException:
             session.close()
@@ -145,20 +149,15 @@ class Session:
         self.plan = self.buckets.plan
         self.keys = [by_item[id(item)] for item in self.plan.items]
 
-    def _item(self, key: str) -> Any:
-        if len(self._by_key) != len(self.keys):
-            self._by_key = dict(zip(self.keys, self.plan.items, strict=True))
-            self._by_id = {id(item): key for key, item in self._by_key.items()}
-        return self._by_key.get(key)
-
-    def _key_of(self, item: Any) -> str:
-        self._item("")
-        return self._by_id[id(item)]
+    def _index(self) -> None:
+        """Key <-> item maps of the final plan (built once: `started` may come from threads)."""
+        self._by_key = dict(zip(self.keys, self.plan.items, strict=True))
+        self._by_id = {id(item): key for key, item in self._by_key.items()}
 
     def started(self, job: J.Job) -> None:
         """A job is about to run: a `pending` record (in flight until its record comes)."""
         if self.ledger is not None:
-            self.ledger.append(pending_record(job, self.shard, self._key_of(job)), sync=False)
+            self.ledger.append(pending_record(job, self.shard, self._by_id[id(job)]), sync=False)
 
     def start_all(self) -> None:
         """Every job of the plan is handed over at once (Ray): all of them in flight."""
@@ -183,7 +182,7 @@ class Session:
             return
         rec = job_record(report, key, self.shard)
         if status == "ok":
-            item = self._item(key)
+            item = self._by_key.get(key)
             job = item if isinstance(item, J.Job) else getattr(item, "job", None)
             if job is not None:
                 identity = job_identity(job, self.settings)
