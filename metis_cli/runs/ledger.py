@@ -313,7 +313,8 @@ class Ledger:
 class ShardLock:
     """One owner per ledger: an advisory `fcntl.flock` on `LEDGER.lock` (taken without waiting,
     released by the kernel when the process ends, however it ends). The lock file holds the
-    owner's `host pid`, so a second process can say who runs the shard. The file stays."""
+    owner's `host pid`, so a second process can say who runs the shard. The file stays. On a
+    file system without flock the run goes on unlocked."""
 
     def __init__(self, ledger: str | os.PathLike) -> None:
         self.path = Path(f"{ledger}.lock")
@@ -330,7 +331,7 @@ class ShardLock:
             raise UsageError(f"{self.path}: cannot create the lock file ({exc.strerror or exc})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             owner = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
             os.close(fd)
             who = f"host {owner[0]}, pid {owner[1]}" if len(owner) >= 2 else "another process"
@@ -338,6 +339,9 @@ class ShardLock:
                 f"{str(self.path)[: -len('.lock')]}: this run (shard) is already running ({who}); "
                 "one process per shard"
             ) from None
+        except OSError:  # a file system without flock (Lustre without -o flock): no lock to take
+            os.close(fd)
+            return self
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{socket.gethostname()} {os.getpid()}\n".encode(), 0)
         os.fsync(fd)
