@@ -195,7 +195,7 @@ def _run(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) 
             return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED
         with remote:  # the same run contract: shard, resume, ledger (written here, by the client)
             args = {**_session_args(plan.task, groups), "batch_size": 1}
-            settings = {"server": server, "decoding": dec}
+            settings = {"mode": "client", "decoding": dec}  # not the URL: a moved service is the same
             return _in_session(
                 printer, remote, Session.open(plan, message=printer.message, settings=settings, **args)
             )

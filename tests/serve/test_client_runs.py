@@ -51,7 +51,7 @@ def test_client_mode_shards_ledger_and_resume(served, tmp_path, monkeypatch):
     ledger = [
         json.loads(line) for line in (tmp_path / "res.shard-00000-of-00002.jsonl").read_text().splitlines()
     ]
-    assert ledger[0]["ledger"] == "metis-results" and ledger[0]["settings"]["server"] == served.url
+    assert ledger[0]["ledger"] == "metis-results" and ledger[0]["settings"]["mode"] == "client"
     assert sorted(r["status"] for r in ledger if "key" in r) == ["ok", "ok", "pending", "pending"]
     assert ledger[-1]["summary"] and ledger[-1]["counts"] == {"ok": 2}
 
