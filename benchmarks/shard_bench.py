@@ -4,6 +4,7 @@ and the padding of padded batches with and without length buckets.
     python benchmarks/shard_bench.py                         # tiny random bundle (proves it runs)
     python benchmarks/shard_bench.py --checkpoint-dir .bench_cache/full --jobs 32 --steps 10
     python benchmarks/shard_bench.py --jobs 48 --batch-size 4 --json
+    python benchmarks/shard_bench.py --default-threads --threads 2   # 2 shards: default vs --threads 1
 
 Every configuration is the real CLI in fresh subprocesses (`python -m metis_cli.cli enhance
 --manifest ... --results ...`), on the same manifest of `--jobs` speech-like inputs of random
@@ -12,6 +13,8 @@ lengths (`--min-seconds` to `--max-seconds`, fixed seed), with fixed per-job see
 * `1x{T}`: one process with OMP_NUM_THREADS=T (T = --threads, default 2);
 * `{P}x{T/P}`: P processes (--shard i/P, as a SLURM array or torchrun would start them) at the
   same time, T/P threads each;
+* with `--default-threads` instead: P shards side by side, once with torch's default threads in
+  each process (no OMP_NUM_THREADS, no --threads) and once with `--threads T/P`;
 * both at --batch-size B (default 4), with length buckets (the default) and, for the single
   process, without (`--no-length-buckets`: manifest order).
 
@@ -76,14 +79,21 @@ def run_config(
     common: list[str],
     env: dict[str, str],
     buckets: bool = True,
+    mode: str = "env",
 ) -> dict[str, Any]:
+    """mode: "env" (OMP_NUM_THREADS=threads), "flag" (`--threads threads`, no OMP variables) or
+    "default" (neither: torch's default thread count in every process)."""
     out = root / f"out-{name}"
     results = root / f"res-{name}.jsonl"
     cmd = [sys.executable, "-m", "metis_cli.cli", "enhance", "--manifest", str(manifest), "-o", str(out)]
     cmd += ["--results", str(results), "-q", *common]
     if not buckets:
         cmd.append("--no-length-buckets")
-    penv = {**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    penv = {k: v for k, v in env.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    if mode == "env":
+        penv.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    elif mode == "flag":
+        cmd += ["--threads", str(threads)]
     t0 = time.perf_counter()
     running = [
         subprocess.Popen(
@@ -103,10 +113,13 @@ def run_config(
     from metis_cli.runs.ledger import read_ledger, run_ledgers
 
     useful = padded = 0.0
+    seen: set[int] = set()
     ok = 0
     audio = 0.0
     for p in run_ledgers(results):
         for rec in read_ledger(p):
+            if rec.get("ledger") and rec.get("threads") is not None:
+                seen.add(rec["threads"])  # torch threads each process used (ledger header)
             if rec.get("summary") and rec.get("padding"):
                 useful += rec["padding"]["useful_seconds"]
                 padded += rec["padding"]["padded_seconds"]
@@ -116,7 +129,9 @@ def run_config(
     return {
         "config": name,
         "processes": procs,
-        "threads_per_process": threads,
+        "threads_per_process": threads if mode != "default" else "default",
+        "threads_by": mode,
+        "torch_threads": sorted(seen),
         "length_buckets": buckets,
         "jobs_ok": ok,
         "wall_seconds": round(wall, 2),
@@ -139,6 +154,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--s2a-steps", default="2,2")
     ap.add_argument("--seed", type=int, default=0, help="seed of the input lengths")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument(
+        "--default-threads",
+        action="store_true",
+        help="instead: P shards side by side with torch's default threads vs with --threads T/P",
+    )
     args = ap.parse_args(argv)
     if args.threads % args.processes:
         ap.error("--threads must be a multiple of --processes")
@@ -151,17 +171,27 @@ def main(argv: list[str] | None = None) -> None:
 
             bundle = write_tiny_bundle(root / "bundle", seed=0)
         manifest, total = write_manifest(root, args.jobs, args.min_seconds, args.max_seconds, args.seed)
-        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+        }
         env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
         env.update(METIS_CHECKPOINT_DIR=str(bundle), PYTHONPATH=str(REPO_ROOT), HF_HUB_OFFLINE="1")
         common = ["--steps", args.steps, "--s2a-steps", args.s2a_steps, "--batch-size", str(args.batch_size)]
         common += ["--device", "cpu"]
         t, p = args.threads, args.processes
-        rows = [
-            run_config(f"1x{t}", manifest, root, 1, t, common, env),
-            run_config(f"{p}x{t // p}", manifest, root, p, t // p, common, env),
-            run_config(f"1x{t}-manifest-order", manifest, root, 1, t, common, env, buckets=False),
-        ]
+        if args.default_threads:
+            rows = [
+                run_config(f"{p}x-default-threads", manifest, root, p, t // p, common, env, mode="default"),
+                run_config(f"{p}x--threads-{t // p}", manifest, root, p, t // p, common, env, mode="flag"),
+            ]
+        else:
+            rows = [
+                run_config(f"1x{t}", manifest, root, 1, t, common, env),
+                run_config(f"{p}x{t // p}", manifest, root, p, t // p, common, env),
+                run_config(f"1x{t}-manifest-order", manifest, root, 1, t, common, env, buckets=False),
+            ]
     meta = {
         "jobs": args.jobs,
         "input_seconds": round(total, 2),

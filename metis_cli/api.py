@@ -318,6 +318,7 @@ class Pipeline:
         existing: str = "error",
         on_report: Callable[[Report], None] | None = None,
         on_chunk: Callable[[Any], None] | None = None,
+        on_start: Callable[[Job], None] | None = None,
         **decoding: Any,
     ) -> Iterator[Report]:
         """Run jobs with one model load; write each output atomically as it finishes.
@@ -329,7 +330,8 @@ class Pipeline:
         existing: what to do when an output file exists: "error" (default: the job fails, the
         file is kept), "overwrite", or "skip". An output that is one of the job's inputs always
         fails. A failed job never stops the others. Long inputs (docs/LONGFORM.md) are written
-        chunk by chunk; `on_chunk` gets a `longform.ChunkProgress` per chunk of this call's jobs.
+        chunk by chunk; `on_chunk` gets a `longform.ChunkProgress` per chunk of this call's jobs;
+        `on_start` is called with each job just before it runs (a batch's jobs together).
         The arguments are checked now (a bad one raises `UsageError`); the jobs run as the
         returned iterator is consumed.
         """
@@ -343,7 +345,7 @@ class Pipeline:
                     raise UsageError(f"{name}: must be a function (got {type(fn).__name__})")
             dec = self.decoding(**decoding)
             plan = jobs if isinstance(jobs, J.Plan) else J.plan_jobs(self.task, self._as_jobs(jobs), existing)
-        return self._run(plan, dec, on_report, on_chunk)
+        return self._run(plan, dec, on_report, on_chunk, on_start)
 
     def _as_jobs(self, jobs: Any) -> list[Job | J.Rejected]:
         """`run`'s jobs argument as planned items (a job that cannot be made fails alone)."""
@@ -383,8 +385,10 @@ class Pipeline:
         dec: Decoding,
         on_report: Callable[[Report], None] | None,
         on_chunk: Callable[[Any], None] | None,
+        on_start: Callable[[Job], None] | None = None,
     ) -> Iterator[Report]:
-        results = self.engine.run(plan.jobs, dec, on_chunk=on_chunk)
+        runnable = plan.jobs if on_start is None else _announced(plan.jobs, on_start)
+        results = self.engine.run(runnable, dec, on_chunk=on_chunk)
         for item in plan.items:
             with _worded(self.wording):
                 rep = self._finish(next(results), dec) if isinstance(item, Job) else self._rejected(item)
@@ -457,6 +461,13 @@ def _main_input(task: str, inputs: Any) -> Any:
     if isinstance(inputs, (list, tuple)):
         return inputs[0] if inputs else None
     return inputs
+
+
+def _announced(jobs: Iterable[Job], on_start: Callable[[Job], None]) -> Iterator[Job]:
+    """The jobs, calling `on_start` as the engine takes each one (just before it runs)."""
+    for job in jobs:
+        on_start(job)
+        yield job
 
 
 def job_report(job: Job, status: str, error: str | None = None, steps: int | None = None) -> Report:
@@ -568,6 +579,20 @@ def warm_text_frontend(language: str) -> None:
     g2p(FRONTEND_SAMPLES.get(language, "Hello."), language)
 
 
+def set_threads(threads: int | None) -> int:
+    """Set torch's CPU threads (`threads`; None leaves them) and return the count in use. The
+    inter-op pool can be sized only before torch's first parallel work: later it stays."""
+    import torch
+
+    if threads is not None and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+        try:
+            torch.set_num_interop_threads(threads)
+        except RuntimeError:
+            pass
+    return torch.get_num_threads()
+
+
 _LOAD_GROUPS = (O.ModelOptions, O.EngineOptions, O.LongformOptions)
 
 
@@ -581,8 +606,10 @@ def load(task: str, model: str | None = None, wording: str = "api", **kwargs: An
     passes, batch size 1). Long inputs (docs/LONGFORM.md): SE/TSE/VC inputs longer than
     `chunk_seconds` (0 = never) run in chunks; TTS texts longer than `max_chars` are split at
     sentence boundaries. `bf16_cache`: with `dtype="bfloat16"`, keep converted weights in
-    `$METIS_CACHE_DIR/bf16` (`weight_cache`). wording: "api" (messages name these arguments) or
-    "cli" (the `metis` commands: messages name their flags).
+    `$METIS_CACHE_DIR/bf16` (`weight_cache`). `threads`: torch's CPU threads for this process
+    (default: `options.default_threads`, i.e. cores / local processes under a launcher).
+    wording: "api" (messages name these arguments) or "cli" (the `metis` commands: messages name
+    their flags).
     """
     if wording not in WORDINGS:
         raise UsageError(f"wording: must be 'api' or 'cli' (got {wording!r})")
@@ -601,6 +628,7 @@ def _load(task: str, model: str | None, wording: str, kwargs: dict[str, Any]) ->
     groups = O.split(kwargs, _LOAD_GROUPS)
     m: O.ModelOptions = groups[O.ModelOptions]
     eng_opts: O.EngineOptions = groups[O.EngineOptions]
+    set_threads(O.resolve_threads(eng_opts.threads))
     if eng_opts.visual_checkpoint is not None:
         eng_opts = replace(eng_opts, visual_checkpoint=Path(eng_opts.visual_checkpoint))
     engine = Engine(
@@ -621,6 +649,7 @@ __all__ = [
     "load",
     "needs_frontend",
     "rejected_report",
+    "set_threads",
     "text_frontend_problem",
     "text_language",
     "warm_text_frontend",

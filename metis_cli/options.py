@@ -17,8 +17,9 @@ value is one line `metis: error: --steps: must be >= 1 (got 0)` with exit code 2
 from __future__ import annotations
 
 import math
+import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,13 @@ class EngineOptions:
         "changes rounding.",
         at_least(1, int, MAX_BATCH),
     )  # fmt: skip
+    # torch CPU threads (None: `default_threads`: cores / processes of this machine's launch)
+    threads: int | None = opt(
+        None, "--threads",
+        "CPU threads for torch (intra-op). Default: all cores, or cores / local processes when a "
+        "launcher runs several on one machine (LOCAL_WORLD_SIZE, SLURM_STEP_TASKS_PER_NODE).",
+        at_least(1, int, 4096),
+    )  # fmt: skip
     # free each stage's models once the batch no longer needs them
     low_memory: bool = opt(
         False, "--low-memory", "Keep only the models the current stage needs resident (slower, less memory)."
@@ -436,8 +444,8 @@ class RunControl:
     # skip jobs the ledger records as done (output there and complete)
     resume: bool = opt(
         False, "--resume",
-        "Continue the run of --results: skip jobs recorded ok whose output is complete; rerun "
-        "failed and interrupted ones.",
+        "Continue the run of --results: skip jobs recorded ok whose output is complete and whose row "
+        "and settings are unchanged; rerun failed, interrupted and changed ones.",
     )  # fmt: skip
     # with --resume: rerun jobs recorded as failed
     retry_failed: bool = opt(
@@ -448,6 +456,37 @@ class RunControl:
         True, "--length-buckets/--no-length-buckets",
         "With --batch-size > 1: batch jobs of similar input length (longest first) instead of "
         "plan order.",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """`metis ray` (metis_cli/runs/ray.py): the manifest, the cluster and its actors."""
+
+    # the jobs: a manifest is required (checked by the command)
+    manifest: Path | None = opt(None, "--manifest", "Jobs file (.jsonl or .csv), one job per line.")
+    # the -o folder of the manifest's outputs
+    output: Path | None = opt(None, "--output", "Output folder.", short="-o")
+    # actors, each with its own pipeline
+    workers: int = opt(1, "--workers", "Ray actors, each with its own pipeline.", at_least(1, int))
+    # GPUs per actor
+    gpus_per_worker: float = opt(0.0, "--gpus-per-worker", "GPUs per actor (0: CPU actors).", at_least(0))
+    # CPUs per actor
+    cpus_per_worker: float = opt(1.0, "--cpus-per-worker", "CPUs per actor.", at_least(0, above=True))
+    # CPUs of a local cluster started for the run
+    num_cpus: int | None = opt(
+        None, "--num-cpus", "CPUs of a local cluster (default: all of them).", at_least(1, int)
+    )
+    # the cluster to join (None: RAY_ADDRESS, else a local one)
+    address: str | None = opt(
+        None, "--address", "Ray cluster to join (default: RAY_ADDRESS, else a local cluster)."
+    )
+    # how long to wait for the cluster's address and for nodes that can hold the actors
+    ray_timeout: float = opt(
+        60.0, "--ray-timeout",
+        "Seconds to wait for --address to answer and for nodes that can hold the actors (an "
+        "autoscaler's) before failing with the missing resource.",
+        at_least(0, above=True),
     )  # fmt: skip
 
 
@@ -738,6 +777,39 @@ COMMAND_GROUPS: tuple[type, ...] = (
 )
 
 
+def _leading_int(text: str | None) -> int | None:
+    m = re.match(r"\s*(\d+)", text or "")
+    return int(m.group(1)) if m else None
+
+
+def local_processes(env: Mapping[str, str] | None = None) -> int | None:
+    """Processes a launcher runs on this machine: LOCAL_WORLD_SIZE (torchrun, accelerate), else
+    SLURM_STEP_TASKS_PER_NODE (srun: "2" or "2(x3)"); None when not known (plain `--shard I/N`
+    processes started by hand: give --threads)."""
+    env = os.environ if env is None else env
+    for name in ("LOCAL_WORLD_SIZE", "SLURM_STEP_TASKS_PER_NODE"):
+        n = _leading_int(env.get(name))
+        if n:
+            return n
+    return None
+
+
+def default_threads(env: Mapping[str, str] | None = None, cores: int | None = None) -> int | None:
+    """The torch thread count when --threads is not given: cores // local processes (at least
+    1) when several processes share this machine, else None (torch's own default)."""
+    procs = local_processes(env)
+    if not procs or procs <= 1:
+        return None
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // procs)
+
+
+def resolve_threads(threads: int | None, env: Mapping[str, str] | None = None) -> int | None:
+    """--threads when given, else `default_threads`; None: leave torch's setting alone."""
+    return threads if threads is not None else default_threads(env)
+
+
 def split(values: dict[str, Any], groups: Iterable[type] = COMMAND_GROUPS) -> dict[type, Any]:
     """Flat keyword values → one validated instance per group (unknown keys: UsageError)."""
     groups = tuple(groups)
@@ -763,14 +835,18 @@ __all__ = [
     "LongformOptions",
     "ModelOptions",
     "OutputPolicy",
+    "RayOptions",
     "ReportOptions",
     "RunControl",
     "RayServeOptions",
     "ServeLimits",
     "ServeOptions",
     "build",
+    "default_threads",
+    "local_processes",
     "parse_s2a_steps",
     "parse_tasks",
+    "resolve_threads",
     "replace",
     "split",
     "validate",

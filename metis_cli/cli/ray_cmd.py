@@ -1,20 +1,20 @@
 """`metis ray TASK --manifest jobs.jsonl --workers N`: a manifest over a Ray cluster (Ray Data).
 
-Plans on the driver exactly like the task commands (`jobs.plan`), resumes from and appends to the
-same results ledger (`--results`, `--resume`; metis_cli/runs/ledger.py), then runs the jobs on N
-actors (`metis_cli.runs.ray`, one pipeline load per actor, `--gpus-per-worker` GPUs each). Connects
-to the cluster at `--address` or `RAY_ADDRESS`, else starts a local one for the run. stdout and
-exit codes are the task commands': an output path (or a --json record) per finished job; 0 all
-ok or skipped, 1 some failed, 2 usage error (also: Ray not installed), 130/143 interrupted.
+This module parses and prints; the driver is `metis_cli.runs.ray.drive`. Plans on the driver
+exactly like the task commands (`jobs.plan`), resumes from and appends to the same results ledger
+(`--results`, `--resume`; metis_cli/runs/ledger.py), then runs the jobs on N actors (one pipeline
+load per actor, `--gpus-per-worker` GPUs each). Connects to the cluster at `--address` or
+`RAY_ADDRESS`, else starts a local one for the run; an address that does not answer or actors the
+cluster can never hold fail within `--ray-timeout` seconds with the missing resource named.
+stdout and exit codes are the task commands': an output path (or a --json record) per finished
+job; 0 all ok or skipped, 1 some failed (or the cluster failed mid-run), 2 usage error (also: Ray
+not installed, unreachable cluster, impossible resources), 130/143 interrupted.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -33,37 +33,34 @@ from metis_cli.cli.report import (
     configure_quiet,
     error_line,
     fail_usage,
+    settings_of,
     signals,
     silence_stdout,
 )
 from metis_cli.errors import UsageError
 
 TASKS_HELP = "enhance (se), tse, vc, tts or l2s."
-_OPTION_NAMES = {n for g in O.COMMAND_GROUPS for n in O.names(g)}
+GROUPS = (*O.COMMAND_GROUPS, O.RayOptions)
 
 
 def _body(values: dict[str, Any]) -> None:
     from metis_cli.runs.ray import TASK_NAMES
 
-    task = TASK_NAMES.get(values["task"])
+    task = TASK_NAMES.get(values.pop("task"))
     if task is None:
-        fail_usage(f"TASK: must be one of {', '.join(TASK_NAMES)} (got {values['task']!r})")
-    if values["manifest"] is None:
+        fail_usage(f"TASK: must be one of {', '.join(TASK_NAMES)}")
+    groups = O.split(values, GROUPS)
+    if groups[O.RayOptions].manifest is None:
         fail_usage("metis ray needs --manifest")
-    if values["workers"] < 1:
-        fail_usage(f"--workers: must be >= 1 (got {values['workers']})")
-    if values["gpus_per_worker"] < 0 or values["cpus_per_worker"] <= 0:
-        fail_usage("--gpus-per-worker: must be >= 0, --cpus-per-worker: must be > 0")
-    groups = O.split({k: v for k, v in values.items() if k in _OPTION_NAMES})
     if groups[O.RunControl].shard is not None:
         fail_usage("--shard: not with metis ray (Ray spreads the jobs over its workers)")
     report: O.ReportOptions = groups[O.ReportOptions]
-    printer = Printer(f"ray {values['task']}", as_json=report.json, quiet=report.quiet)
+    printer = Printer(f"ray {task}", as_json=report.json, quiet=report.quiet)
     configure_quiet(printer.quiet)
     code = EXIT_OK
     try:
         with signals():
-            code = _run(printer, task, values, groups)
+            code = _run(printer, task, groups)
     except UsageError as exc:
         error_line(str(exc))
         code = EXIT_USAGE
@@ -78,123 +75,64 @@ def _body(values: dict[str, Any]) -> None:
     raise typer.Exit(code)
 
 
-def _load_kw(groups: dict[type, Any]) -> dict[str, Any]:
-    """`metis_cli.load` keywords for the actors (paths absolute: workers run in other folders)."""
-    kw: dict[str, Any] = {}
-    for g in (O.ModelOptions, O.EngineOptions, O.LongformOptions, O.DecodingOptions):
-        kw.update({k: getattr(groups[g], k) for k in O.names(g)})
-    kw["offline"] = kw["offline"] or None
-    for k in ("checkpoint_dir", "visual_checkpoint"):
-        if kw.get(k) is not None:
-            kw[k] = os.path.abspath(str(kw[k]))
-    model = kw.get("model")
-    if model is not None and Path(model).is_dir():
-        kw["model"] = os.path.abspath(model)
-    return kw
-
-
-def _run(printer: Printer, task: str, values: dict[str, Any], groups: dict[type, Any]) -> int:
+def _run(printer: Printer, task: str, groups: dict[type, Any]) -> int:
     from metis_cli import jobs as J
     from metis_cli.api import load
     from metis_cli.errors import InputError, MetisError
-    from metis_cli.runs.ledger import Session
-    from metis_cli.runs.ray import actor_class, plan_rows
+    from metis_cli.runs.ray import ClusterError, drive, load_kwargs
+    from metis_cli.runs.session import Session
 
-    ctl: O.RunControl = groups[O.RunControl]
-    eng: O.EngineOptions = groups[O.EngineOptions]
-    load_kw = _load_kw(groups)
+    ray_opts: O.RayOptions = groups[O.RayOptions]
+    load_kw = load_kwargs(groups)
     try:
-        load(task, **load_kw)  # checks the options and the model card on the driver (no weights)
+        pipe = load(task, **load_kw)  # checks the options and the model card on the driver (no weights)
     except MetisError as exc:
         error_line(str(exc))
         return EXIT_USAGE if isinstance(exc, InputError) else EXIT_FAILED
-    plan = J.plan(
-        J.Request(
-            task=task,
-            manifest=values["manifest"],
-            output=values.get("output"),
-            seed=groups[O.JobDefaults].seed,
-            existing=groups[O.OutputPolicy].existing,
-        )
+    request = J.Request(
+        task=task,
+        manifest=ray_opts.manifest,
+        output=ray_opts.output,
+        seed=groups[O.JobDefaults].seed,
+        existing=groups[O.OutputPolicy].existing,
     )
+    plan = J.plan(request)
     for w in plan.warnings:
         printer.message(f"warning: {w}")
-    long_seconds = groups[O.LongformOptions].chunk_seconds if task in ("se", "tse", "vc") else 0.0
+    ctl: O.RunControl = groups[O.RunControl]
     session = Session.open(
         plan,
         results=ctl.results,
         resume_run=ctl.resume,
         retry_failed=ctl.retry_failed,
-        batch_size=eng.batch_size,
+        batch_size=groups[O.EngineOptions].batch_size,
         length_buckets=ctl.length_buckets,
-        long_seconds=long_seconds,
+        long_seconds=groups[O.LongformOptions].chunk_seconds if task in ("se", "tse", "vc") else 0.0,
         message=printer.message,
+        settings=settings_of(pipe, groups),
     )
-    rows = plan_rows(session.plan)
-    if not rows:
-        return session.finish(EXIT_OK)
-    try:
-        import ray
-        import ray.data
-    except ImportError:
-        error_line("metis ray needs Ray Data: pip install 'metis-cli[ray]'")
-        return session.finish(EXIT_USAGE)
-    address = values.get("address") or os.environ.get("RAY_ADDRESS") or None
-    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
-    if not verbose:  # Ray Data's execution notes and plans: not for stderr unless --verbose
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
-    started = not ray.is_initialized()
-    if started:
-        local = {} if address is not None or values["num_cpus"] is None else {"num_cpus": values["num_cpus"]}
-        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            log_to_driver=verbose,
-            logging_level="DEBUG" if verbose else "ERROR",
-            **local,
-        )
-        for sig, handler in handlers.items():  # Ray's own handlers abort the driver (no clean-up)
-            if handler is not None:
-                signal.signal(sig, handler)
     failures: list[str] = []
+    total = len(session.plan)
     try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False  # ours below (stderr); stdout carries results only
-        batch = max(1, eng.batch_size)
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), len(rows) // batch)))
-        results = ds.map_batches(
-            actor_class(task),
-            fn_constructor_kwargs=load_kw,
-            compute=ray.data.ActorPoolStrategy(size=values["workers"]),
-            num_cpus=values["cpus_per_worker"],
-            num_gpus=values["gpus_per_worker"] or None,
-            batch_size=batch,
-            batch_format="pyarrow",
-        )
-        with printer.progress(len(rows)) as progress:
-            bar = progress.add_task(printer.task, total=len(rows))
-            try:
-                for block in results.iter_batches(batch_size=None, batch_format="pyarrow"):
-                    for row in block.to_pylist():
-                        rec = json.loads(row["record"])
-                        session.record_dict(rec, row["key"])
-                        progress.advance(bar)
-                        _print(printer, rec, failures)
-            except (StdoutClosed, Terminated):
-                raise
-            except Exception as exc:  # the cluster failed (a worker died, the head went away)
-                why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                error_line(
-                    f"ray: {type(exc).__name__}: {why} (finished jobs are in the ledger; rerun with --resume)"
-                )
-                return session.finish(EXIT_FAILED)
-    finally:
-        if started:
-            ray.shutdown()
+        verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
+        records = drive(session, load_kw, ray_opts, groups[O.EngineOptions].batch_size, verbose)
+        with printer.progress(total) as progress:
+            bar = progress.add_task(printer.task, total=total)
+            for rec in records:
+                progress.advance(bar)
+                _print(printer, rec, failures)
+    except UsageError as exc:
+        error_line(str(exc))
+        return session.finish(EXIT_USAGE)
+    except ClusterError as exc:
+        error_line(str(exc))
+        return session.finish(EXIT_FAILED)
+    except BaseException:
+        session.close()  # the shard's lock is released however the run ends
+        raise
     code = EXIT_OK
     if failures:
-        printer.message(f"{len(failures)} of {len(rows)} job(s) failed:")
+        printer.message(f"{len(failures)} of {total} job(s) failed:")
         for line in failures:
             printer.message(f"  {line}")
         code = EXIT_FAILED
@@ -219,32 +157,7 @@ def _print(printer: Printer, rec: dict[str, Any], failures: list[str]) -> None:
 def register(app: typer.Typer) -> None:
     params = [
         param("task", str, typer.Argument(..., metavar="TASK", help=TASKS_HELP)),
-        param(
-            "manifest",
-            Path | None,
-            typer.Option(None, "--manifest", help="Jobs file (.jsonl or .csv), one job per line."),
-        ),
-        param("output", Path | None, typer.Option(None, "-o", "--output", help="Output folder.")),
-        param("workers", int, typer.Option(1, "--workers", help="Ray actors, each with its own pipeline.")),
-        param(
-            "gpus_per_worker",
-            float,
-            typer.Option(0.0, "--gpus-per-worker", help="GPUs per actor (0: CPU actors)."),
-        ),
-        param("cpus_per_worker", float, typer.Option(1.0, "--cpus-per-worker", help="CPUs per actor.")),
-        param(
-            "num_cpus",
-            int | None,
-            typer.Option(None, "--num-cpus", help="CPUs of a local cluster (default: all of them)."),
-        ),
-        param(
-            "address",
-            str | None,
-            typer.Option(
-                None, "--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)."
-            ),
-        ),
-        *group_params(O.COMMAND_GROUPS),
+        *group_params(GROUPS),
     ]
     app.command("ray")(
         command(

@@ -181,6 +181,8 @@ def silence_stdout() -> None:
 
 def _run(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) -> int:
     from metis_cli.api import load
+    from metis_cli.runs.session import Session  # sharded runs: shard, resume, buckets, ledger
+    from metis_cli.runs.shard import local_device
 
     task = request_kw["task"]
     server = getattr(groups.get(O.ReportOptions), "server", None)
@@ -191,13 +193,18 @@ def _run(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) 
         for w in plan.warnings:
             printer.message(f"warning: {w}")
         dec = {k: getattr(groups[O.DecodingOptions], k) for k in O.names(O.DecodingOptions)}
+        dec = {k: v for k, v in dec.items() if v is not None}
         try:
-            remote = RemotePipeline.connect(server, task, {k: v for k, v in dec.items() if v is not None})
+            remote = RemotePipeline.connect(server, task, dec)
         except MetisError as exc:
             error_line(str(exc))
             return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED
-        with remote:
-            return execute(printer, remote, plan)
+        with remote:  # the same run contract: shard, resume, ledger (written here, by the client)
+            args = {**_session_args(plan.task, groups), "batch_size": 1}
+            settings = {"mode": "client", "decoding": dec}  # not the URL: a moved service is the same
+            return _in_session(
+                printer, remote, Session.open(plan, message=printer.message, settings=settings, **args)
+            )
     m: O.ModelOptions = groups[O.ModelOptions]
     load_kw = {
         **{k: getattr(m, k) for k in O.names(O.ModelOptions)},
@@ -206,20 +213,23 @@ def _run(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) 
         **{k: getattr(groups[O.DecodingOptions], k) for k in O.names(O.DecodingOptions)},
     }
     load_kw["offline"] = load_kw["offline"] or None  # None: honour HF_HUB_OFFLINE
-    from metis_cli.runs.session import Session  # sharded runs: shard, resume, buckets, ledger
-    from metis_cli.runs.shard import local_device
-
     load_kw["device"] = local_device(load_kw["device"])
     try:
         pipe = load(task, wording="cli", **load_kw)  # lazy: reads cards, resolves the device; no weights yet
     except MetisError as exc:
         error_line(str(exc))
         return EXIT_USAGE if isinstance(exc, InputError) else EXIT_FAILED
+    import torch
+
+    threads = torch.get_num_threads()
     plan = J.plan(J.Request(**request_kw))
     for w in plan.warnings:
         printer.message(f"warning: {w}")
-    session = Session.open(plan, message=printer.message, **_session_args(plan.task, groups))
-    return session.finish(execute(printer, pipe, session.plan, session.record))
+    settings = settings_of(pipe, groups)
+    session = Session.open(
+        plan, message=printer.message, settings=settings, threads=threads, **_session_args(plan.task, groups)
+    )
+    return _in_session(printer, pipe, session, {"threads": threads})
 
 
 def _session_args(task: str, groups: dict[type, Any]) -> dict[str, Any]:
@@ -254,8 +264,43 @@ def json_line(obj: Any) -> str:
     return json.dumps(clean(obj), ensure_ascii=False, default=str)
 
 
-def execute(printer: Printer, pipe: Any, plan: J.Plan, on_report: Any = None) -> int:
+def settings_of(pipe: Any, groups: dict[type, Any]) -> dict[str, Any]:
+    """What a job's output depends on besides the job itself: recorded with each success, and
+    a resume reruns the jobs recorded with other settings (`runs.ledger.job_identity`)."""
+    import dataclasses
+
+    eng: O.EngineOptions = groups[O.EngineOptions]
+    m: O.ModelOptions = groups[O.ModelOptions]
+    return {
+        "model": m.model,
+        "dtype": eng.dtype,
+        "attention": eng.attention,
+        "decoding": dataclasses.asdict(pipe.decoding()),
+        "longform": dataclasses.asdict(groups[O.LongformOptions]) if O.LongformOptions in groups else None,
+    }
+
+
+def _in_session(printer: Printer, pipe: Any, session: Any, extra: dict[str, Any] | None = None) -> int:
+    """Run a session's plan, each report recorded in its ledger; the ledger's lock is released
+    however the run ends."""
+    try:
+        return session.finish(execute(printer, pipe, session.plan, session.record, session.started, extra))
+    finally:
+        session.close()
+
+
+def execute(
+    printer: Printer,
+    pipe: Any,
+    plan: J.Plan,
+    on_report: Any = None,
+    on_start: Any = None,
+    extra: dict[str, Any] | None = None,
+) -> int:
+    """Run a plan through `pipe` (a `Pipeline` or `RemotePipeline`) and print each report;
+    `extra`: fields added to each --json record (e.g. the torch threads of this process)."""
     failures: list[Any] = []
+    run_kw = {} if on_start is None else {"on_start": on_start}
     done = 0
     total = len(plan)
     with printer.progress(total) as progress:
@@ -268,17 +313,18 @@ def execute(printer: Printer, pipe: Any, plan: J.Plan, on_report: Any = None) ->
             progress.update(chunk_bar[0], completed=p.index + 1, total=p.total)
 
         try:
-            for rep in pipe.run(plan, on_chunk=on_chunk, on_report=on_report):
+            for rep in pipe.run(plan, on_chunk=on_chunk, on_report=on_report, **run_kw):
                 done += 1
                 progress.advance(bar)
                 if chunk_bar:
                     progress.remove_task(chunk_bar.pop())
                 for w in rep.info.get("warnings", ()):
                     printer.message(f"warning: {w}")
+                record = {**rep.to_dict(), **(extra or {})}
                 if printer.as_json and rep.output == "-":
-                    printer.report(json_line(rep.to_dict()))
+                    printer.report(json_line(record))
                 elif printer.as_json:
-                    printer.result(json_line(rep.to_dict()))
+                    printer.result(json_line(record))
                 elif rep.status == "ok" and rep.output != "-":
                     printer.result(rep.output)
                 if rep.status == "error":

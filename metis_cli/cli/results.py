@@ -1,10 +1,12 @@
 """`metis results FILE...`: merge the results ledgers of a (sharded) run and say what is missing.
 
 A FILE is a ledger given to `--results` (its shard files FILE.shard-*-of-*.jsonl are found next
-to it) or one shard file. stdout: the totals, then one line per failed job and per missing job
-(with --json: one JSON object). Exit codes: 0 every planned job finished ok or skipped; 1 some
-failed or are missing (in flight when a process stopped, or in a shard that wrote no ledger);
-2 no ledger found.
+to it) or one shard file. Only the jobs the latest attempt planned count (records of manifest
+rows edited away since do not). stdout: the totals, then one line per failed job (in manifest
+order) and per missing job: "started, never finished" (in flight when its process stopped),
+"not started", or counted per shard that wrote no ledger (with --json: one JSON object). Exit
+codes: 0 every planned job finished ok or skipped; 1 some failed or are missing; 2 no ledger, a
+file that is not a ledger (empty, a manifest), or ledgers of two different runs.
 """
 
 from __future__ import annotations
@@ -68,9 +70,11 @@ def _lines(d: dict, limit: int | None) -> list[str]:
         + (f" (shard {p['shard']})" if p.get("shard") else "")
         for p in d["pending"]
     ]
-    if d["unrecorded"]:
+    missing += [f"{name}: not started" for name in d["not_started"]]
+    unknown = d["unrecorded"] - len(d["not_started"])
+    if unknown > 0:
         where = f" (no ledger from shard(s) {', '.join(d['absent_shards'])})" if d["absent_shards"] else ""
-        missing.append(f"{d['unrecorded']} job(s) never recorded{where}")
+        missing.append(f"{unknown} job(s) never recorded{where}")
     listed("missing", missing, d["missing"])
     if d["complete"]:
         out.append("complete: every planned job finished")

@@ -37,6 +37,7 @@ class Job:
     # an output file that appears between planning and placement: replaced (--overwrite), or the
     # job fails with "exists" (placement never replaces a file it did not plan to replace)
     overwrite: bool = field(default=False, compare=False)
+    seed_drawn: bool = False  # the seed was drawn at random (no --seed, no seed field)
 
     def describe(self) -> str:
         """How messages name the job: its manifest line, else its main input."""

@@ -283,6 +283,7 @@ def make_job(
         duration=None if duration is None else float(duration),
         origin=origin,
         job_id=job_id,
+        seed_drawn=seed is None,
     )
 
 

@@ -73,12 +73,16 @@ class RemotePipeline:
     def __exit__(self, *exc: object) -> None:
         self.client.close()
 
-    def run(self, plan: Any, on_chunk: Any = None, on_report: Any = None, **_: Any) -> Iterator[Any]:
+    def run(
+        self, plan: Any, on_chunk: Any = None, on_report: Any = None, on_start: Any = None, **_: Any
+    ) -> Iterator[Any]:
+        """Reports in plan order, like `api.Pipeline.run`; `on_start(job)` is called (from a
+        worker thread) as each job is sent."""
         from metis_cli.jobs import Job
 
         items = plan.items
         with ThreadPoolExecutor(CONCURRENCY) as pool:
-            futures = [pool.submit(self._job, i) if isinstance(i, Job) else None for i in items]
+            futures = [pool.submit(self._job, i, on_start) if isinstance(i, Job) else None for i in items]
             try:
                 for item, fut in zip(items, futures, strict=True):
                     rep = fut.result() if fut is not None else _rejected(item)
@@ -90,9 +94,11 @@ class RemotePipeline:
                     if fut is not None:
                         fut.cancel()
 
-    def _job(self, job: Any) -> Any:
+    def _job(self, job: Any, on_start: Any = None) -> Any:
         from metis_cli.api import TEXT_IN_REPORT, Report
 
+        if on_start is not None:
+            on_start(job)
         rep = Report(
             inputs={k: str(v) for k, v in job.inputs.items()},
             output=str(job.output),
@@ -107,8 +113,8 @@ class RemotePipeline:
                 role: (Path(p).name, _read(Path(p)), "application/octet-stream")
                 for role, p in job.inputs.items()
             }
-        except _LocalError as exc:
-            rep.error = str(exc)
+        except _LocalError as exc:  # named like the local run's: "jobs.jsonl:31: in/x.wav: ..."
+            rep.error = f"{job.origin}: {exc}" if job.origin else str(exc)
             return rep
         data = {"seed": str(job.seed), **self.decoding}
         if self.task == "tts":
