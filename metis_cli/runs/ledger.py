@@ -47,6 +47,7 @@ not a ledger, or ledgers of two different runs, are usage errors.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -495,10 +496,13 @@ def resume(
 
 
 def _runnable(item: J.Job | J.Rejected) -> J.Job | J.Rejected:
-    """The job itself when its only problem is that its (own, per the ledger) output exists."""
+    """The job itself when its only problem is that its (own, per the ledger) output exists: it
+    may replace that output (placement otherwise refuses a file it did not plan to replace)."""
     if isinstance(item, J.Job) or item.job is None:
         return item
-    return item.job if J.output_problem(item.job, "overwrite") is None else item
+    if J.output_problem(item.job, "overwrite") is not None:
+        return item
+    return dataclasses.replace(item.job, overwrite=True)
 
 
 def _open_files() -> set[tuple[int, int]] | None:
