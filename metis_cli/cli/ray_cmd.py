@@ -22,6 +22,7 @@ import typer
 from metis_cli import options as O
 from metis_cli.cli.params import command, group_params, param
 from metis_cli.cli.report import (
+    ENDING_SIGNALS,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_SIGINT,
@@ -73,8 +74,8 @@ def _body(values: dict[str, Any]) -> None:
     except KeyboardInterrupt:
         error_line("interrupted")
         code = EXIT_SIGINT
-    except Terminated:
-        code = EXIT_SIGTERM
+    except Terminated as exc:
+        code = int(exc.code) if isinstance(exc.code, int) else EXIT_SIGTERM
     raise typer.Exit(code)
 
 
@@ -146,7 +147,7 @@ def _run(printer: Printer, task: str, values: dict[str, Any], groups: dict[type,
     started = not ray.is_initialized()
     if started:
         local = {} if address is not None or values["num_cpus"] is None else {"num_cpus": values["num_cpus"]}
-        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        handlers = {sig: signal.getsignal(sig) for sig in (*ENDING_SIGNALS, signal.SIGINT)}
         ray.init(
             address=address,
             include_dashboard=False,

@@ -6,8 +6,8 @@ stdout: results only (an output path per finished job, or one JSON object per jo
 keeps errors only). Paths are printed literally (no markup).
 
 Exit codes: 0 all jobs ok or skipped; 1 some jobs failed (or the models could not be loaded);
-2 usage error; 130 SIGINT; 143 SIGTERM; 141 stdout closed by the reader (the run stops quietly;
-finished outputs stay complete, nothing partial is left).
+2 usage error; 130 SIGINT; 143 SIGTERM (129 SIGHUP, 131 SIGQUIT); 141 stdout closed by the reader
+(the run stops quietly; finished outputs stay complete, nothing partial is left).
 """
 
 from __future__ import annotations
@@ -49,19 +49,26 @@ def text_from(path: Path) -> str:
 
 
 class Terminated(SystemExit):
-    """SIGTERM, raised where the main thread is, so every writer cleans up on its way out."""
+    """SIGTERM, SIGHUP or SIGQUIT (code 128 + signal), raised where the main thread is, so every
+    writer cleans up on its way out."""
+
+
+ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 @contextmanager
 def signals() -> Any:
-    def on_term(signum: int, frame: Any) -> None:
-        raise Terminated(EXIT_SIGTERM)
+    """SIGTERM, SIGHUP and SIGQUIT raise `Terminated(128 + signal)` inside the block."""
 
-    old = signal.signal(signal.SIGTERM, on_term)
+    def on_term(signum: int, frame: Any) -> None:
+        raise Terminated(128 + signum)
+
+    old = {sig: signal.signal(sig, on_term) for sig in ENDING_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 class StdoutClosed(Exception):
@@ -128,9 +135,10 @@ def run_guarded(printer: Printer, groups: dict[type, Any], request_kw: dict[str,
     from metis_cli.cli.logs import restore_levels, saved_levels
 
     levels = saved_levels()
-    configure_quiet(printer.quiet)
     code = EXIT_OK
     try:
+        _check_usage(groups)  # before anything heavy is imported (no torch for a usage error)
+        configure_quiet(printer.quiet)
         with signals(), _quiet_warnings(printer.quiet):
             code = _run(printer, groups, request_kw)
     except UsageError as exc:
@@ -142,8 +150,8 @@ def run_guarded(printer: Printer, groups: dict[type, Any], request_kw: dict[str,
     except KeyboardInterrupt:
         error_line("interrupted")
         code = EXIT_SIGINT
-    except Terminated:
-        code = EXIT_SIGTERM
+    except Terminated as exc:
+        code = int(exc.code) if isinstance(exc.code, int) else EXIT_SIGTERM
     finally:
         from metis_cli.media.audio import remove_temp_files
 
@@ -203,6 +211,7 @@ def _run(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) 
     from metis_cli.runs.session import Session  # sharded runs: shard, resume, buckets, ledger
     from metis_cli.runs.shard import local_device
 
+    session_kw = _session_args(task, groups)
     load_kw["device"] = local_device(load_kw["device"])
     try:
         pipe = load(task, **load_kw)  # lazy: reads cards, resolves the device; no weights yet
@@ -212,8 +221,16 @@ def _run(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) 
     plan = J.plan(J.Request(**request_kw))
     for w in plan.warnings:
         printer.message(f"warning: {w}")
-    session = Session.open(plan, message=printer.message, **_session_args(plan.task, groups))
+    session = Session.open(plan, message=printer.message, **session_kw)
     return session.finish(execute(printer, pipe, session.plan, session.record))
+
+
+def _check_usage(groups: dict[type, Any]) -> None:
+    """The run-control usage errors that need no model (raises UsageError)."""
+    from metis_cli.runs.session import check_run_control
+
+    ctl = groups.get(O.RunControl) or O.RunControl()
+    check_run_control(ctl.results, ctl.resume, ctl.retry_failed)
 
 
 def _session_args(task: str, groups: dict[type, Any]) -> dict[str, Any]:

@@ -30,6 +30,14 @@ from metis_cli.runs.ledger import (
 from metis_cli.runs.shard import Shard, select, torchrun_barrier
 
 
+def check_run_control(results: str | os.PathLike | None, resume_run: bool, retry_failed: bool) -> None:
+    """Usage errors of the run-control flags, checked before anything loads (no torch)."""
+    if resume_run and results is None:
+        raise UsageError("--resume: needs --results FILE (the ledger of the run to resume)")
+    if not retry_failed and not resume_run:
+        raise UsageError("--no-retry-failed: only with --resume")
+
+
 @dataclass
 class Session:
     """One run's shard, resume decisions, length buckets and ledger (`Session.open`)."""
@@ -56,10 +64,7 @@ class Session:
         long_seconds: float = 0.0,
         message: Callable[[str], None] = lambda text: None,
     ) -> Session:
-        if resume_run and results is None:
-            raise UsageError("--resume: needs --results FILE (the ledger of the run to resume)")
-        if not retry_failed and not resume_run:
-            raise UsageError("--no-retry-failed: only with --resume")
+        check_run_control(results, resume_run, retry_failed)
         total = len(plan)
         mine = select(plan, shard)
         if shard is not None:
