@@ -40,12 +40,21 @@ def fail_usage(msg: str) -> NoReturn:
 
 
 def text_from(path: Path) -> str:
-    """The text of a file, or of stdin for '-' (usage error if unreadable)."""
+    """The text of a file, or of stdin for '-' (usage error if unreadable or not UTF-8, naming
+    the line and byte)."""
+    name = "stdin" if str(path) == "-" else str(path)
     try:
-        raw = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        fail_usage(f"{path}: cannot read text ({getattr(exc, 'strerror', None) or exc})")
-    return raw.strip()
+        raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    except OSError as exc:
+        fail_usage(f"{name}: cannot read text ({exc.strerror or exc})")
+    try:
+        return raw.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        fail_usage(
+            f"{name}: line {line}: not UTF-8 (byte 0x{raw[exc.start]:02x} at byte {column} of the line)"
+        )
 
 
 class Terminated(SystemExit):
