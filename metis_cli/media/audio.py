@@ -29,6 +29,8 @@ import os
 import re
 import signal
 import socket
+import stat
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -280,6 +282,52 @@ def _to_mono(data: np.ndarray) -> np.ndarray:
     return np.mean(data.T, axis=0)
 
 
+# audio read from pipes (`read_stream`), by the name the user gave ("-", a FIFO's path)
+_STREAMS: dict[str, AudioArray] = {}
+
+
+def is_stream(path: str | os.PathLike) -> bool:
+    """True for "-" (stdin) and for an existing input that is neither a regular file nor a folder:
+    a FIFO, ``/dev/stdin`` fed by a pipe, ``/dev/fd/N`` from a shell's ``<(...)``."""
+    if str(path) == "-":
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def read_stream(path: str | os.PathLike) -> AudioArray:
+    """Read a pipe's audio into memory once, as ffmpeg and sox do (a pipe can be read only once
+    and cannot seek); later reads of the same name (`load_audio`, `BlockSource`) get the samples.
+
+    "-" reads standard input. Raises AudioError for data that is not audio (naming the input).
+    """
+    key = str(path)
+    if key not in _STREAMS:
+        name = "stdin" if key == "-" else key
+        try:
+            if key == "-":
+                data = sys.stdin.buffer.read()
+            else:
+                with open(path, "rb") as f:
+                    data = f.read()
+        except OSError as exc:
+            raise AudioError(f"{name}: cannot read ({exc.strerror or exc})") from None
+        if not data:
+            raise AudioError(f"{name}: no audio data (the pipe was empty)")
+        _STREAMS[key] = decode_bytes(data, name)
+    return _STREAMS[key]
+
+
+def _streamed(source: AudioSource) -> AudioSource:
+    """The in-memory audio of a source that was read from a pipe, else the source itself."""
+    if isinstance(source, AudioArray) or not _STREAMS:
+        return source
+    return _STREAMS.get(str(source), source)
+
+
 def load_audio(source: AudioSource, sr: int) -> np.ndarray:
     """Load audio as mono float32 at ``sr`` Hz, bit-identical to ``librosa.load`` for files.
 
@@ -294,6 +342,7 @@ def load_audio(source: AudioSource, sr: int) -> np.ndarray:
     Raises:
         AudioError: missing/unreadable file, zero samples, or non-finite samples.
     """
+    source = _streamed(source)
     if isinstance(source, AudioArray):
         name = source.name
         data, sr_native = _array_frames(source), int(source.sample_rate)
@@ -339,6 +388,7 @@ class BlockSource:
     AV_KEEP_SECONDS = 30.0
 
     def __init__(self, source: AudioSource) -> None:
+        source = _streamed(source)
         self.name = source_name(source)
         self._array: np.ndarray | None = None
         self._sf: sf.SoundFile | None = None
