@@ -104,13 +104,7 @@ def _serve(values: dict[str, Any]) -> None:
     # uvicorn re-raises the signal it stopped on once it has drained: we record it and exit 0
     signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
     signal.signal(signal.SIGINT, lambda signum, frame: stopped.append(signum))
-
-    def stop_like_sigterm(signum: int, frame: Any) -> None:  # uvicorn handles SIGINT/SIGTERM only
-        stopped.append(signum)
-        server.handle_exit(signum, frame)
-
-    for sig in (signal.SIGHUP, signal.SIGQUIT):  # a closed terminal or ssh session: drain and stop
-        signal.signal(sig, stop_like_sigterm)
+    _stop_on_hangup(server, stopped)
     where = f"http://{_url_host(host)}:{config.port}/" if config.port else f"{host}, a free port (see below)"
     sys.stderr.write(f"metis serve: {where} (tasks: {', '.join(config.tasks)})\n")
     sys.stderr.flush()
@@ -121,6 +115,18 @@ def _serve(values: dict[str, Any]) -> None:
     if not server.started and not stopped:
         raise typer.Exit(1)  # could not bind (uvicorn logged why)
     raise typer.Exit(0)
+
+
+def _stop_on_hangup(server: Any, stopped: list[int]) -> None:
+    """SIGHUP (a closed terminal or ssh session) and SIGQUIT drain and stop the server like
+    SIGTERM (uvicorn itself handles SIGINT and SIGTERM only)."""
+
+    def stop_like_sigterm(signum: int, frame: Any) -> None:
+        stopped.append(signum)
+        server.handle_exit(signum, frame)
+
+    for sig in (signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, stop_like_sigterm)
 
 
 def _url_host(host: str) -> str:
