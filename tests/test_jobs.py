@@ -238,7 +238,7 @@ def test_tts_manifest_types_and_bounds(tmp_path):
     errors = [it.error if isinstance(it, J.Rejected) else None for it in plan.items]
     assert "field 'duration' must be a number (got 'long')" in errors[0]
     assert "duration: must be more than 0 and at most 600 seconds (got 100000)" in errors[1]
-    assert "has no letters to phonemise" in errors[2]
+    assert "has no letters or digits to phonemise" in errors[2]
     assert "language must be one of" in errors[3]
     (job,) = plan.jobs
     assert job.duration == 2.5 and job.language == "en" and job.output == tmp_path / "out" / "tts-00005.wav"

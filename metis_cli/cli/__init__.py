@@ -3,7 +3,7 @@
 
 Exit codes (docs/CLI.md): 0 every job succeeded (or was skipped); 1 some jobs failed (the others
 still ran and were written); 2 usage errors (one line `metis: error: ...`); 130 SIGINT;
-141 stdout closed by its reader; 143 SIGTERM.
+141 stdout closed by its reader; 143 SIGTERM, 129 SIGHUP, 131 SIGQUIT.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ app = typer.Typer(
         "Metis speech generation from the official checkpoints: TTS, voice conversion, target speaker "
         "extraction, speech enhancement and lip-to-speech.\n\n"
         "Exit codes: 0 all jobs succeeded, 1 some jobs failed (the rest were written), 2 usage error, "
-        "130/143 interrupted (SIGINT/SIGTERM), 141 stdout closed."
+        "128+N ended by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), 141 stdout closed."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -106,5 +106,8 @@ _register()
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (also `metis_cli.__main__.main`, which sets the signal handlers
+    before this package is imported)."""
+    from metis_cli.__main__ import guarded
+
+    guarded(lambda: app(prog_name="metis"))

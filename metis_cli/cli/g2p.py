@@ -13,12 +13,14 @@ from metis_cli.errors import MetisError, TextError
 def _convert(text: str, language: str | None) -> dict:
     from metis_cli import text as front
 
+    front.check_utf8(text)
+    text = front.clean_text(text)
     if not text.strip():
         raise TextError("empty text")
-    if not any(ch.isalpha() for ch in text):
-        raise TextError(f"text {text[:40]!r} has no letters to phonemise")
+    if not front.has_speech(text):
+        raise TextError(f"text {text[:40]!r} has no letters or digits to phonemise")
     lang = language or front.detect_language(text)
-    phones, ids = front.g2p(text, lang)
+    phones, ids = front.speech_g2p(text, lang)
     return {"text": text, "lang": lang, "phones": phones, "ids": ids}
 
 
@@ -50,7 +52,7 @@ def g2p_command(
             )
         except MetisError as exc:
             typer.echo(f"espeak-ng: {exc}", err=True)
-    lines = [text] if text is not None and text != "-" else (line.rstrip("\r\n") for line in sys.stdin)
+    lines = [text] if text is not None and text != "-" else _stdin_lines()
     failed = 0
     try:
         for number, line in enumerate(lines, start=1):
@@ -76,6 +78,13 @@ def g2p_command(
         raise typer.Exit(EXIT_SIGPIPE) from None
     if failed:
         raise typer.Exit(1)
+
+
+def _stdin_lines():
+    """stdin's lines, decoded as UTF-8 one by one: a line that is not UTF-8 becomes a string
+    with its bad bytes as lone surrogates, which `_convert` reports (naming the byte)."""
+    for raw in sys.stdin.buffer:
+        yield raw.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
 
 
 def _out(line: str) -> None:

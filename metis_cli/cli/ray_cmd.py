@@ -70,8 +70,8 @@ def _body(values: dict[str, Any]) -> None:
     except KeyboardInterrupt:
         error_line("interrupted")
         code = EXIT_SIGINT
-    except Terminated:
-        code = EXIT_SIGTERM
+    except Terminated as exc:
+        code = int(exc.code) if isinstance(exc.code, int) else EXIT_SIGTERM
     raise typer.Exit(code)
 
 

@@ -8,8 +8,8 @@ and control characters are printed as \\xNN (`errors.printable`, as `ls -b` does
 stdout carries the audio, so the --json line goes to stderr.
 
 Exit codes: 0 all jobs ok or skipped; 1 some jobs failed (or the models could not be loaded);
-2 usage error; 130 SIGINT; 143 SIGTERM; 141 stdout closed by the reader (the run stops quietly;
-finished outputs stay complete, nothing partial is left).
+2 usage error; 130 SIGINT; 143 SIGTERM (129 SIGHUP, 131 SIGQUIT); 141 stdout closed by the reader
+(the run stops quietly; finished outputs stay complete, nothing partial is left).
 """
 
 from __future__ import annotations
@@ -42,28 +42,44 @@ def fail_usage(msg: str) -> NoReturn:
 
 
 def text_from(path: Path) -> str:
-    """The text of a file, or of stdin for '-' (usage error if unreadable)."""
+    """The text of a file, or of stdin for '-' (usage error if unreadable or not UTF-8, naming
+    the line and byte)."""
+    name = "stdin" if str(path) == "-" else str(path)
     try:
-        raw = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        fail_usage(f"{path}: cannot read text ({getattr(exc, 'strerror', None) or exc})")
-    return raw.strip()
+        raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    except OSError as exc:
+        fail_usage(f"{name}: cannot read text ({exc.strerror or exc})")
+    try:
+        return raw.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        fail_usage(
+            f"{name}: line {line}: not UTF-8 (byte 0x{raw[exc.start]:02x} at byte {column} of the line)"
+        )
 
 
 class Terminated(SystemExit):
-    """SIGTERM, raised where the main thread is, so every writer cleans up on its way out."""
+    """SIGTERM, SIGHUP or SIGQUIT (code 128 + signal), raised where the main thread is, so every
+    writer cleans up on its way out."""
+
+
+ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 @contextmanager
 def signals() -> Any:
-    def on_term(signum: int, frame: Any) -> None:
-        raise Terminated(EXIT_SIGTERM)
+    """SIGTERM, SIGHUP and SIGQUIT raise `Terminated(128 + signal)` inside the block."""
 
-    old = signal.signal(signal.SIGTERM, on_term)
+    def on_term(signum: int, frame: Any) -> None:
+        raise Terminated(128 + signum)
+
+    old = {sig: signal.signal(sig, on_term) for sig in ENDING_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 class StdoutClosed(Exception):
@@ -134,9 +150,10 @@ def run_guarded(printer: Printer, groups: dict[type, Any], request_kw: dict[str,
     from metis_cli.cli.logs import restore_levels, saved_levels
 
     levels = saved_levels()
-    configure_quiet(printer.quiet)
     code = EXIT_OK
     try:
+        _check_usage(groups)  # before anything heavy is imported (no torch for a usage error)
+        configure_quiet(printer.quiet)
         with signals(), _quiet_warnings(printer.quiet):
             code = _run(printer, groups, request_kw)
     except UsageError as exc:
@@ -148,8 +165,8 @@ def run_guarded(printer: Printer, groups: dict[type, Any], request_kw: dict[str,
     except KeyboardInterrupt:
         error_line("interrupted")
         code = EXIT_SIGINT
-    except Terminated:
-        code = EXIT_SIGTERM
+    except Terminated as exc:
+        code = int(exc.code) if isinstance(exc.code, int) else EXIT_SIGTERM
     finally:
         from metis_cli.media.audio import remove_temp_files
 
@@ -230,6 +247,14 @@ def _run(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) 
         plan, message=printer.message, settings=settings, threads=threads, **_session_args(plan.task, groups)
     )
     return _in_session(printer, pipe, session, {"threads": threads})
+
+
+def _check_usage(groups: dict[type, Any]) -> None:
+    """The run-control usage errors that need no model (raises UsageError)."""
+    from metis_cli.runs.session import check_run_control
+
+    ctl = groups.get(O.RunControl) or O.RunControl()
+    check_run_control(ctl.results, ctl.resume, ctl.retry_failed)
 
 
 def _session_args(task: str, groups: dict[type, Any]) -> dict[str, Any]:

@@ -86,6 +86,7 @@ def _serve(values: dict[str, Any]) -> None:
     # uvicorn re-raises the signal it stopped on once it has drained: we record it and exit 0
     signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
     signal.signal(signal.SIGINT, lambda signum, frame: stopped.append(signum))
+    _stop_on_hangup(server[0], stopped)
     host = f"[{config.host}]" if ":" in config.host else config.host
     where = f"http://{host}:{config.port}/" if config.port else f"{config.host}, a free port (see below)"
     sys.stderr.write(f"metis serve: {where} (tasks: {', '.join(config.served_tasks)})\n")
@@ -121,6 +122,18 @@ def _serve_ray(config: Any, ray: Any) -> None:
     finally:
         ray_serve.stop()
     raise typer.Exit(0)
+
+
+def _stop_on_hangup(server: Any, stopped: list[int]) -> None:
+    """SIGHUP (a closed terminal or ssh session) and SIGQUIT drain and stop the server like
+    SIGTERM (uvicorn itself handles SIGINT and SIGTERM only)."""
+
+    def stop_like_sigterm(signum: int, frame: Any) -> None:
+        stopped.append(signum)
+        server.handle_exit(signum, frame)
+
+    for sig in (signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, stop_like_sigterm)
 
 
 def register(app: typer.Typer) -> None:

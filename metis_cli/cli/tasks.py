@@ -17,7 +17,7 @@ import typer
 
 from metis_cli import options as O
 from metis_cli.cli.params import command, group_params, param
-from metis_cli.cli.report import Printer, fail_usage, run_guarded, text_from
+from metis_cli.cli.report import Printer, error_line, fail_usage, run_guarded, text_from
 from metis_cli.errors import InputError, MetisError, UsageError
 
 OUTPUT_HELP = {
@@ -56,8 +56,31 @@ def _run(
         "existing": policy.existing,
         **tts,
     }
+    _read_pipes(task, values.get("output"), request_kw["inputs"], request_kw["fixed_inputs"])
     printer = Printer(task, as_json=report.json, quiet=report.quiet)
     run_guarded(printer, groups, request_kw)
+
+
+def _read_pipes(task: str, output: Any, inputs: tuple, fixed: dict[str, Any]) -> None:
+    """Audio inputs from pipes ("-" for stdin, a FIFO, /dev/stdin, /dev/fd/N) are read into
+    memory before anything else, as ffmpeg and sox do (`media.audio.read_stream`)."""
+    from metis_cli.media.audio import is_stream, read_stream
+
+    audio = [] if task == "l2s" else list(inputs)  # l2s: videos are files; its prompt is audio
+    audio += [v for role, v in fixed.items() if role != "landmarks"]
+    names = [str(a) for a in audio]
+    if names.count("-") > 1:
+        fail_usage("-: standard input can be read only once; give '-' for one input")
+    main = names[0] if names else None
+    if task in ("se", "tse", "vc") and main == "-" and output is None:
+        fail_usage("audio from standard input (-): give -o FILE (or -o - for stdout)")
+    for arg in audio:
+        if is_stream(arg):
+            try:
+                read_stream(arg)
+            except MetisError as exc:
+                error_line(str(exc))
+                raise typer.Exit(1) from None
 
 
 _OPTION_NAMES = {n for g in O.COMMAND_GROUPS for n in O.names(g)}
@@ -96,6 +119,8 @@ def _tts(values: dict[str, Any]) -> None:
             text = text_from(text_file)
         elif text == "-":
             text = text_from(Path("-"))
+        if str(values["prompt"]) == "-" and (values["text"] == "-" or str(text_file) == "-"):
+            fail_usage("-: standard input can be read only once (text or prompt, not both)")
         if text is None or values["prompt"] is None or values["prompt_text"] is None:
             fail_usage("tts needs --text (or --text-file), --prompt and --prompt-text")
     elif text is not None or text_file is not None or values["prompt"] is not None:

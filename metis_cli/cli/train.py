@@ -89,8 +89,9 @@ def _check(task: str | None, opts, lora_r: int | None = None, lora_alpha: float 
 
 @contextmanager
 def _signals_save():
-    """SIGTERM (what schedulers send before killing) stops training like Ctrl-C: the loop saves
-    a checkpoint at the last finished step; the command then exits 128 + signal (143, 130)."""
+    """SIGTERM (what schedulers send before killing), SIGHUP (a closed terminal) and SIGQUIT stop
+    training like Ctrl-C: the loop saves a checkpoint at the last finished step; the command then
+    exits 128 + signal (143, 129, 131, 130)."""
     received: list[int] = []
 
     def handler(signum: int, _frame: object) -> None:
@@ -99,11 +100,12 @@ def _signals_save():
         received.append(signum)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
     try:
         yield received
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, before in previous.items():
+            signal.signal(sig, before)
 
 
 @contextmanager

@@ -2,6 +2,9 @@
 
 A task is data (`TaskSpec`: which inputs it takes and which components it needs) plus a
 function that turns a job's inputs into `Conditions` using the tokenizers.
+
+This module imports no torch at import time: the job layer (planning, `metis --help`, usage
+errors) reads `Job` and `TASKS` from it, and torch is imported only by the build functions.
 """
 
 from __future__ import annotations
@@ -11,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from metis_cli.constants import TRAIN_MAX_SECONDS, TRAIN_MIN_SECONDS
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
     from metis_cli.core.tokenizer import Tokenizers
 
 
@@ -75,6 +78,8 @@ class TaskSpec:
 
 
 def _empty_prompt(tok: Tokenizers) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     return torch.zeros(0, dtype=torch.long), torch.zeros(0, tok.num_codebooks, dtype=torch.long)
 
 
@@ -154,6 +159,8 @@ def build_tse(job: Job, tok: Tokenizers) -> Conditions:
 
 def build_tts(job: Job, tok: Tokenizers) -> Conditions:
     """TTS: phones of [prompt text ; target text]; L by the byte-ratio rule or --duration."""
+    import torch
+
     from metis_cli import text as textfe
     from metis_cli.errors import TextError
 

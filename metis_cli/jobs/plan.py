@@ -41,6 +41,7 @@ from metis_cli import options as O
 from metis_cli.core.tasks import TASKS, Job
 from metis_cli.errors import InputError, MetisError, TextError, UsageError
 from metis_cli.jobs.manifest import parse_row, read_manifest
+from metis_cli.text import check_utf8, clean_text, has_speech
 
 log = logging.getLogger(__name__)
 
@@ -196,15 +197,20 @@ def looks_like_output(task: str, path: Path) -> bool:
 
 
 def check_text(text: str | None, what: str = "text") -> str:
-    """TTS text: non-empty, bounded, with something to pronounce (before any front end loads)."""
+    """TTS text: a string, valid UTF-8, non-empty, bounded, with something to pronounce once
+    normalised (a letter or a digit), before any front end loads. Returns it without terminal
+    control sequences (`text.clean_text`)."""
     if text is not None and not isinstance(text, str):
         raise TextError(f"{what} must be a string (got {type(text).__name__})")
+    if text is not None:
+        check_utf8(text, what)
+        text = clean_text(text)
     if text is None or not text.strip():
         raise TextError(f"{what} is empty")
     if len(text) > O.MAX_TEXT_CHARS:
         raise TextError(f"{what} is {len(text)} characters long (at most {O.MAX_TEXT_CHARS})")
-    if not any(ch.isalpha() for ch in text):
-        raise TextError(f"{what} {text[:40]!r} has no letters to phonemise")
+    if not has_speech(text):
+        raise TextError(f"{what} {text[:40]!r} has no letters or digits to phonemise")
     return text
 
 
@@ -259,8 +265,8 @@ def make_job(
         if lang is not None and lang not in O.LANGUAGE_CHOICES:
             raise InputError(f"{where}{name} must be one of {', '.join(O.LANGUAGE_CHOICES)} (got {lang!r})")
     if spec.needs_text:
-        check_text(text, f"{where}text")
-        check_text(prompt_text, f"{where}prompt_text")
+        text = check_text(text, f"{where}text")
+        prompt_text = check_text(prompt_text, f"{where}prompt_text")
     try:
         O.duration("duration", duration)
     except UsageError as exc:

@@ -21,11 +21,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import logging
 import math
 import os
+import re
 import signal
+import socket
+import stat
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -277,6 +282,52 @@ def _to_mono(data: np.ndarray) -> np.ndarray:
     return np.mean(data.T, axis=0)
 
 
+# audio read from pipes (`read_stream`), by the name the user gave ("-", a FIFO's path)
+_STREAMS: dict[str, AudioArray] = {}
+
+
+def is_stream(path: str | os.PathLike) -> bool:
+    """True for "-" (stdin) and for an existing input that is neither a regular file nor a folder:
+    a FIFO, ``/dev/stdin`` fed by a pipe, ``/dev/fd/N`` from a shell's ``<(...)``."""
+    if str(path) == "-":
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def read_stream(path: str | os.PathLike) -> AudioArray:
+    """Read a pipe's audio into memory once, as ffmpeg and sox do (a pipe can be read only once
+    and cannot seek); later reads of the same name (`load_audio`, `BlockSource`) get the samples.
+
+    "-" reads standard input. Raises AudioError for data that is not audio (naming the input).
+    """
+    key = str(path)
+    if key not in _STREAMS:
+        name = "stdin" if key == "-" else key
+        try:
+            if key == "-":
+                data = sys.stdin.buffer.read()
+            else:
+                with open(path, "rb") as f:
+                    data = f.read()
+        except OSError as exc:
+            raise AudioError(f"{name}: cannot read ({exc.strerror or exc})") from None
+        if not data:
+            raise AudioError(f"{name}: no audio data (the pipe was empty)")
+        _STREAMS[key] = decode_bytes(data, name)
+    return _STREAMS[key]
+
+
+def _streamed(source: AudioSource) -> AudioSource:
+    """The in-memory audio of a source that was read from a pipe, else the source itself."""
+    if isinstance(source, AudioArray) or not _STREAMS:
+        return source
+    return _STREAMS.get(str(source), source)
+
+
 def load_audio(source: AudioSource, sr: int) -> np.ndarray:
     """Load audio as mono float32 at ``sr`` Hz, bit-identical to ``librosa.load`` for files.
 
@@ -291,6 +342,7 @@ def load_audio(source: AudioSource, sr: int) -> np.ndarray:
     Raises:
         AudioError: missing/unreadable file, zero samples, or non-finite samples.
     """
+    source = _streamed(source)
     if isinstance(source, AudioArray):
         name = source.name
         data, sr_native = _array_frames(source), int(source.sample_rate)
@@ -336,6 +388,7 @@ class BlockSource:
     AV_KEEP_SECONDS = 30.0
 
     def __init__(self, source: AudioSource) -> None:
+        source = _streamed(source)
         self.name = source_name(source)
         self._array: np.ndarray | None = None
         self._sf: sf.SoundFile | None = None
@@ -528,6 +581,98 @@ def cleanup_on_signal(signums: tuple[int, ...] = (signal.SIGTERM,)) -> Iterator[
             signal.signal(s, h)
 
 
+# -- temporary files of killed writers ---------------------------------------------------------------
+
+# `.metis-<pid>.<host>.<8 hex>.tmp`: the writer's process id and a tag of its host, so a later run
+# can tell a temporary file of a process that no longer exists from one still being written.
+_TEMP_NAME = re.compile(r"^\.metis-(\d+)\.([0-9a-f]{6})\.[0-9a-f]{8}\.tmp$")
+_HOST_TAG = hashlib.sha1(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:6]
+_SWEPT: set[Path] = set()  # folders this process already swept (`remove_orphan_temps`)
+
+
+def temp_name() -> str:
+    """A fresh temporary file name for a writer of this process (`_TEMP_NAME`)."""
+    return f".metis-{os.getpid()}.{_HOST_TAG}.{uuid.uuid4().hex[:8]}.tmp"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0  # another user's live process (or a pid os.kill cannot take): keep
+    return True
+
+
+def open_files() -> set[tuple[int, int]] | None:
+    """(device, inode) of every file a process of this machine has open; None without /proc."""
+    if not os.path.isdir("/proc/self/fd"):
+        return None
+    seen: set[tuple[int, int]] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                st = os.stat(f"/proc/{entry}/fd/{fd}")
+                seen.add((st.st_dev, st.st_ino))
+    return seen
+
+
+def remove_orphan_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that killed writers (SIGKILL, a crash) left in `folder`.
+
+    A temporary file is an orphan when it names this host, the process that wrote it no longer
+    exists, and no process of this machine has it open. Files of other hosts (a shared network
+    folder) and of live processes are kept. Returns what was removed; never raises.
+    """
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(".metis-") and n.endswith(".tmp")]
+    except OSError:
+        return []
+    candidates = []
+    for name in names:
+        m = _TEMP_NAME.match(name)
+        if not m or m.group(2) != _HOST_TAG:
+            continue
+        pid = int(m.group(1))
+        if pid != os.getpid() and not _pid_alive(pid):
+            candidates.append(Path(folder) / name)
+    if not candidates:
+        return []
+    busy = open_files()
+    removed = []
+    for p in candidates:
+        try:
+            st = p.stat()
+            if busy is not None and (st.st_dev, st.st_ino) in busy:
+                continue
+            p.unlink()
+        except OSError:
+            continue
+        removed.append(p)
+        log.info("removed %s (temporary file of an interrupted run)", p)
+    return removed
+
+
+def _sweep_once(folder: Path) -> None:
+    """`remove_orphan_temps(folder)` the first time this process writes into `folder`."""
+    try:
+        key = folder.resolve()
+    except (OSError, RuntimeError):
+        return
+    with _ACTIVE_LOCK:
+        if key in _SWEPT:
+            return
+        _SWEPT.add(key)
+    remove_orphan_temps(folder)
+
+
 def _check_wav(wav: np.ndarray, path: Path) -> np.ndarray:
     wav = np.asarray(wav, dtype=np.float32)
     if wav.ndim != 1:
@@ -624,11 +769,13 @@ class AtomicWavWriter:
                 w.write(block)
 
     The format follows the extension (`output_format`; WAV PCM_16 without one). Blocks go to a
-    short hidden temporary file (``.metis-<12 hex>.tmp``) in the target directory; on normal
-    exit it is closed, flushed to disk and moved to ``path`` (`place_file`: replacing a file
-    there, or with ``replace=False`` failing with an "exists" `OutputError` when one appeared). On
-    any exception (KeyboardInterrupt and SystemExit included) the temporary file is deleted and
-    any previous ``path`` is left untouched. Write failures raise `OutputError`.
+    short hidden temporary file (``.metis-<pid>.<host>.<8 hex>.tmp``) in the target directory
+    (the first time a process writes into a folder, the temporary files that killed writers left
+    there are removed: `remove_orphan_temps`); on normal exit it is closed, flushed to disk and
+    moved to ``path`` (`place_file`: replacing a file there, or with ``replace=False`` failing
+    with an "exists" `OutputError` when one appeared). On any exception (KeyboardInterrupt and
+    SystemExit included) the temporary file is deleted and any previous ``path`` is left
+    untouched. Write failures raise `OutputError`.
     """
 
     def __init__(
@@ -657,8 +804,9 @@ class AtomicWavWriter:
     def __enter__(self) -> AtomicWavWriter:
         if not self._dir.is_dir():
             raise OutputError(f"{self.path}: output directory does not exist")
+        _sweep_once(self._dir)  # temporary files a killed run left here
         # soundfile creates the file itself (open(2), mode 0666 & ~umask)
-        tmp = self._dir / f".metis-{uuid.uuid4().hex[:12]}.tmp"
+        tmp = self._dir / temp_name()
         self._tmp = tmp
         with _ACTIVE_LOCK:
             _ACTIVE.add(tmp)

@@ -412,7 +412,9 @@ def _connect(ray: Any, opts: options.RayOptions, verbose: bool) -> bool:
     if address is not None:
         probe_address(address, opts.ray_timeout, "--address" if opts.address else "RAY_ADDRESS")
     local = {} if address is not None or opts.num_cpus is None else {"num_cpus": opts.num_cpus}
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    handlers = {
+        sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGINT)
+    }
     ray.init(
         address=address,
         include_dashboard=False,

@@ -39,6 +39,14 @@ from metis_cli.runs.shard import Shard, select, torchrun_barrier
 KEYS_IN_FULL = 100_000  # a bigger shard lists only its keys' digests in the header (no output names)
 
 
+def check_run_control(results: str | os.PathLike | None, resume_run: bool, retry_failed: bool) -> None:
+    """Usage errors of the run-control flags, checked before anything loads (no torch)."""
+    if resume_run and results is None:
+        raise UsageError("--resume: needs --results FILE (the ledger of the run to resume)")
+    if not retry_failed and not resume_run:
+        raise UsageError("--no-retry-failed: only with --resume")
+
+
 @dataclass
 class Session:
     """One run's shard, resume decisions, length buckets and ledger (`Session.open`)."""
@@ -77,10 +85,7 @@ class Session:
         the same shard is a UsageError naming the first), drop what a resumed run finished,
         order by length buckets and write the ledger's header. `settings`: the resolved options
         recorded with each success (a resume reruns jobs recorded with other settings)."""
-        if resume_run and results is None:
-            raise UsageError("--resume: needs --results FILE (the ledger of the run to resume)")
-        if not retry_failed and not resume_run:
-            raise UsageError("--no-retry-failed: only with --resume")
+        check_run_control(results, resume_run, retry_failed)
         total = len(plan)
         all_keys = plan_keys(plan)
         mine = select(plan, shard)

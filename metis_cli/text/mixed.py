@@ -40,9 +40,9 @@ def mixed_g2p(text: str) -> tuple[str, list[int]]:
     characters ``_|`` are cut and the last id (that ``_``) dropped: the string then ends with a
     single ``|`` (``h|aɪ|``), never a doubled one.
     """
-    runs = split_runs(text)
-    if not runs:
+    if not text.strip():
         raise TextError("empty text: nothing to phonemise")
+    runs = split_runs(text)
     phones = ""
     ids: list[int] = []
     for index, (lang, chunk) in enumerate(runs):

@@ -15,6 +15,15 @@ N processes train the same model as one process with the same `--batch-size` (up
 summation order). Only rank 0 writes files (checkpoints, exports, `log.jsonl`), evaluates the
 held-out set and reports progress; every rank computes its share of the feature cache first.
 
+Ending (`session`): every exit path leaves the process group in the same order on every rank,
+so no rank tears its connections down while another still uses them (a rank that left early
+could abort with "terminate called without an active exception"). A normal end (the last
+step, `--stop-after`) waits at a barrier for every rank, then destroys the group. An exception
+(SIGTERM/SIGINT turned into `Interrupted`, an error in this rank) destroys the group at once:
+the other ranks may be gone or blocked in a collective this rank will never join; closing
+its connections makes their collective fail (and torchrun stops them) instead of waiting
+for `TIMEOUT`.
+
 Devices: each process uses `cuda:LOCAL_RANK`; where a launcher gives each task one visible GPU
 (SLURM with `--gpus-per-task=1`, or `CUDA_VISIBLE_DEVICES` set per process) and LOCAL_RANK is
 past the visible count, the process uses `cuda:0`, its own GPU.
@@ -128,6 +137,27 @@ def session(device: str) -> Iterator[tuple[DistContext, str]]:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=TIMEOUT, **kw)
     try:
         yield DistContext(dist.get_rank(), dist.get_world_size()), device
-    finally:
+    except BaseException:
         if owns:
+            leave(None)
+        raise
+    if owns:
+        leave(TIMEOUT)
+
+
+def leave(wait: datetime.timedelta | None) -> None:
+    """Leave the process group in order: a barrier (when `wait` is given), then destroy it.
+
+    `wait=None` (after an exception) destroys the group at once: a barrier could pair with a
+    collective another rank is blocked in, and destroying a group with an unfinished barrier
+    blocks. Destroying closes this rank's connections, so the other ranks' pending collectives
+    fail instead of waiting for the 6-hour `TIMEOUT`.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if wait is not None:
+            dist.barrier()
+    finally:
+        with contextlib.suppress(RuntimeError, ValueError):
             dist.destroy_process_group()

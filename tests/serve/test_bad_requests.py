@@ -215,3 +215,12 @@ def test_no_temp_files_and_no_bodies_in_logs(served, caplog, tmp_path, monkeypat
     assert r.headers["x-request-id"] in text
     assert secret_text not in text and "big.wav" not in text
     assert json.dumps(secret_text) not in text
+
+
+@pytest.mark.parametrize("text", ["2024", "$5", "50%", "\x1b[31mHi there.\x1b[0m"])
+def test_digit_only_and_coloured_texts_are_spoken(served, text):
+    """Digits are speech once normalised (not a 422); control sequences are stripped first."""
+    body = {**GOOD_SPEECH, "input": text}
+    r = httpx.post(served.url + "/v1/audio/speech", json=body, headers=served.auth, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.content[:4] == b"RIFF"
