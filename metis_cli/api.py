@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from metis_cli import jobs as J
-from metis_cli import options as O
+from metis_cli import jobs as planning
+from metis_cli import options
 from metis_cli.assets.cards import ModelStore
 from metis_cli.constants import CODEC_SAMPLE_RATE
 from metis_cli.core.prompt_cache import PromptCache
@@ -40,7 +40,7 @@ from metis_cli.engine import FATAL, Decoding, Engine, JobResult, one_line
 from metis_cli.engine.longform import piece_fades, stream_piece_jobs
 from metis_cli.errors import InputError, MetisError, UsageError
 
-random_seed = J.random_seed
+random_seed = planning.random_seed
 TEXT_IN_REPORT = 80  # characters of a TTS text shown in its report
 EXISTING_CHOICES = ("error", "overwrite", "skip")
 WORDINGS = ("api", "cli")  # whose names messages use: the API's arguments or the CLI's flags
@@ -186,9 +186,9 @@ class Pipeline:
         duration) and decoding overrides (steps, cfg, ...). Raises the job's own `MetisError`
         subclass on bad input."""
         with _worded(self.wording):
-            fields = {k: kwargs.pop(k) for k in list(kwargs) if k in J.JOB_FIELDS}
+            fields = {k: kwargs.pop(k) for k in list(kwargs) if k in planning.JOB_FIELDS}
             _check_arrays(inputs)
-            job = J.make_job(self.task, inputs, "<memory>", seed, **fields)
+            job = planning.make_job(self.task, inputs, "<memory>", seed, **fields)
             dec = self.decoding(**kwargs)
             (res,) = list(self.generate([job], dec))
             if not res.ok:
@@ -209,19 +209,19 @@ class Pipeline:
         "/", or a name without an extension: created, holding `<stem>.wav` as with the CLI's -o)."""
         with _worded(self.wording):
             _check_arrays(inputs)
-            unknown = [k for k in fields if k not in J.JOB_FIELDS]
+            unknown = [k for k in fields if k not in planning.JOB_FIELDS]
             if unknown:
                 raise UsageError(
-                    f"unknown job field(s): {', '.join(unknown)} (known: {', '.join(J.JOB_FIELDS)})"
+                    f"unknown job field(s): {', '.join(unknown)} (known: {', '.join(planning.JOB_FIELDS)})"
                 )
-            return J.make_job(self.task, inputs, self._output(inputs, output), seed, **fields)
+            return planning.make_job(self.task, inputs, self._output(inputs, output), seed, **fields)
 
     def _output(self, inputs: Any, output: Any) -> Any:
         """`output` as the CLI's -o names it: a folder target becomes `folder/<stem>.wav`."""
         if not isinstance(output, (str, os.PathLike)) or str(output) in ("", "-"):
             return output
         target = Path(output)
-        if not J.is_folder_target(target):
+        if not planning.is_folder_target(target):
             return target
         main = _main_input(self.task, inputs)
         stem = self.task if self.task == "tts" or main is None else Path(str(main)).stem
@@ -307,10 +307,10 @@ class Pipeline:
         self.engine.prompt_cache = cache
 
     # -- many jobs ------------------------------------------------------------------------------------
-    def plan(self, request: J.Request) -> J.Plan:
+    def plan(self, request: planning.Request) -> planning.Plan:
         """Plan a request with the CLI's rules (`jobs.plan`)."""
         with _worded(self.wording):
-            return J.plan(request)
+            return planning.plan(request)
 
     def run(
         self,
@@ -344,22 +344,26 @@ class Pipeline:
                 if fn is not None and not callable(fn):
                     raise UsageError(f"{name}: must be a function (got {type(fn).__name__})")
             dec = self.decoding(**decoding)
-            plan = jobs if isinstance(jobs, J.Plan) else J.plan_jobs(self.task, self._as_jobs(jobs), existing)
+            plan = (
+                jobs
+                if isinstance(jobs, planning.Plan)
+                else planning.plan_jobs(self.task, self._as_jobs(jobs), existing)
+            )
         return self._run(plan, dec, on_report, on_chunk, on_start)
 
-    def _as_jobs(self, jobs: Any) -> list[Job | J.Rejected]:
+    def _as_jobs(self, jobs: Any) -> list[Job | planning.Rejected]:
         """`run`'s jobs argument as planned items (a job that cannot be made fails alone)."""
         if isinstance(jobs, (str, os.PathLike, Job)) or _is_array(jobs):
             jobs = [jobs]
         if not isinstance(jobs, Iterable) or isinstance(jobs, (bytes, Mapping)):
             raise UsageError(f"jobs: must be Jobs, input paths or a jobs.Plan (got {type(jobs).__name__})")
-        items: list[Job | J.Rejected] = []
+        items: list[Job | planning.Rejected] = []
         for i, item in enumerate(jobs):
             if isinstance(item, Job):
                 if item.task != self.task:
                     raise UsageError(f"jobs[{i}]: a {item.task} job; this pipeline runs {self.task}")
                 items.append(item)
-            elif isinstance(item, J.Rejected):
+            elif isinstance(item, planning.Rejected):
                 items.append(item)
             elif isinstance(item, (str, os.PathLike, list, tuple, Mapping)) or _is_array(item):
                 items.append(self._job_from_inputs(item))
@@ -369,19 +373,19 @@ class Pipeline:
                 )
         return items
 
-    def _job_from_inputs(self, inputs: Any) -> Job | J.Rejected:
+    def _job_from_inputs(self, inputs: Any) -> Job | planning.Rejected:
         main = _main_input(self.task, inputs)
         try:
             if main is None or _is_array(main):
                 raise InputError("an in-memory input needs an output file: use make_job(inputs, output)")
-            return self.make_job(inputs, J.default_output(self.task, Path(main), None, True))
+            return self.make_job(inputs, planning.default_output(self.task, Path(main), None, True))
         except MetisError as exc:
             shown = {"input": str(main)} if main is not None else {}
-            return J.Rejected(str(exc), inputs=shown, error_type=type(exc))
+            return planning.Rejected(str(exc), inputs=shown, error_type=type(exc))
 
     def _run(
         self,
-        plan: J.Plan,
+        plan: planning.Plan,
         dec: Decoding,
         on_report: Callable[[Report], None] | None,
         on_chunk: Callable[[Any], None] | None,
@@ -411,7 +415,7 @@ class Pipeline:
         anything else as one block. Inputs and keywords as for a call. `cancel`: an Event or a
         callable, checked between blocks and decoding steps; once set, iterating raises
         `errors.Cancelled` and the rest is not generated. Errors are raised while iterating."""
-        fields = {k: kwargs.pop(k) for k in list(kwargs) if k in J.JOB_FIELDS}
+        fields = {k: kwargs.pop(k) for k in list(kwargs) if k in planning.JOB_FIELDS}
         job = self.make_job(inputs, "<memory>", seed, **fields)
         dec = self.decoding(**kwargs)
         check = cancel.is_set if isinstance(cancel, threading.Event) else cancel
@@ -421,7 +425,7 @@ class Pipeline:
     def _report(self, job: Job, status: str, error: str | None = None) -> Report:
         return job_report(job, status, error, self._defaults.steps)
 
-    def _rejected(self, item: J.Rejected) -> Report:
+    def _rejected(self, item: planning.Rejected) -> Report:
         return rejected_report(item, self._defaults.steps)
 
     def _finish(self, res: JobResult, dec: Decoding) -> Report:
@@ -485,7 +489,7 @@ def job_report(job: Job, status: str, error: str | None = None, steps: int | Non
     )
 
 
-def rejected_report(item: J.Rejected, steps: int | None = None) -> Report:
+def rejected_report(item: planning.Rejected, steps: int | None = None) -> Report:
     """The report of a planned item that does not run (a bad manifest line, an existing output)."""
     if item.job is not None:
         rep = job_report(item.job, item.status, item.error or None, steps)
@@ -508,7 +512,7 @@ def rejected_report(item: J.Rejected, steps: int | None = None) -> Report:
 
 def _decoding_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
     """Decoding keywords (CLI names and `Decoding` fields) → validated `Decoding` overrides."""
-    cli = {k: v for k, v in values.items() if k in O.DecodingOptions.__dataclass_fields__}
+    cli = {k: v for k, v in values.items() if k in options.DecodingOptions.__dataclass_fields__}
     fine = {k: v for k, v in values.items() if k not in cli}
     bad = [k for k in fine if k not in Decoding.__dataclass_fields__]
     if bad:
@@ -520,8 +524,8 @@ def _decoding_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
                 raise UsageError(f"{k}: must be a tuple of step counts (got {out[k]!r})")
             out[k] = tuple(out[k])
             for s in out[k]:
-                O.at_least(1, int, O.MAX_STEPS)(k, s)
-    out.update(O.build(O.DecodingOptions, cli).overrides())
+                options.at_least(1, int, options.MAX_STEPS)(k, s)
+    out.update(options.build(options.DecodingOptions, cli).overrides())
     return out
 
 
@@ -593,7 +597,7 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-_LOAD_GROUPS = (O.ModelOptions, O.EngineOptions, O.LongformOptions)
+_LOAD_GROUPS = (options.ModelOptions, options.EngineOptions, options.LongformOptions)
 
 
 def load(task: str, model: str | None = None, wording: str = "api", **kwargs: Any) -> Pipeline:
@@ -622,17 +626,17 @@ def load(task: str, model: str | None = None, wording: str = "api", **kwargs: An
 def _load(task: str, model: str | None, wording: str, kwargs: dict[str, Any]) -> Pipeline:
     if model is not None:
         kwargs["model"] = model
-    known = {n for g in _LOAD_GROUPS for n in O.names(g)}
+    known = {n for g in _LOAD_GROUPS for n in options.names(g)}
     decoding = {k: kwargs.pop(k) for k in list(kwargs) if k not in known}
     dec_overrides = _decoding_overrides(decoding)
-    groups = O.split(kwargs, _LOAD_GROUPS)
-    m: O.ModelOptions = groups[O.ModelOptions]
-    eng_opts: O.EngineOptions = groups[O.EngineOptions]
-    set_threads(O.resolve_threads(eng_opts.threads))
+    groups = options.split(kwargs, _LOAD_GROUPS)
+    m: options.ModelOptions = groups[options.ModelOptions]
+    eng_opts: options.EngineOptions = groups[options.EngineOptions]
+    set_threads(options.resolve_threads(eng_opts.threads))
     if eng_opts.visual_checkpoint is not None:
         eng_opts = replace(eng_opts, visual_checkpoint=Path(eng_opts.visual_checkpoint))
     engine = Engine(
-        task, m.model, ModelStore(m.checkpoint_dir, m.offline), eng_opts, groups[O.LongformOptions]
+        task, m.model, ModelStore(m.checkpoint_dir, m.offline), eng_opts, groups[options.LongformOptions]
     )
     return Pipeline(engine, Decoding.from_card(engine.card, task, **dec_overrides), wording)
 

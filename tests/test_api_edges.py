@@ -11,8 +11,7 @@ import pytest
 import soundfile as sf
 
 import metis_cli
-from metis_cli import api
-from metis_cli import jobs as J
+from metis_cli import api, jobs
 from metis_cli.errors import InputError, MetisError, UsageError
 from tests.conftest import FAST_API, speechlike
 
@@ -31,7 +30,7 @@ def test_an_unknown_task_is_a_usage_error(task):
     with pytest.raises(UsageError, match="unknown task"):
         api.load(task)
     with pytest.raises(UsageError, match="unknown task"):
-        J.make_job(task, ["a.wav"], "o.wav")
+        jobs.make_job(task, ["a.wav"], "o.wav")
 
 
 def test_make_job_takes_one_path_and_folder_outputs_like_the_cli(tiny_bundle, tmp_path):
@@ -61,7 +60,7 @@ def test_run_checks_its_arguments_before_anything_runs(tiny_bundle, tmp_path):
         pipe.run([job, 5])
     with pytest.raises(UsageError, match="jobs: must be Jobs"):
         pipe.run(5)
-    vc_job = J.make_job("vc", [a, a], tmp_path / "v.wav")
+    vc_job = jobs.make_job("vc", [a, a], tmp_path / "v.wav")
     with pytest.raises(UsageError, match=r"jobs\[0\]: a vc job; this pipeline runs se"):
         pipe.run([vc_job])
     assert not (tmp_path / "o.wav").exists()
@@ -99,14 +98,14 @@ BAD_CALLS = [
     ("load bad dtype", lambda p, d: api.load("se", dtype="float8")),
     ("load bad steps", lambda p, d: api.load("se", steps=0)),
     ("load bad wording", lambda p, d: api.load("se", wording="shell")),
-    ("tts text int", lambda p, d: J.make_job("tts", [d / "a.wav"], d / "o.wav", text=5, prompt_text="x")),
+    ("tts text int", lambda p, d: jobs.make_job("tts", [d / "a.wav"], d / "o.wav", text=5, prompt_text="x")),
     (
         "tts duration str",
-        lambda p, d: J.make_job("tts", [d / "a.wav"], "o", text="Hi.", prompt_text="x", duration="5"),
+        lambda p, d: jobs.make_job("tts", [d / "a.wav"], "o", text="Hi.", prompt_text="x", duration="5"),
     ),
     (
         "tts language list",
-        lambda p, d: J.make_job("tts", [d / "a.wav"], "o", text="Hi.", prompt_text="x", language=[]),
+        lambda p, d: jobs.make_job("tts", [d / "a.wav"], "o", text="Hi.", prompt_text="x", language=[]),
     ),
 ]
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from metis_cli import jobs as J
+from metis_cli import jobs
 from metis_cli.api import rejected_report
 from metis_cli.errors import OutputError
 from metis_cli.jobs.plan import audio_extensions
@@ -27,9 +27,9 @@ def _wav(path: Path | bytes, seconds: float = 0.3, fmt: str | None = None) -> Pa
     return path
 
 
-def _errors(plan: J.Plan) -> dict[str, str]:
+def _errors(plan: jobs.Plan) -> dict[str, str]:
     return {
-        Path(next(iter(i.inputs.values()))).name: i.error for i in plan.items if isinstance(i, J.Rejected)
+        Path(next(iter(i.inputs.values()))).name: i.error for i in plan.items if isinstance(i, jobs.Rejected)
     }
 
 
@@ -46,7 +46,7 @@ def test_unreadable_names_fail_alone_as_arguments_and_inside_folders(tmp_path):
     (folder / "notes.txt").write_text("not audio")
     cafe_path = Path(os.fsdecode(cafe))
     for inputs in ((folder,), (good, cafe_path, loop, w64)):
-        plan = J.plan(J.Request("se", inputs=inputs, output=tmp_path / "out", seed=1))
+        plan = jobs.plan(jobs.Request("se", inputs=inputs, output=tmp_path / "out", seed=1))
         names = sorted(Path(next(iter(i.inputs.values()))).name for i in plan.items)
         assert names == sorted(["good.wav", cafe_path.name, "loop.wav", "take.w64"])  # no ._good.wav
         assert sorted(j.inputs["input"].name for j in plan.jobs) == ["good.wav", "take.w64"]
@@ -54,7 +54,7 @@ def test_unreadable_names_fail_alone_as_arguments_and_inside_folders(tmp_path):
         assert errors[cafe_path.name].endswith("the file name is not valid UTF-8 (rename the file)")
         assert errors["loop.wav"] == f"{loop}: symbolic link loop"
         for item in plan.items:  # a report of each item can be printed and serialised
-            if isinstance(item, J.Rejected):
+            if isinstance(item, jobs.Rejected):
                 json.dumps(rejected_report(item).to_dict())
 
 
@@ -74,7 +74,9 @@ def test_inputs_spelled_with_dot_dot_never_write_outside_the_output_folder(tmp_p
         _wav(tmp_path / sub / "x.wav")
     monkeypatch.chdir(work)
     out = Path("out")
-    plan = J.plan(J.Request("se", inputs=("../a/x.wav", "c/../../b/x.wav", "c/x.wav"), output=out, seed=1))
+    plan = jobs.plan(
+        jobs.Request("se", inputs=("../a/x.wav", "c/../../b/x.wav", "c/x.wav"), output=out, seed=1)
+    )
     assert len(plan.jobs) == 3
     root = (work / "out").resolve()
     for job in plan.jobs:
@@ -91,11 +93,11 @@ def test_manifest_outputs_make_their_folders_and_stay_inside_the_output_folder(t
     ]
     m = tmp_path / "jobs.jsonl"
     m.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    plan = J.plan(J.Request("se", manifest=m, output=tmp_path / "out"))
+    plan = jobs.plan(jobs.Request("se", manifest=m, output=tmp_path / "out"))
     first, second, third = plan.items
-    assert isinstance(first, J.Job) and (tmp_path / "out" / "deep" / "er").is_dir()
-    assert isinstance(third, J.Job) and third.output.resolve() == (tmp_path / "out" / "b.wav")
-    assert isinstance(second, J.Rejected) and "outside the -o folder" in second.error
+    assert isinstance(first, jobs.Job) and (tmp_path / "out" / "deep" / "er").is_dir()
+    assert isinstance(third, jobs.Job) and third.output.resolve() == (tmp_path / "out" / "b.wav")
+    assert isinstance(second, jobs.Rejected) and "outside the -o folder" in second.error
     assert not (tmp_path / "escape.wav").exists()
     rep = rejected_report(second).to_dict()
     assert (rep["id"], rep["seed"], rep["inputs"]) == ("r2", 5, {"input": str(a)})
@@ -110,7 +112,7 @@ def test_rejected_manifest_rows_keep_every_field_they_had(tmp_path):
         "row-2,,o2.wav,3\n"  # a missing input
         'row-3,"b.wav",o3.wav,4,extra\n'  # more cells than columns: nothing can be trusted
     )
-    plan = J.plan(J.Request("se", manifest=m, output=tmp_path / "out"))
+    plan = jobs.plan(jobs.Request("se", manifest=m, output=tmp_path / "out"))
     reps = [rejected_report(i).to_dict() for i in plan.items]
     assert all(r["status"] == "error" for r in reps)
     assert reps[0]["id"] == "row-1" and reps[0]["seed"] == "seven" and reps[0]["inputs"] == {"input": "a.wav"}
@@ -121,7 +123,7 @@ def test_rejected_manifest_rows_keep_every_field_they_had(tmp_path):
     t.write_text(
         json.dumps({"id": 9, "prompt": "p.wav", "text": "Hi there.", "prompt_text": "x", "duration": 0})
     )
-    (rej,) = J.plan(J.Request("tts", manifest=t)).items
+    (rej,) = jobs.plan(jobs.Request("tts", manifest=t)).items
     rep = rejected_report(rej).to_dict()
     assert rep["id"] == "9" and rep["text"] == "Hi there." and "duration" in rep["error"]
 
@@ -135,7 +137,7 @@ def test_dash_output_is_stdout_for_every_command(tmp_path):
         ("tse", (), {"mix": a, "enrol": b}, {}),
         ("tts", (), {"prompt": a}, {"text": "Hello.", "prompt_text": "Hi."}),
     ):
-        plan = J.plan(J.Request(task, inputs=inputs, fixed_inputs=fixed, output=Path("-"), **extra))
+        plan = jobs.plan(jobs.Request(task, inputs=inputs, fixed_inputs=fixed, output=Path("-"), **extra))
         assert [str(j.output) for j in plan.jobs] == ["-"], task
     assert not (tmp_path / "-").exists() and not Path("-").exists()
 
@@ -178,10 +180,12 @@ def test_placement_falls_back_to_rename_noreplace_where_links_are_unsupported(
 def test_jobs_carry_the_existing_output_policy_to_placement(tmp_path):
     a = _wav(tmp_path / "a.wav")
     for existing, overwrite in (("error", False), ("skip", False), ("overwrite", True)):
-        plan = J.plan(J.Request("se", inputs=(a,), output=tmp_path / f"o-{existing}.wav", existing=existing))
+        plan = jobs.plan(
+            jobs.Request("se", inputs=(a,), output=tmp_path / f"o-{existing}.wav", existing=existing)
+        )
         assert [j.overwrite for j in plan.jobs] == [overwrite]
-        job = J.make_job("se", [a], tmp_path / f"p-{existing}.wav")
-        assert [j.overwrite for j in J.plan_jobs("se", [job], existing).jobs] == [overwrite]
+        job = jobs.make_job("se", [a], tmp_path / f"p-{existing}.wav")
+        assert [j.overwrite for j in jobs.plan_jobs("se", [job], existing).jobs] == [overwrite]
 
 
 def test_writes_to_pseudo_filesystems_are_not_reported_as_a_full_disk():

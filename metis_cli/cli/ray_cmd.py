@@ -19,7 +19,7 @@ from typing import Any
 
 import typer
 
-from metis_cli import options as O
+from metis_cli import options
 from metis_cli.cli.params import command, group_params, param
 from metis_cli.cli.report import (
     EXIT_FAILED,
@@ -40,7 +40,7 @@ from metis_cli.cli.report import (
 from metis_cli.errors import UsageError
 
 TASKS_HELP = "enhance (se), tse, vc, tts or l2s."
-GROUPS = (*O.COMMAND_GROUPS, O.RayOptions)
+GROUPS = (*options.COMMAND_GROUPS, options.RayOptions)
 
 
 def _body(values: dict[str, Any]) -> None:
@@ -49,12 +49,12 @@ def _body(values: dict[str, Any]) -> None:
     task = TASK_NAMES.get(values.pop("task"))
     if task is None:
         fail_usage(f"TASK: must be one of {', '.join(TASK_NAMES)}")
-    groups = O.split(values, GROUPS)
-    if groups[O.RayOptions].manifest is None:
+    groups = options.split(values, GROUPS)
+    if groups[options.RayOptions].manifest is None:
         fail_usage("metis ray needs --manifest")
-    if groups[O.RunControl].shard is not None:
+    if groups[options.RunControl].shard is not None:
         fail_usage("--shard: not with metis ray (Ray spreads the jobs over its workers)")
-    report: O.ReportOptions = groups[O.ReportOptions]
+    report: options.ReportOptions = groups[options.ReportOptions]
     printer = Printer(f"ray {task}", as_json=report.json, quiet=report.quiet)
     configure_quiet(printer.quiet)
     code = EXIT_OK
@@ -76,38 +76,38 @@ def _body(values: dict[str, Any]) -> None:
 
 
 def _run(printer: Printer, task: str, groups: dict[type, Any]) -> int:
-    from metis_cli import jobs as J
+    from metis_cli import jobs
     from metis_cli.api import load
     from metis_cli.errors import InputError, MetisError
     from metis_cli.runs.ray import ClusterError, drive, load_kwargs
     from metis_cli.runs.session import Session
 
-    ray_opts: O.RayOptions = groups[O.RayOptions]
+    ray_opts: options.RayOptions = groups[options.RayOptions]
     load_kw = load_kwargs(groups)
     try:
         pipe = load(task, **load_kw)  # checks the options and the model card on the driver (no weights)
     except MetisError as exc:
         error_line(str(exc))
         return EXIT_USAGE if isinstance(exc, InputError) else EXIT_FAILED
-    request = J.Request(
+    request = jobs.Request(
         task=task,
         manifest=ray_opts.manifest,
         output=ray_opts.output,
-        seed=groups[O.JobDefaults].seed,
-        existing=groups[O.OutputPolicy].existing,
+        seed=groups[options.JobDefaults].seed,
+        existing=groups[options.OutputPolicy].existing,
     )
-    plan = J.plan(request)
+    plan = jobs.plan(request)
     for w in plan.warnings:
         printer.message(f"warning: {w}")
-    ctl: O.RunControl = groups[O.RunControl]
+    ctl: options.RunControl = groups[options.RunControl]
     session = Session.open(
         plan,
         results=ctl.results,
         resume_run=ctl.resume,
         retry_failed=ctl.retry_failed,
-        batch_size=groups[O.EngineOptions].batch_size,
+        batch_size=groups[options.EngineOptions].batch_size,
         length_buckets=ctl.length_buckets,
-        long_seconds=groups[O.LongformOptions].chunk_seconds if task in ("se", "tse", "vc") else 0.0,
+        long_seconds=groups[options.LongformOptions].chunk_seconds if task in ("se", "tse", "vc") else 0.0,
         message=printer.message,
         settings=settings_of(pipe, groups),
     )
@@ -115,7 +115,7 @@ def _run(printer: Printer, task: str, groups: dict[type, Any]) -> int:
     total = len(session.plan)
     try:
         verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
-        records = drive(session, load_kw, ray_opts, groups[O.EngineOptions].batch_size, verbose)
+        records = drive(session, load_kw, ray_opts, groups[options.EngineOptions].batch_size, verbose)
         with printer.progress(total) as progress:
             bar = progress.add_task(printer.task, total=total)
             for rec in records:

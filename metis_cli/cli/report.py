@@ -23,8 +23,7 @@ from typing import Any, NoReturn
 
 import typer
 
-from metis_cli import jobs as J
-from metis_cli import options as O
+from metis_cli import jobs, options
 from metis_cli.errors import InputError, MetisError, UsageError, printable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -202,14 +201,14 @@ def _run(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) 
     from metis_cli.runs.shard import local_device
 
     task = request_kw["task"]
-    server = getattr(groups.get(O.ReportOptions), "server", None)
+    server = getattr(groups.get(options.ReportOptions), "server", None)
     if server:  # client mode: the jobs run on a running `metis serve` (metis_cli/serve/client.py)
         from metis_cli.serve.client import RemotePipeline
 
-        plan = J.plan(J.Request(**request_kw))
+        plan = jobs.plan(jobs.Request(**request_kw))
         for w in plan.warnings:
             printer.message(f"warning: {w}")
-        dec = {k: getattr(groups[O.DecodingOptions], k) for k in O.names(O.DecodingOptions)}
+        dec = {k: getattr(groups[options.DecodingOptions], k) for k in options.names(options.DecodingOptions)}
         dec = {k: v for k, v in dec.items() if v is not None}
         try:
             remote = RemotePipeline.connect(server, task, dec)
@@ -222,12 +221,12 @@ def _run(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) 
             return _in_session(
                 printer, remote, Session.open(plan, message=printer.message, settings=settings, **args)
             )
-    m: O.ModelOptions = groups[O.ModelOptions]
+    m: options.ModelOptions = groups[options.ModelOptions]
     load_kw = {
-        **{k: getattr(m, k) for k in O.names(O.ModelOptions)},
-        **{k: getattr(groups[O.EngineOptions], k) for k in O.names(O.EngineOptions)},
-        **{k: getattr(groups[O.LongformOptions], k) for k in O.names(O.LongformOptions)},
-        **{k: getattr(groups[O.DecodingOptions], k) for k in O.names(O.DecodingOptions)},
+        **{k: getattr(m, k) for k in options.names(options.ModelOptions)},
+        **{k: getattr(groups[options.EngineOptions], k) for k in options.names(options.EngineOptions)},
+        **{k: getattr(groups[options.LongformOptions], k) for k in options.names(options.LongformOptions)},
+        **{k: getattr(groups[options.DecodingOptions], k) for k in options.names(options.DecodingOptions)},
     }
     load_kw["offline"] = load_kw["offline"] or None  # None: honour HF_HUB_OFFLINE
     load_kw["device"] = local_device(load_kw["device"])
@@ -239,7 +238,7 @@ def _run(printer: Printer, groups: dict[type, Any], request_kw: dict[str, Any]) 
     import torch
 
     threads = torch.get_num_threads()
-    plan = J.plan(J.Request(**request_kw))
+    plan = jobs.plan(jobs.Request(**request_kw))
     for w in plan.warnings:
         printer.message(f"warning: {w}")
     settings = settings_of(pipe, groups)
@@ -253,7 +252,7 @@ def _check_usage(groups: dict[type, Any]) -> None:
     """The run-control usage errors that need no model (raises UsageError)."""
     from metis_cli.runs.session import check_run_control
 
-    ctl = groups.get(O.RunControl) or O.RunControl()
+    ctl = groups.get(options.RunControl) or options.RunControl()
     check_run_control(ctl.results, ctl.resume, ctl.retry_failed)
 
 
@@ -261,14 +260,14 @@ def _session_args(task: str, groups: dict[type, Any]) -> dict[str, Any]:
     """`Session.open` arguments from the run-control, engine and long-form option groups."""
     from metis_cli.runs.shard import resolve_shard
 
-    ctl = groups.get(O.RunControl) or O.RunControl()
-    lf = groups.get(O.LongformOptions)
+    ctl = groups.get(options.RunControl) or options.RunControl()
+    lf = groups.get(options.LongformOptions)
     return dict(
         shard=resolve_shard(ctl.shard),
         results=ctl.results,
         resume_run=ctl.resume,
         retry_failed=ctl.retry_failed,
-        batch_size=groups[O.EngineOptions].batch_size if O.EngineOptions in groups else 1,
+        batch_size=groups[options.EngineOptions].batch_size if options.EngineOptions in groups else 1,
         length_buckets=ctl.length_buckets,
         long_seconds=lf.chunk_seconds if lf is not None and task in ("se", "tse", "vc") else 0.0,
     )
@@ -294,14 +293,16 @@ def settings_of(pipe: Any, groups: dict[type, Any]) -> dict[str, Any]:
     a resume reruns the jobs recorded with other settings (`runs.ledger.job_identity`)."""
     import dataclasses
 
-    eng: O.EngineOptions = groups[O.EngineOptions]
-    m: O.ModelOptions = groups[O.ModelOptions]
+    eng: options.EngineOptions = groups[options.EngineOptions]
+    m: options.ModelOptions = groups[options.ModelOptions]
     return {
         "model": m.model,
         "dtype": eng.dtype,
         "attention": eng.attention,
         "decoding": dataclasses.asdict(pipe.decoding()),
-        "longform": dataclasses.asdict(groups[O.LongformOptions]) if O.LongformOptions in groups else None,
+        "longform": dataclasses.asdict(groups[options.LongformOptions])
+        if options.LongformOptions in groups
+        else None,
     }
 
 
@@ -317,7 +318,7 @@ def _in_session(printer: Printer, pipe: Any, session: Any, extra: dict[str, Any]
 def execute(
     printer: Printer,
     pipe: Any,
-    plan: J.Plan,
+    plan: jobs.Plan,
     on_report: Any = None,
     on_start: Any = None,
     extra: dict[str, Any] | None = None,

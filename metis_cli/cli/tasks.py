@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from metis_cli import options as O
+from metis_cli import options
 from metis_cli.cli.params import command, group_params, param
 from metis_cli.cli.report import Printer, error_line, fail_usage, run_guarded, text_from
 from metis_cli.errors import InputError, MetisError, UsageError
@@ -35,7 +35,7 @@ def _common(task: str) -> list:
     return [
         param("output", Path | None, typer.Option(None, "-o", "--output", help=OUTPUT_HELP[task])),
         param("manifest", Path | None, typer.Option(None, "--manifest", help=MANIFEST_HELP)),
-        *group_params(O.COMMAND_GROUPS, task),
+        *group_params(options.COMMAND_GROUPS, task),
     ]
 
 
@@ -43,16 +43,16 @@ def _run(
     task: str, values: dict[str, Any], inputs: tuple = (), fixed: dict | None = None, **tts: Any
 ) -> None:
     """Validate options, plan, load, run, print (every front-end step through the job layer)."""
-    groups = O.split({k: v for k, v in values.items() if k in _OPTION_NAMES})
-    policy: O.OutputPolicy = groups[O.OutputPolicy]
-    report: O.ReportOptions = groups[O.ReportOptions]
+    groups = options.split({k: v for k, v in values.items() if k in _OPTION_NAMES})
+    policy: options.OutputPolicy = groups[options.OutputPolicy]
+    report: options.ReportOptions = groups[options.ReportOptions]
     request_kw = {
         "task": task,
         "inputs": tuple(inputs),
         "fixed_inputs": {k: v for k, v in (fixed or {}).items() if v is not None},
         "manifest": values.get("manifest"),
         "output": values.get("output"),
-        "seed": groups[O.JobDefaults].seed,
+        "seed": groups[options.JobDefaults].seed,
         "existing": policy.existing,
         **tts,
     }
@@ -83,7 +83,7 @@ def _read_pipes(task: str, output: Any, inputs: tuple, fixed: dict[str, Any]) ->
                 raise typer.Exit(1) from None
 
 
-_OPTION_NAMES = {n for g in O.COMMAND_GROUPS for n in O.names(g)}
+_OPTION_NAMES = {n for g in options.COMMAND_GROUPS for n in options.names(g)}
 
 
 def _enhance(values: dict[str, Any]) -> None:
@@ -110,8 +110,8 @@ def _pair(task: str, roles: tuple[str, str]):
 def _tts(values: dict[str, Any]) -> None:
     text, text_file = values["text"], values["text_file"]
     for flag, key in (("--language", "language"), ("--prompt-language", "prompt_language")):
-        O.one_of(O.LANGUAGE_CHOICES)(flag, values[key])  # UsageError → exit 2 (run_guarded)
-    O.duration("--duration", values["duration"])
+        options.one_of(options.LANGUAGE_CHOICES)(flag, values[key])  # UsageError → exit 2 (run_guarded)
+    options.duration("--duration", values["duration"])
     if values["manifest"] is None:
         if text_file is not None:
             if text is not None:
@@ -219,7 +219,7 @@ def _tts_params() -> list:
             typer.Option(
                 None,
                 "--duration",
-                help=f"Target duration in seconds (more than 0, at most {O.MAX_DURATION_SECONDS:g}; "
+                help=f"Target duration in seconds (more than 0, at most {options.MAX_DURATION_SECONDS:g}; "
                 "default: length rule).",
             ),
         ),
@@ -255,7 +255,7 @@ def _l2s_params() -> list:
 
 def register(app: typer.Typer) -> None:
     enhance = _enhance_params()
-    app.command(O.command_of("se"))(
+    app.command(options.command_of("se"))(
         command(
             _enhance, enhance, "Speech enhancement: denoise/dereverb each input (24 kHz out); any length."
         )

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metis_cli import options as O
+from metis_cli import options
 from metis_cli.core.tasks import TASKS, Job
 from metis_cli.errors import InputError, MetisError, TextError, UsageError
 from metis_cli.jobs.manifest import parse_row, read_manifest
@@ -207,8 +207,8 @@ def check_text(text: str | None, what: str = "text") -> str:
         text = clean_text(text)
     if text is None or not text.strip():
         raise TextError(f"{what} is empty")
-    if len(text) > O.MAX_TEXT_CHARS:
-        raise TextError(f"{what} is {len(text)} characters long (at most {O.MAX_TEXT_CHARS})")
+    if len(text) > options.MAX_TEXT_CHARS:
+        raise TextError(f"{what} is {len(text)} characters long (at most {options.MAX_TEXT_CHARS})")
     if not has_speech(text):
         raise TextError(f"{what} {text[:40]!r} has no letters or digits to phonemise")
     return text
@@ -258,17 +258,19 @@ def make_job(
             + (f"; unknown {', '.join(unknown)}" if unknown else "")
         )
     try:
-        O.validate(O.JobDefaults(seed=seed))
+        options.validate(options.JobDefaults(seed=seed))
     except UsageError as exc:
         raise InputError(where + str(exc).replace("--seed", "seed")) from None
     for name, lang in (("language", language), ("prompt_language", prompt_language)):
-        if lang is not None and lang not in O.LANGUAGE_CHOICES:
-            raise InputError(f"{where}{name} must be one of {', '.join(O.LANGUAGE_CHOICES)} (got {lang!r})")
+        if lang is not None and lang not in options.LANGUAGE_CHOICES:
+            raise InputError(
+                f"{where}{name} must be one of {', '.join(options.LANGUAGE_CHOICES)} (got {lang!r})"
+            )
     if spec.needs_text:
         text = check_text(text, f"{where}text")
         prompt_text = check_text(prompt_text, f"{where}prompt_text")
     try:
-        O.duration("duration", duration)
+        options.duration("duration", duration)
     except UsageError as exc:
         raise InputError(f"{where}{exc}") from None
     for p in by_role.values():
@@ -440,7 +442,7 @@ def plan(req: Request) -> Plan:
         raise UsageError(f"unknown task '{task}' (known: {', '.join(TASKS)})")
     if req.existing not in ("error", "overwrite", "skip"):
         raise UsageError(f"existing: must be error, overwrite or skip (got {req.existing!r})")
-    O.validate(O.JobDefaults(seed=req.seed))
+    options.validate(options.JobDefaults(seed=req.seed))
     warnings: list[str] = []
     if req.manifest is not None:
         items = _plan_manifest(req)

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metis_cli import jobs as J
+from metis_cli import jobs as planning
 from metis_cli.constants import CODEC_SAMPLE_RATE
 from metis_cli.errors import UsageError
 from metis_cli.runs.shard import Shard
@@ -110,22 +110,22 @@ def _strip_origin(error: str, origin: str | None) -> str:
     return error[len(origin) + 2 :] if origin and error.startswith(origin + ": ") else error
 
 
-def item_key(item: J.Job | J.Rejected, task: str | None = None) -> str:
+def item_key(item: planning.Job | planning.Rejected, task: str | None = None) -> str:
     """The identity of a planned item (the same as its report's). Items without an output (a
     line that is not JSON) are named by their problem; `plan_keys` numbers repeats."""
-    job = item if isinstance(item, J.Job) else item.job
+    job = item if isinstance(item, planning.Job) else item.job
     if job is not None:
-        stdin = "-" if J.is_stdout(job.output) else ""
+        stdin = "-" if planning.is_stdout(job.output) else ""
         what = (
             json.dumps({k: _real(v) for k, v in job.inputs.items() if isinstance(v, Path)}) if stdin else ""
         )
         return key_of(job.task, job.output, what)
-    assert isinstance(item, J.Rejected)
+    assert isinstance(item, planning.Rejected)
     what = _strip_origin(item.error, item.origin)
     return key_of(task or "", item.output or None, what if not item.output else "")
 
 
-def plan_keys(plan: J.Plan) -> list[str]:
+def plan_keys(plan: planning.Plan) -> list[str]:
     """The keys of a plan's items, in plan order; a repeated key (two identical bad lines) gets
     `#2`, `#3` ... by its order of appearance, so each item has its own."""
     seen: dict[str, int] = {}
@@ -153,7 +153,7 @@ def file_identity(path: Any) -> Any:
     return [real, st.st_size, st.st_mtime_ns]
 
 
-def job_identity(job: J.Job, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def job_identity(job: planning.Job, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What a job's output depends on: its inputs (`file_identity`), seed (unless drawn at
     random), text fields and the run's resolved settings (decoding, model, ...)."""
     return {
@@ -398,7 +398,7 @@ def job_record(report: Mapping[str, Any], key: str, shard: Shard | None) -> dict
     return {**report, "key": key, "shard": None if shard is None else str(shard), "time": time.time()}
 
 
-def pending_record(item: J.Job, shard: Shard | None, key: str | None = None) -> dict[str, Any]:
+def pending_record(item: planning.Job, shard: Shard | None, key: str | None = None) -> dict[str, Any]:
     """A job that has started (written just before it runs): in flight until its record comes."""
     return {
         "key": key or item_key(item),
@@ -415,7 +415,7 @@ def pending_record(item: J.Job, shard: Shard | None, key: str | None = None) -> 
 
 @dataclass
 class Resumed:
-    plan: J.Plan  # what is left to run
+    plan: planning.Plan  # what is left to run
     done: int = 0  # finished before: not run again
     rerun: list[str] = field(default_factory=list)  # ok/pending before but must run again: why
     not_retried: list[dict[str, Any]] = field(default_factory=list)  # failed before, not retried
@@ -452,7 +452,7 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def resume(
-    plan: J.Plan,
+    plan: planning.Plan,
     records: Mapping[str, Mapping[str, Any]],
     retry_failed: bool = True,
     keys: list[str] | None = None,
@@ -462,9 +462,9 @@ def resume(
     `keys`: the items' keys (`plan_keys` of the whole run), `settings`: the run's resolved
     settings (a recorded success made with other settings, seed or inputs runs again)."""
     keys = plan_keys(plan) if keys is None else keys
-    out = Resumed(J.Plan(plan.task, [], list(plan.warnings)))
+    out = Resumed(planning.Plan(plan.task, [], list(plan.warnings)))
 
-    def keep(item: J.Job | J.Rejected, key: str) -> None:
+    def keep(item: planning.Job | planning.Rejected, key: str) -> None:
         out.plan.items.append(item)
         out.keys.append(key)
 
@@ -473,7 +473,7 @@ def resume(
         if rec is None:
             keep(item, key)
             continue
-        job = item if isinstance(item, J.Job) else item.job
+        job = item if isinstance(item, planning.Job) else item.job
         status = rec.get("status")
         if status in ("ok", "skipped"):
             why = output_complete(rec, None if job is None else job.output)
@@ -495,12 +495,12 @@ def resume(
     return out
 
 
-def _runnable(item: J.Job | J.Rejected) -> J.Job | J.Rejected:
+def _runnable(item: planning.Job | planning.Rejected) -> planning.Job | planning.Rejected:
     """The job itself when its only problem is that its (own, per the ledger) output exists: it
     may replace that output (placement otherwise refuses a file it did not plan to replace)."""
-    if isinstance(item, J.Job) or item.job is None:
+    if isinstance(item, planning.Job) or item.job is None:
         return item
-    if J.output_problem(item.job, "overwrite") is not None:
+    if planning.output_problem(item.job, "overwrite") is not None:
         return item
     return dataclasses.replace(item.job, overwrite=True)
 

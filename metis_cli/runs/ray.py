@@ -44,8 +44,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from metis_cli import jobs as J
-from metis_cli import options
+from metis_cli import jobs, options
 from metis_cli.core.tasks import Job
 from metis_cli.errors import MetisError, UsageError
 from metis_cli.runs.ledger import plan_keys
@@ -90,7 +89,7 @@ def job_to_json(job: Job) -> str:
     d: dict[str, Any] = {
         "task": job.task,
         "inputs": {k: os.path.abspath(str(v)) for k, v in job.inputs.items()},
-        "output": str(job.output) if J.is_stdout(job.output) else os.path.abspath(str(job.output)),
+        "output": str(job.output) if jobs.is_stdout(job.output) else os.path.abspath(str(job.output)),
         "seed": job.seed,
     }
     d.update({k: getattr(job, k) for k in _JOB_FIELDS if getattr(job, k) is not None})
@@ -108,7 +107,7 @@ def job_from_json(text: str) -> Job:
     )
 
 
-def plan_rows(plan: J.Plan, keys: list[str] | None = None) -> list[dict[str, Any]]:
+def plan_rows(plan: jobs.Plan, keys: list[str] | None = None) -> list[dict[str, Any]]:
     """One row per planned item (a job to run, or a rejected one with its status and error);
     `keys`: the items' ledger keys (default: `ledger.plan_keys(plan)`)."""
     rows = []
@@ -123,7 +122,7 @@ def plan_rows(plan: J.Plan, keys: list[str] | None = None) -> list[dict[str, Any
             "error": None,
             "job": None if job is None else job_to_json(job),
         }
-        if isinstance(item, J.Rejected):
+        if isinstance(item, jobs.Rejected):
             row["status"], row["error"] = item.status, item.error or None
         rows.append(row)
     return rows
@@ -143,8 +142,8 @@ def read_manifest(
     existing: "error" | "overwrite" | "skip" (the CLI's policy)."""
     import ray.data
 
-    plan = J.plan(
-        J.Request(
+    plan = jobs.plan(
+        jobs.Request(
             task=_task(task),
             manifest=Path(path),
             output=None if output is None else Path(output),
@@ -199,7 +198,7 @@ class TaskActor:
 
     def _run_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         results: list[dict[str, Any] | None] = [None] * len(rows)
-        items: list[J.Job | J.Rejected] = []
+        items: list[jobs.Job | jobs.Rejected] = []
         where: list[int] = []
         for i, row in enumerate(rows):
             if row.get("status"):  # rejected when planned: reported as it is
@@ -217,7 +216,7 @@ class TaskActor:
             where.append(i)
         if items:
             try:
-                reports = list(self.pipe.run(J.Plan(self.task, items)))
+                reports = list(self.pipe.run(jobs.Plan(self.task, items)))
                 for i, rep in zip(where, reports, strict=True):
                     results[i] = self._row(rows[i], rep.to_dict())
             except Exception as exc:  # e.g. the model cannot load: every job of the batch fails

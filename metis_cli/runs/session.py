@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metis_cli import jobs as J
+from metis_cli import jobs
 from metis_cli.errors import UsageError
 from metis_cli.runs.buckets import Buckets, bucket
 from metis_cli.runs.ledger import (
@@ -51,7 +51,7 @@ def check_run_control(results: str | os.PathLike | None, resume_run: bool, retry
 class Session:
     """One run's shard, resume decisions, length buckets and ledger (`Session.open`)."""
 
-    plan: J.Plan
+    plan: jobs.Plan
     shard: Shard | None = None
     ledger: Ledger | None = None
     buckets: Buckets | None = None
@@ -69,7 +69,7 @@ class Session:
     @classmethod
     def open(
         cls,
-        plan: J.Plan,
+        plan: jobs.Plan,
         shard: Shard | None = None,
         results: str | os.PathLike | None = None,
         resume_run: bool = False,
@@ -141,8 +141,8 @@ class Session:
             + (f", {len(self.resumed.not_retried)} failed not retried" if not retry_failed else "")
         )
         # every output folder of the shard, also those with no job left to run
-        outputs = [i if isinstance(i, J.Job) else i.job for i in mine.items]
-        folders = {Path(j.output).parent for j in outputs if j is not None and not J.is_stdout(j.output)}
+        outputs = [i if isinstance(i, jobs.Job) else i.job for i in mine.items]
+        folders = {Path(j.output).parent for j in outputs if j is not None and not jobs.is_stdout(j.output)}
         for p in clean_stale_temps(folders):
             self.message(f"removed {p} (temporary file of an interrupted run)")
 
@@ -159,7 +159,7 @@ class Session:
         self._by_key = dict(zip(self.keys, self.plan.items, strict=True))
         self._by_id = {id(item): key for key, item in self._by_key.items()}
 
-    def started(self, job: J.Job) -> None:
+    def started(self, job: jobs.Job) -> None:
         """A job is about to run: a `pending` record (in flight until its record comes)."""
         if self.ledger is not None:
             self.ledger.append(pending_record(job, self.shard, self._by_id[id(job)]), sync=False)
@@ -168,7 +168,7 @@ class Session:
         """Every job of the plan is handed over at once (Ray): all of them in flight."""
         if self.ledger is not None:
             for item, key in zip(self.plan.items, self.keys, strict=True):
-                if isinstance(item, J.Job):
+                if isinstance(item, jobs.Job):
                     self.ledger.append(pending_record(item, self.shard, key), sync=False)
             self.ledger.sync()
 
@@ -188,7 +188,7 @@ class Session:
         rec = job_record(report, key, self.shard)
         if status == "ok":
             item = self._by_key.get(key)
-            job = item if isinstance(item, J.Job) else getattr(item, "job", None)
+            job = item if isinstance(item, jobs.Job) else getattr(item, "job", None)
             if job is not None:
                 identity = job_identity(job, self.settings)
                 rec["identity"] = identity_digest(identity)

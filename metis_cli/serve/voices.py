@@ -24,8 +24,7 @@ from typing import Any
 
 import soundfile as sf
 
-from metis_cli import jobs as J
-from metis_cli import options as O
+from metis_cli import jobs, options
 from metis_cli.constants import TRAIN_MIN_SECONDS
 from metis_cli.errors import MetisError, UsageError
 from metis_cli.media.audio import AudioArray
@@ -93,7 +92,9 @@ class VoiceStore:
             audio_path = base / spec["audio"]
             try:
                 audio = decode_upload(audio_path.read_bytes(), name)
-                text = J.check_text(spec.get("text") if isinstance(spec.get("text"), str) else None, "text")
+                text = jobs.check_text(
+                    spec.get("text") if isinstance(spec.get("text"), str) else None, "text"
+                )
                 language = _language(spec.get("language"))
             except OSError as exc:
                 raise UsageError(f"{where}: cannot read {audio_path} ({exc.strerror or exc})") from None
@@ -247,6 +248,6 @@ def length_warnings(secs: float) -> list[str]:
 def _language(value: Any) -> str | None:
     if value in (None, "", "auto"):
         return None
-    if value not in O.LANGUAGE_CHOICES:
-        raise UsageError(f"language: must be one of {', '.join(O.LANGUAGE_CHOICES)} (got {value!r})")
+    if value not in options.LANGUAGE_CHOICES:
+        raise UsageError(f"language: must be one of {', '.join(options.LANGUAGE_CHOICES)} (got {value!r})")
     return value

@@ -26,7 +26,7 @@ from metis_cli.core.devices import resolve_device
 from metis_cli.engine.loader import ModelLoader
 from metis_cli.errors import InputError, UsageError
 from metis_cli.options import EngineOptions
-from metis_cli.train import data as D
+from metis_cli.train import data as training_data
 from metis_cli.train.dist import DistContext, session
 from metis_cli.train.loop import (
     STATE_FILE,
@@ -87,8 +87,8 @@ def _engine(task: str, store: ModelStore, device: str, visual_checkpoint: Path |
 
 def _run(
     tr: Trainable,
-    items: list[D.Item],
-    val_items: list[D.Item],
+    items: list[training_data.Item],
+    val_items: list[training_data.Item],
     out: Path,
     opts: TrainOptions,
     *,
@@ -97,7 +97,7 @@ def _run(
     name: str,
     resume: bool,
     info: dict[str, Any],
-    cache: D.FeatureCache,
+    cache: training_data.FeatureCache,
     skipped: list[str],
     on_step: Callable[[dict, int], None] | None,
     ctx: DistContext,
@@ -149,7 +149,7 @@ def _run(
 
 def _build_shared(
     ctx: DistContext,
-    cache: D.FeatureCache,
+    cache: training_data.FeatureCache,
     device: str,
     warm: Callable[[int, int], None],
     build: Callable[[], Any],
@@ -282,14 +282,16 @@ def _finetune(
     examples = _read_examples(Path(data), task, report)
     val_examples = _read_examples(Path(val), task, report) if val else []
     engine = _engine(task, store, device, visual)
-    cache = D.FeatureCache(engine, Path(cache_dir) if cache_dir else default_cache_dir())
+    cache = training_data.FeatureCache(engine, Path(cache_dir) if cache_dir else default_cache_dir())
 
-    def build() -> tuple[list[D.Item], list[D.Item]]:
-        return D.build_items(cache, examples, task, report), D.build_items(cache, val_examples, task, report)
+    def build() -> tuple[list[training_data.Item], list[training_data.Item]]:
+        return training_data.build_items(cache, examples, task, report), training_data.build_items(
+            cache, val_examples, task, report
+        )
 
     def warm(rank: int, world: int) -> None:
         for share in (examples[rank::world], val_examples[rank::world]):
-            D.build_items(cache, share, task, lambda line: None)
+            training_data.build_items(cache, share, task, lambda line: None)
 
     items, val_items = _build_shared(ctx, cache, device, warm, build)
     engine.release("ssl", "semantic_codec", "visual")
@@ -326,16 +328,19 @@ def _finetune(
     )
 
 
-def _read_examples(path: Path, task: str, report: Callable[[str], None]) -> list[D.Example]:
+def _read_examples(path: Path, task: str, report: Callable[[str], None]) -> list[training_data.Example]:
     """The manifest's examples; each problem line goes to `report`."""
-    examples, problems = D.read_examples(path, task)
+    examples, problems = training_data.read_examples(path, task)
     for line in problems:
         report(line)
     return examples
 
 
 def _log_items(
-    items: list[D.Item], val_items: list[D.Item], skipped: list[str], cache: D.FeatureCache
+    items: list[training_data.Item],
+    val_items: list[training_data.Item],
+    skipped: list[str],
+    cache: training_data.FeatureCache,
 ) -> None:
     log.info(
         "%d training items, %d held-out, %d skipped (cache: %d hits, %d computed)",
@@ -347,7 +352,7 @@ def _log_items(
     )
 
 
-def _check_cond_dim(items: list[D.Item], tr: Trainable, start: str, visual: Path | None) -> None:
+def _check_cond_dim(items: list[training_data.Item], tr: Trainable, start: str, visual: Path | None) -> None:
     """InputError when the items' condition features do not fit the model's `cond_dim`."""
     cond_dim = items[0].cond.shape[1] if items[0].cond is not None else None
     if cond_dim is not None and cond_dim != tr.model.cfg.cond_dim:
@@ -466,20 +471,23 @@ def _pretrain(
     _check_out(out, resume)
     store = ModelStore(checkpoint_dir, offline)
     engine = _engine("se", store, device)  # any task: only its tokenizers are used
-    cache = D.FeatureCache(engine, Path(cache_dir) if cache_dir else default_cache_dir())
-    files = D.read_audio_list(Path(data))
-    val_files = D.read_audio_list(Path(val)) if val else []
+    cache = training_data.FeatureCache(engine, Path(cache_dir) if cache_dir else default_cache_dir())
+    files = training_data.read_audio_list(Path(data))
+    val_files = training_data.read_audio_list(Path(val)) if val else []
 
     def warm(rank: int, world: int) -> None:
         for f in files[rank::world] + val_files[rank::world]:
-            _ignore_problems(lambda f=f: D.pretrain_item(cache, f))
+            _ignore_problems(lambda f=f: training_data.pretrain_item(cache, f))
 
     items, val_items = _build_shared(
         ctx,
         cache,
         device,
         warm,
-        lambda: ([D.pretrain_item(cache, f) for f in files], [D.pretrain_item(cache, f) for f in val_files]),
+        lambda: (
+            [training_data.pretrain_item(cache, f) for f in files],
+            [training_data.pretrain_item(cache, f) for f in val_files],
+        ),
     )
     engine.release("ssl", "semantic_codec")
     dev = resolve_device(device)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.golden import cases as C
+from tests.golden import cases as golden_cases
 from tests.golden.cases import GOLDEN_ROOT, all_cases
 
 
@@ -44,32 +44,32 @@ def _exact() -> torch.Tensor:
     return torch.tensor([1.0, -2.0, 4.0], dtype=torch.float64)
 
 
-BOUND = C.fp32_error_bound(_exact())  # FP32_BOUND_ULPS * u * max|y|, max|y| = 4
+BOUND = golden_cases.fp32_error_bound(_exact())  # FP32_BOUND_ULPS * u * max|y|, max|y| = 4
 
 
 def test_bound_is_the_stated_one():
-    assert BOUND == pytest.approx(C.FP32_BOUND_ULPS * 2.0**-24 * 4.0)
-    assert BOUND > C.FLOAT_ATOL  # else the rule could never accept anything
+    assert BOUND == pytest.approx(golden_cases.FP32_BOUND_ULPS * 2.0**-24 * 4.0)
+    assert BOUND > golden_cases.FLOAT_ATOL  # else the rule could never accept anything
 
 
 def test_within_tolerance_needs_no_float64_evaluation():
-    before = len(C.FALLBACKS)
+    before = len(golden_cases.FALLBACKS)
 
     def boom():
         raise AssertionError("the float64 evaluation must not run within 1e-5")
 
-    C.assert_golden_close(_exact().float(), _exact().float() + 5e-6, boom, "x")
-    assert len(C.FALLBACKS) == before
+    golden_cases.assert_golden_close(_exact().float(), _exact().float() + 5e-6, boom, "x")
+    assert len(golden_cases.FALLBACKS) == before
 
 
 def test_fallback_accepts_both_within_the_bound_and_names_the_case():
     ours = (_exact() + 0.45 * BOUND).float()
     golden = (_exact() - 0.45 * BOUND).float()
-    assert (ours.double() - golden.double()).abs().max() > C.FLOAT_ATOL
-    with pytest.warns(C.GoldenRoundingWarning, match="case-a"):
-        C.assert_golden_close(ours, golden, _exact, "case-a")
-    assert "case-a" in C.FALLBACKS[-1]
-    C.FALLBACKS.pop()  # a synthetic case: keep it out of the terminal summary
+    assert (ours.double() - golden.double()).abs().max() > golden_cases.FLOAT_ATOL
+    with pytest.warns(golden_cases.GoldenRoundingWarning, match="case-a"):
+        golden_cases.assert_golden_close(ours, golden, _exact, "case-a")
+    assert "case-a" in golden_cases.FALLBACKS[-1]
+    golden_cases.FALLBACKS.pop()  # a synthetic case: keep it out of the terminal summary
 
 
 @pytest.mark.parametrize("who", ["golden", "ours"])
@@ -78,12 +78,14 @@ def test_fallback_rejects_either_side_outside_the_bound(who):
     outside = (_exact() + 1.5 * BOUND).float()
     ours, golden = (outside, inside) if who == "ours" else (inside, outside)
     with pytest.raises(AssertionError, match="float32 bound"):
-        C.assert_golden_close(ours, golden, _exact, "case-b")
+        golden_cases.assert_golden_close(ours, golden, _exact, "case-b")
 
 
 def test_fallback_requires_a_true_float64_evaluation():
     with pytest.raises(AssertionError, match="float64 evaluation returned"):
-        C.assert_golden_close(_exact().float(), _exact().float() + 1e-3, lambda: _exact().float(), "c")
+        golden_cases.assert_golden_close(
+            _exact().float(), _exact().float() + 1e-3, lambda: _exact().float(), "c"
+        )
 
 
 # ----------------------------------------------------------------------------- the deselect hook

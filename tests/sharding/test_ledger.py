@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from metis_cli import jobs as J
+from metis_cli import jobs as planning
 from metis_cli.cli import app
 from metis_cli.errors import UsageError
 from metis_cli.runs.ledger import (
@@ -32,11 +32,13 @@ from metis_cli.runs.session import Session
 from metis_cli.runs.shard import Shard
 
 
-def _job(tmp: Path, n: int) -> J.Job:
-    return J.make_job("se", [tmp / f"in{n}.wav"], tmp / f"out{n}.wav", seed=n, origin=f"jobs.jsonl:{n}")
+def _job(tmp: Path, n: int) -> planning.Job:
+    return planning.make_job(
+        "se", [tmp / f"in{n}.wav"], tmp / f"out{n}.wav", seed=n, origin=f"jobs.jsonl:{n}"
+    )
 
 
-def _ok(job: J.Job, seconds: float, t: float) -> dict:
+def _ok(job: planning.Job, seconds: float, t: float) -> dict:
     return {
         "key": item_key(job),
         "status": "ok",
@@ -126,13 +128,13 @@ def test_resume_decisions(tmp_path: Path):
             {"key": item_key(jobs[4]), "status": "error", "error": "boom", "time": 1},
         ]
     )
-    plan = J.plan_jobs("se", jobs, existing="error")  # existing outputs are rejected by planning
-    assert isinstance(plan.items[0], J.Rejected) and isinstance(plan.items[3], J.Rejected)
+    plan = planning.plan_jobs("se", jobs, existing="error")  # existing outputs are rejected by planning
+    assert isinstance(plan.items[0], planning.Rejected) and isinstance(plan.items[3], planning.Rejected)
     r = resume(plan, recs, retry_failed=True)
     assert r.done == 1 and len(r.rerun) == 2 and not r.not_retried
     left = {str(i.output): i for i in r.plan.items}
     assert set(left) == {str(j.output) for j in jobs[1:]}
-    assert all(isinstance(i, J.Job) for i in r.plan.items)  # own outputs: runnable again
+    assert all(isinstance(i, planning.Job) for i in r.plan.items)  # own outputs: runnable again
     r = resume(plan, recs, retry_failed=False)
     assert [x["error"] for x in r.not_retried] == ["boom"]
     assert str(jobs[4].output) not in {str(i.output) for i in r.plan.items}
@@ -142,8 +144,8 @@ def test_failed_job_whose_output_is_not_ours_stays_rejected(tmp_path: Path):
     job = _job(tmp_path, 1)
     _wav(job.output, 1.0)  # the user's file: the first run failed with "exists"
     recs = latest([{"key": item_key(job), "status": "error", "error": "exists", "time": 1}])
-    r = resume(J.plan_jobs("se", [job]), recs)
-    assert isinstance(r.plan.items[0], J.Rejected) and "exists" in r.plan.items[0].error
+    r = resume(planning.plan_jobs("se", [job]), recs)
+    assert isinstance(r.plan.items[0], planning.Rejected) and "exists" in r.plan.items[0].error
 
 
 def test_stale_temporaries(tmp_path: Path):
@@ -162,7 +164,7 @@ def test_stale_temporaries(tmp_path: Path):
 
 
 def test_session_usage_errors(tmp_path: Path):
-    plan = J.plan_jobs("se", [_job(tmp_path, 1)])
+    plan = planning.plan_jobs("se", [_job(tmp_path, 1)])
     with pytest.raises(UsageError, match="--resume"):
         Session.open(plan, resume_run=True)
     with pytest.raises(UsageError, match="--no-retry-failed"):

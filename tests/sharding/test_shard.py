@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from metis_cli import jobs as J
+from metis_cli import jobs
 from metis_cli.errors import UsageError
 from metis_cli.runs.buckets import bucket, padding
 from metis_cli.runs.shard import (
@@ -19,16 +19,16 @@ from metis_cli.runs.shard import (
 )
 
 
-def _plan(n: int, rejected: tuple[int, ...] = ()) -> J.Plan:
+def _plan(n: int, rejected: tuple[int, ...] = ()) -> jobs.Plan:
     items: list = []
     for i in range(n):
         if i in rejected:
-            items.append(J.Rejected(f"jobs.jsonl:{i + 1}: bad", origin=f"jobs.jsonl:{i + 1}"))
+            items.append(jobs.Rejected(f"jobs.jsonl:{i + 1}: bad", origin=f"jobs.jsonl:{i + 1}"))
         else:
             items.append(
-                J.make_job("se", [f"in/{i}.wav"], f"out/{i}.wav", seed=i, origin=f"jobs.jsonl:{i + 1}")
+                jobs.make_job("se", [f"in/{i}.wav"], f"out/{i}.wav", seed=i, origin=f"jobs.jsonl:{i + 1}")
             )
-    return J.Plan("se", items)
+    return jobs.Plan("se", items)
 
 
 def test_parse_and_names():
@@ -123,7 +123,7 @@ def test_padding_and_buckets():
     lengths = {f"out/{i}.wav": float((i * 3) % 7) for i in range(10)}
     b = bucket(plan, 2, window=100, lengths=lambda j: lengths[str(j.output)])
     items = b.plan.items
-    assert isinstance(items[0], J.Rejected) and len(items) == 10
+    assert isinstance(items[0], jobs.Rejected) and len(items) == 10
     runs = [lengths[str(j.output)] for j in items[1:]]
     assert runs == sorted(runs, reverse=True)
     assert b.bucketed.efficiency >= b.original.efficiency
@@ -146,12 +146,12 @@ def test_job_seconds(wav_factory, tmp_path: Path):
 
     a = wav_factory("a.wav", 1.5)
     b = wav_factory("b.wav", 0.5, sr=16_000)
-    assert job_seconds(J.make_job("se", [a], tmp_path / "o.wav")) == pytest.approx(1.5)
-    assert job_seconds(J.make_job("vc", [a, b], tmp_path / "o.wav")) == pytest.approx(2.0)
-    assert job_seconds(J.make_job("se", [tmp_path / "missing.wav"], tmp_path / "o.wav")) is None
-    tts = J.make_job(
+    assert job_seconds(jobs.make_job("se", [a], tmp_path / "o.wav")) == pytest.approx(1.5)
+    assert job_seconds(jobs.make_job("vc", [a, b], tmp_path / "o.wav")) == pytest.approx(2.0)
+    assert job_seconds(jobs.make_job("se", [tmp_path / "missing.wav"], tmp_path / "o.wav")) is None
+    tts = jobs.make_job(
         "tts", {"prompt": b}, tmp_path / "o.wav", text="Hello there friend", prompt_text="Hi there"
     )
     assert job_seconds(tts) == pytest.approx(0.5 + 0.5 / 8 * 18)
-    assert job_seconds(J.make_job("tts", {"prompt": b}, tmp_path / "o.wav", text="Hello", prompt_text="Hi",
+    assert job_seconds(jobs.make_job("tts", {"prompt": b}, tmp_path / "o.wav", text="Hello", prompt_text="Hi",
                                   duration=3.0)) == pytest.approx(3.5)  # fmt: skip

@@ -254,7 +254,7 @@ def torch_threads():
 
 
 def test_threads_option_and_default(tiny_bundle, tmp_path, monkeypatch, torch_threads):
-    from metis_cli import options as O
+    from metis_cli import options
 
     wav = tmp_path / "a.wav"
     sf.write(wav, speechlike(0.6), 24_000)
@@ -266,10 +266,13 @@ def test_threads_option_and_default(tiny_bundle, tmp_path, monkeypatch, torch_th
     res = _metis(["enhance", str(wav), "-o", str(tmp_path / "p.wav"), "--json", *FAST], tiny_bundle,
                  LOCAL_WORLD_SIZE="2")  # fmt: skip
     assert res.exit_code == 0 and json.loads(res.stdout)["threads"] == max(1, cores // 2)
-    assert O.default_threads({"LOCAL_WORLD_SIZE": "4"}, cores=16) == 4
-    assert O.default_threads({"SLURM_STEP_TASKS_PER_NODE": "3(x2)"}, cores=16) == 5
-    assert O.default_threads({"LOCAL_WORLD_SIZE": "8"}, cores=2) == 1
-    assert O.default_threads({}, cores=16) is None and O.default_threads({"LOCAL_WORLD_SIZE": "1"}) is None
+    assert options.default_threads({"LOCAL_WORLD_SIZE": "4"}, cores=16) == 4
+    assert options.default_threads({"SLURM_STEP_TASKS_PER_NODE": "3(x2)"}, cores=16) == 5
+    assert options.default_threads({"LOCAL_WORLD_SIZE": "8"}, cores=2) == 1
+    assert (
+        options.default_threads({}, cores=16) is None
+        and options.default_threads({"LOCAL_WORLD_SIZE": "1"}) is None
+    )
     res = _metis(["enhance", str(wav), "--threads", "0"], tiny_bundle)
     assert res.exit_code == 2 and "--threads: must be >= 1 (got 0)" in res.stderr
     # the Python API takes the same option

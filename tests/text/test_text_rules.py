@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from metis_cli import jobs as J
+from metis_cli import jobs
 from metis_cli.errors import TextError
 from metis_cli.text import clean_text, g2p, speech_g2p
 
@@ -21,7 +21,7 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     ("text", "spoken"), [("2024", "twenty"), ("911", "nine"), ("$5", "five"), ("50%", "fifty")]
 )
 def test_digit_only_texts_are_spelled_out_like_in_a_sentence(text, spoken):
-    assert J.check_text(text) == text
+    assert jobs.check_text(text) == text
     with pytest.raises(TextError, match="no letters"):
         g2p(text, "en")  # the official front end refuses it ("Unknown language: other")
     _, ids = speech_g2p(text, "en")
@@ -34,7 +34,7 @@ def test_digit_only_texts_are_spelled_out_like_in_a_sentence(text, spoken):
 
 def test_control_sequences_are_removed_before_normalisation():
     assert clean_text("\x1b[31mHello\x1b[0m there\x07") == "Hello there"
-    assert J.check_text("\x1b[1;31mHi\x1b[0m") == "Hi"
+    assert jobs.check_text("\x1b[1;31mHi\x1b[0m") == "Hi"
     assert g2p("\x1b[31mHello\x1b[0m", "en") == g2p("Hello", "en")
 
 
@@ -43,17 +43,17 @@ def test_whitespace_only_text_is_empty(text):
     with pytest.raises(TextError, match="empty text"):
         g2p(text, "en")
     with pytest.raises(TextError, match="is empty"):
-        J.check_text(text)
+        jobs.check_text(text)
 
 
 def test_text_without_letters_or_digits_is_refused():
     with pytest.raises(TextError, match="has no letters or digits"):
-        J.check_text("!!! ???")
+        jobs.check_text("!!! ???")
 
 
 def test_lone_surrogates_name_the_byte():
     with pytest.raises(TextError, match="not valid UTF-8: byte 0xff at character 4"):
-        J.check_text("abc\udcffdef")
+        jobs.check_text("abc\udcffdef")
 
 
 def test_g2p_accepts_digits_and_names_the_bad_line_and_byte():

@@ -17,8 +17,7 @@ from metis_cli.assets.visual_checkpoint import save_tiny_visual_checkpoint
 from metis_cli.cli import app
 from metis_cli.errors import InputError
 from metis_cli.nn.stage1 import l2s_condition
-from metis_cli.train import data as D
-from metis_cli.train import finetune
+from metis_cli.train import data, finetune
 from metis_cli.train.loop import TrainOptions, drop_prompts
 from tests.conftest import FAST, FAST_API
 from tests.l2s.synth import write_video
@@ -132,12 +131,12 @@ def test_visual_cache_key_names_checkpoint_and_landmarks(l2s_env, tmp_path):
     class Engine:
         options = Options()
 
-    cache = D.FeatureCache(Engine(), l2s_env["cache"])
+    cache = data.FeatureCache(Engine(), l2s_env["cache"])
     video = l2s_env["folder"] / "v0.mkv"
     k0 = cache._key("visual", [video, None], cache.visual_identity)
     other_pth, _ = save_tiny_visual_checkpoint(tmp_path / "other", seed=1)
     Options.visual_checkpoint = other_pth
-    other = D.FeatureCache(Engine(), l2s_env["cache"])
+    other = data.FeatureCache(Engine(), l2s_env["cache"])
     assert other._key("visual", [video, None], other.visual_identity) != k0
     marks = tmp_path / "marks.npy"
     np.save(marks, np.zeros((20, 4, 2)))
@@ -162,8 +161,8 @@ class FakeCache:
 def test_l2s_item_is_the_inference_condition_cut_to_the_shorter(n_target):
     feats = torch.randn(20, 6)
     prompt, target = torch.arange(7) + 100, torch.arange(n_target)
-    ex = D.Example(Path("v.mkv"), Path("t.wav"), Path("p.wav"))
-    item = D.l2s_item(FakeCache({Path("p.wav"): prompt, Path("t.wav"): target}, feats), ex)
+    ex = data.Example(Path("v.mkv"), Path("t.wav"), Path("p.wav"))
+    item = data.l2s_item(FakeCache({Path("p.wav"): prompt, Path("t.wav"): target}, feats), ex)
     n = min(n_target, 40)
     assert item.prompt_len == 7 and len(item) == 7 + n
     assert torch.equal(item.x0, torch.cat([prompt, target[:n]]))
@@ -177,10 +176,10 @@ def test_l2s_item_is_the_inference_condition_cut_to_the_shorter(n_target):
 
 
 def test_l2s_item_refuses_misaligned_pairs():
-    ex = D.Example(Path("v.mkv"), Path("t.wav"))
+    ex = data.Example(Path("v.mkv"), Path("t.wav"))
     cache = FakeCache({Path("t.wav"): torch.arange(60)}, torch.randn(20, 6))  # 60 vs 40 frames
     with pytest.raises(InputError, match="60 frames of speech but 40 of video"):
-        D.l2s_item(cache, ex)
+        data.l2s_item(cache, ex)
 
 
 def test_l2s_manifest_keys(tmp_path):
@@ -192,7 +191,7 @@ def test_l2s_manifest_keys(tmp_path):
         {"video": "missing.mkv", "target": "t.wav"},
     ]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    examples, problems = D.read_manifest(tmp_path / "m.jsonl", "l2s")
+    examples, problems = data.read_manifest(tmp_path / "m.jsonl", "l2s")
     assert len(examples) == 1
     ex = examples[0]
     assert (ex.input, ex.target, ex.prompt, ex.landmarks) == tuple(
