@@ -11,12 +11,12 @@ file that is not a ledger (empty, a manifest), or ledgers of two different runs.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
-from metis_cli.cli.report import EXIT_FAILED, EXIT_OK, EXIT_USAGE, error_line
+from metis_cli.cli.report import EXIT_FAILED, EXIT_OK, EXIT_USAGE, error_line, json_line
+from metis_cli.errors import printable
 
 MAX_LISTED = 50  # failures/missing jobs listed one per line (the rest counted); --json lists all
 
@@ -39,10 +39,10 @@ def results(
         raise typer.Exit(EXIT_USAGE) from None
     d = summary.to_dict()
     if as_json:
-        typer.echo(json.dumps(d, ensure_ascii=False))
+        typer.echo(json_line(d))  # names that are not UTF-8 as \xNN, as the task commands print them
     else:
         for line in _lines(d, None if show_all else MAX_LISTED):
-            typer.echo(line)
+            typer.echo(printable(line))
     raise typer.Exit(EXIT_OK if summary.complete else EXIT_FAILED)
 
 

@@ -79,7 +79,8 @@ LOSSY = (".ogg", ".oga", ".opus", ".mp3")  # formats whose frame count soundfile
 
 def _digest(*parts: Any) -> str:
     text = json.dumps(parts, ensure_ascii=False, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    # surrogateescape: a file name that is not UTF-8 hashes as its own bytes
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def _real(path: str | os.PathLike) -> str:
@@ -201,7 +202,7 @@ def run_ledgers(results: str | os.PathLike) -> list[Path]:
 def read_ledger(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """The records of one ledger, in file order; unparsable lines (a torn last line) skipped."""
     try:
-        f = open(path, encoding="utf-8", errors="replace")
+        f = open(path, encoding="utf-8", errors="surrogateescape")  # names as written (bytes kept)
     except FileNotFoundError:
         return
     except OSError as exc:
@@ -279,7 +280,8 @@ class Ledger:
             if str(self.path.parent):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             torn = self.path.is_file() and self.path.stat().st_size > 0 and not _ends_with_newline(self.path)
-            self._f = open(self.path, "a", encoding="utf-8")
+            # surrogateescape: a file name that is not UTF-8 is written as its own bytes
+            self._f = open(self.path, "a", encoding="utf-8", errors="surrogateescape")
             if torn:  # a killed writer's last line: start the next record on its own line
                 self._f.write("\n")
         except OSError as exc:

@@ -296,3 +296,22 @@ def test_threads_in_a_real_process(tiny_bundle, tmp_path):
     assert json.loads(res.stdout)["threads"] == 1
     head = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])
     assert head["threads"] == 1
+
+
+def test_a_name_that_is_not_utf8_is_recorded_and_reported_escaped(tiny_bundle, tmp_path):
+    """A folder input whose name is not UTF-8 fails alone; the ledger keeps its bytes, and
+    `metis results` names it with \\xNN escapes (no UnicodeEncodeError anywhere)."""
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "good.wav", speechlike(0.5), 24_000)
+    os.link(tmp_path / "in" / "good.wav", os.path.join(os.fsencode(tmp_path / "in"), b"caf\xe9.wav"))
+    env = subprocess_env(tiny_bundle)
+    run = [*METIS, "enhance", "in", "-o", "out", "--results", "r.jsonl", "-q", *FAST]
+    res = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "caf\\xe9.wav: the file name is not valid UTF-8" in res.stderr
+    summary = subprocess.run(
+        [*METIS, "results", "r.jsonl"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert summary.returncode == 1 and "Traceback" not in summary.stderr, summary.stderr
+    assert "ok 1, skipped 0, failed 1" in summary.stdout
+    assert "caf\\xe9.wav: the file name is not valid UTF-8" in summary.stdout
