@@ -50,7 +50,7 @@ from metis_cli.errors import MetisError, UsageError
 from metis_cli.runs.ledger import plan_keys
 from metis_cli.runs.session import Session
 
-TASK_NAMES = {"enhance": "se", "se": "se", "tse": "tse", "vc": "vc", "tts": "tts", "l2s": "l2s"}
+TASK_NAMES = {**options.TASK_ALIASES, **{task: task for task in options.ALL_TASKS}}  # name -> task
 
 _JOB_FIELDS = ("text", "prompt_text", "language", "prompt_language", "duration", "origin", "job_id")
 

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from metis_cli.errors import MetisError, UsageError
+from metis_cli.options import command_of
 
-ROUTE = {"se": "enhance", "tse": "tse", "vc": "vc", "tts": "tts"}
+ROUTE = {task: command_of(task) for task in ("se", "tse", "vc", "tts")}  # task -> its /v1/<route>
 CONCURRENCY = 4  # requests in flight (the service batches them)
 MAX_RETRIES = 20  # answers 429 (queue full) retried after Retry-After, this many times per job
 

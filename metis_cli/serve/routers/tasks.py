@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.datastructures import FormData
 
+from metis_cli.options import command_of
 from metis_cli.serve.bodies import read_form, text_fields, upload
 from metis_cli.serve.errors import ApiError
 from metis_cli.serve.requests import (
@@ -41,7 +42,7 @@ class Route:
 
 
 ROUTES = {
-    "enhance": Route("se", {"input": "Noisy speech."}, None, TaskForm, "Speech enhancement"),
+    command_of("se"): Route("se", {"input": "Noisy speech."}, None, TaskForm, "Speech enhancement"),
     "tse": Route(
         "tse",
         {"mix": "The mixture.", "enrol": "Enrolment of the target speaker (or voice)."},
