@@ -34,7 +34,7 @@ from metis_cli import jobs as planning
 from metis_cli import options
 from metis_cli.assets.cards import ModelStore
 from metis_cli.constants import CODEC_SAMPLE_RATE
-from metis_cli.core.prompt_cache import PromptCache
+from metis_cli.core.prompt_cache import PromptCache, content_hash
 from metis_cli.core.tasks import TASKS, Job
 from metis_cli.engine import FATAL, Decoding, Engine, JobResult, one_line
 from metis_cli.engine.longform import piece_fades, stream_piece_jobs
@@ -646,9 +646,11 @@ __all__ = [
     "Decoding",
     "JobResult",
     "Pipeline",
+    "PromptCache",
     "Report",
     "Result",
     "api_wording",
+    "content_hash",
     "job_report",
     "load",
     "needs_frontend",

@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from metis_cli import api, jobs, options
+from metis_cli.api import PromptCache, content_hash
 from metis_cli.constants import CODEC_SAMPLE_RATE
-from metis_cli.core.prompt_cache import PromptCache, content_hash
 from metis_cli.errors import MetisError
 from metis_cli.serve import media
 from metis_cli.serve.batcher import Batcher, BatchFailed, ClientGone, DeadlineExceeded, NotReady, QueueFull
