@@ -134,7 +134,7 @@ def test_tts_and_enhancement_in_the_browser(served, browser, tmp_path):
     browser.find_element(By.ID, "voice-name").send_keys("carol-page")
     browser.find_element(By.ID, "voice-add").click()
     WebDriverWait(browser, 30).until(lambda d: "registered" in d.find_element(By.ID, "voice-status").text)
-    selected = Select(browser.find_element(By.ID, "voice")).first_selected_option.text
+    selected = Select(browser.find_element(By.ID, "voice")).first_selected_option.get_attribute("textContent")
     assert selected.startswith("carol-page")
     import httpx
 

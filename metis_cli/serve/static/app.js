@@ -209,10 +209,11 @@ async function registerVoice() {
       status.textContent = body.error ? body.error.message : "HTTP " + r.status;
       return;
     }
-    status.textContent = "registered " + body.name + (body.warnings ? " (" + body.warnings.join("; ") + ")" : "");
     await loadLists();
     $("voice").value = body.id;
     layout();
+    // said last: once "registered" shows, the voice is listed and selected
+    status.textContent = "registered " + body.name + (body.warnings ? " (" + body.warnings.join("; ") + ")" : "");
   } catch (e) {
     status.textContent = "request failed: " + e;
   }
