@@ -27,7 +27,7 @@ failure is a FAIL row, the others still run):
            stage-1 step; SE throughput at batch 1 / 8 / 32
   train    finetune se on the tiny bundle: 2 steps on the device, then --resume on the CPU
            with the GPU hidden
-  pytest   tests/test_sampling.py, test_devices.py (incl. the `cuda`-marked tests),
+  pytest   tests/core/test_decoding.py, tests/core/test_devices.py (incl. the `cuda`-marked tests),
            test_fast_modes.py, test_weight_cache.py with the GPU visible
 
 Prints ONE table at the end (section | check | result | figures) and writes every figure to
@@ -724,10 +724,10 @@ def sec_train(args, dev):
 
 def sec_pytest(args, dev):
     files = [
-        "tests/test_sampling.py",
-        "tests/test_devices.py",
-        "tests/test_fast_modes.py",
-        "tests/test_weight_cache.py",
+        "tests/core/test_decoding.py",
+        "tests/core/test_devices.py",
+        "tests/engine/test_fast_modes.py",
+        "tests/assets/test_weight_cache.py",
     ]
     left = max(30, int(args.budget - now() - 5))
     p = subprocess.run(

@@ -423,7 +423,7 @@ def _split_passes(net, cond_seqs, cond_offs, uncond_seqs, lens, t, fused, run=No
 # ----------------------------------------------------------------------------- reference loops
 #
 # One item, batch size 1, written out. The batched loops below perform the same operations
-# (tests/test_sampling.py checks the two against each other bit for bit at B = 1).
+# (tests/core/test_decoding.py checks the two against each other bit for bit at B = 1).
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from metis_cli.errors import AudioError, OutputError
 from metis_cli.media import audio
 from metis_cli.media.audio import AtomicWavWriter, load_audio, resample, resampled_length, write_wav_atomic
 
-FIXTURES = Path(__file__).parent / "fixtures" / "wav"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "wav"
 FIXTURE_WAVS = sorted(FIXTURES.glob("*/*.wav"))
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import FAST
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _run(script: str, args: list[str], bundle: Path) -> subprocess.CompletedProcess:

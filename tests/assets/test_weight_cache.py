@@ -14,8 +14,7 @@ from safetensors.torch import save_file
 from metis_cli import api
 from metis_cli.assets import weight_cache
 from metis_cli.errors import CheckpointError
-
-from .conftest import FAST_API
+from tests.conftest import FAST_API
 
 SE_ENTRIES = 6  # w2v-BERT, semantic codec, merged stage 1, two S2A models, acoustic decoder
 
@@ -32,7 +31,7 @@ def cache(tmp_path: Path, monkeypatch) -> Path:
 def noisy(tmp_path_factory) -> Path:
     import soundfile as sf
 
-    from .conftest import speechlike
+    from tests.conftest import speechlike
 
     path = tmp_path_factory.mktemp("in") / "noisy.wav"
     sf.write(path, speechlike(0.6, seed=4), 24_000)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FAST_DECODING = {"steps": 2, "s2a_steps_1layer": (2,), "s2a_steps_full": (2, 2) + (1,) * 10}
 
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from metis_cli.cli import app
 from tests.conftest import FAST
 
-FIX = Path(__file__).parent / "fixtures" / "wav"
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "wav"
 
 
 def run(args: list[str], bundle: Path | None = None, env: dict | None = None):
