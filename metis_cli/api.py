@@ -221,6 +221,9 @@ class Pipeline:
         if not isinstance(output, (str, os.PathLike)) or str(output) in ("", "-"):
             return output
         target = Path(output)
+        spelled_as_folder = str(output).endswith(("/", os.sep))
+        if not spelled_as_folder and target.exists() and not target.is_dir():
+            return target  # an existing file, /dev/null, a FIFO: written as is
         if not planning.is_folder_target(target):
             return target
         main = _main_input(self.task, inputs)

@@ -45,6 +45,9 @@ def test_make_job_takes_one_path_and_folder_outputs_like_the_cli(tiny_bundle, tm
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="exists and is not a folder"):
         pipe.make_job([a], f"{tmp_path / 'file'}/")
+    # an existing file without an extension, or a device, is an output file, not a folder
+    assert pipe.make_job([a], tmp_path / "file").output == tmp_path / "file"
+    assert pipe.make_job([a], "/dev/null").output == Path("/dev/null")
 
 
 def test_run_checks_its_arguments_before_anything_runs(tiny_bundle, tmp_path):

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from metis_cli.media import audio
+
 log = logging.getLogger(__name__)
 
 DEFAULT_ENTRIES = 64  # unpinned prompts kept in memory (about 2 MB each for a 30 s prompt)
@@ -55,6 +57,8 @@ def content_hash(source: Any) -> str | None:
     """sha256 of a prompt's content: a file's bytes, or an `AudioArray`'s samples, shape, dtype
     and rate. None when the file cannot be read (the encoder then reports the error)."""
     digest = hashlib.sha256()
+    if isinstance(source, (str, os.PathLike)) and audio.is_stream(source):
+        source = audio.read_stream(source)  # a pipe was read into memory once: never open it again
     samples = getattr(source, "samples", None)
     if samples is not None:
         arr = np.ascontiguousarray(samples)

@@ -91,6 +91,9 @@ def job_to_json(job: Job) -> str:
         "inputs": {k: os.path.abspath(str(v)) for k, v in job.inputs.items()},
         "output": str(job.output) if jobs.is_stdout(job.output) else os.path.abspath(str(job.output)),
         "seed": job.seed,
+        # the placement policy travels with the job: a resumed job may replace its own output
+        "overwrite": job.overwrite,
+        "seed_drawn": job.seed_drawn,
     }
     d.update({k: getattr(job, k) for k in _JOB_FIELDS if getattr(job, k) is not None})
     return json.dumps(d, ensure_ascii=False)
@@ -103,6 +106,8 @@ def job_from_json(text: str) -> Job:
         inputs={k: Path(v) for k, v in d["inputs"].items()},
         output=Path(d["output"]),
         seed=int(d["seed"]),
+        overwrite=bool(d.get("overwrite", False)),
+        seed_drawn=bool(d.get("seed_drawn", False)),
         **{k: d.get(k) for k in _JOB_FIELDS},
     )
 

@@ -288,3 +288,18 @@ def test_ray_local_cluster(tiny_bundle, corpus):
     assert not list((root / "out").glob(".metis-*"))
     res = _run([*METIS, "results", "res.jsonl", "--json"], root, tiny_bundle)
     assert res.returncode == 1 and json.loads(res.stdout)["ok"] == 22
+
+
+def test_a_job_crosses_to_a_ray_actor_with_its_placement_policy(tmp_path):
+    """The JSON a Ray actor gets keeps `overwrite` (a resumed job may replace its own output)
+    and `seed_drawn`; everything else round-trips too."""
+    import dataclasses
+
+    from metis_cli import jobs
+    from metis_cli.runs.ray import job_from_json, job_to_json
+
+    job = jobs.make_job("se", [tmp_path / "a.wav"], tmp_path / "o.wav", seed=3, origin="m.jsonl:2")
+    for overwrite, drawn in ((False, False), (True, True)):
+        sent = dataclasses.replace(job, overwrite=overwrite, seed_drawn=drawn)
+        back = job_from_json(job_to_json(sent))
+        assert back == sent and back.overwrite is overwrite and back.seed_drawn is drawn
