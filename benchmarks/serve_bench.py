@@ -10,14 +10,23 @@ Three ways to serve the same requests (equal inputs, seeds and decoding):
   cli-loop   one `metis` process per request, one after the other (the shell loop the service replaces)
 
 Per row: requests, wall seconds, throughput (seconds of output audio per wall second), p50/p95
-request latency, and the batch sizes the service ran (from its /metrics histogram). Each server
-is a fresh process on a free loopback port. Machines here are noisy and shared: compare rows of
-one invocation only, and publish only figures measured on a quiet machine.
+request latency, time to first audio (first response byte; equal to the latency when the answer is
+a whole file), and the batch sizes the service ran (from its /metrics histogram). Each server is
+a fresh process on a free loopback port. Machines here are noisy and shared: compare rows of one
+invocation only, and publish only figures measured on a quiet machine.
+
+For tts two more measurements run on the batched service, one client at a time:
+  stream     a 3-sentence text on POST /v1/audio/speech with stream_format "audio" (pcm): time to
+             first audio against the whole response's time, and the same text not streamed
+  voice      POST /v1/tts with an uploaded prompt: every upload different (a prompt-cache miss:
+             w2v-BERT + both codecs run) against the same upload again (a hit); the difference
+             is the prompt-encoding time the cache saves (the /metrics hit/miss counts are shown)
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -37,6 +46,11 @@ import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = "The quick brown fox jumps over the lazy dog near the river bank."
+STREAM_TEXT = (
+    "The quick brown fox jumps over the lazy dog. "
+    "It ran across the field before the rain began. "
+    "Then it rested under the old oak tree until morning."
+)
 PROMPT_TEXT = "This is the transcript of the speaker prompt for the benchmark."
 
 
@@ -148,6 +162,7 @@ def request_fn(args: argparse.Namespace, inputs: dict) -> tuple[str, dict]:
 def run_clients(url: str, args: argparse.Namespace, inputs: dict, clients: int, total: int) -> dict:
     path, kw = request_fn(args, inputs)
     latencies: list[float] = []
+    first_audio: list[float] = []
     audio = [0.0]
     errors: list[str] = []
     lock = threading.Lock()
@@ -162,14 +177,19 @@ def run_clients(url: str, args: argparse.Namespace, inputs: dict, clients: int, 
                     return
                 data = {**kw.get("data", {}), "seed": str(1000 + i)}
                 t0 = time.perf_counter()
-                r = http.post(url + path, data=data, files=kw.get("files"))
-                dt = time.perf_counter() - t0
+                with http.stream("POST", url + path, data=data, files=kw.get("files")) as r:
+                    first = None
+                    for chunk in r.iter_bytes():
+                        if first is None and chunk:
+                            first = time.perf_counter() - t0
+                    dt = time.perf_counter() - t0
                 with lock:
                     if r.status_code == 200:
                         latencies.append(dt)
+                        first_audio.append(first if first is not None else dt)
                         audio[0] += float(r.headers["x-metis-output-seconds"])
                     else:
-                        errors.append(f"{r.status_code} {r.text[:120]}")
+                        errors.append(f"{r.status_code} {r.read()[:120]!r}")
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     t0 = time.perf_counter()
@@ -187,7 +207,97 @@ def run_clients(url: str, args: argparse.Namespace, inputs: dict, clients: int, 
         "throughput": round(audio[0] / wall, 4) if wall else None,
         "p50": round(percentile(latencies, 0.5), 3),
         "p95": round(percentile(latencies, 0.95), 3),
+        "first_audio_p50": round(percentile(first_audio, 0.5), 3),
     }
+
+
+def stream_rows(url: str, args: argparse.Namespace, repeats: int) -> list[dict]:
+    """A 3-sentence text, one client: streamed (time to first audio, whole time) and not streamed."""
+    body = {"model": "tts-1", "input": STREAM_TEXT, "voice": "bench", "response_format": "pcm"}
+    rows = []
+    for label, extra in (("stream", {"stream_format": "audio"}), ("stream-off", {})):
+        firsts, totals, chunks, samples = [], [], [], 0
+        with httpx.Client(timeout=args.request_timeout) as http:
+            for i in range(repeats):
+                t0 = time.perf_counter()
+                n, first, size = 0, None, 0
+                request = {**body, **extra, "seed": 2000 + i}
+                with http.stream("POST", url + "/v1/audio/speech", json=request) as r:
+                    if r.status_code != 200:
+                        raise RuntimeError(f"{label}: {r.status_code} {r.read()[:200]!r}")
+                    for chunk in r.iter_bytes():
+                        if chunk:
+                            n += 1
+                            size += len(chunk)
+                            first = first if first is not None else time.perf_counter() - t0
+                totals.append(time.perf_counter() - t0)
+                firsts.append(first)
+                chunks.append(n)
+                samples = size // 2
+        ratios = [f / t for f, t in zip(firsts, totals, strict=True)]
+        row = {
+            "config": label,
+            "clients": 1,
+            "requests": repeats,
+            "ok": repeats,
+            "first_audio_p50": round(percentile(firsts, 0.5), 3),
+            "p50": round(percentile(totals, 0.5), 3),
+            "first_over_total": round(percentile(ratios, 0.5), 3),
+            "chunks": chunks,
+            "audio_seconds": round(samples / 24_000, 3),
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def prompt_cache_counts(url: str) -> dict[str, float]:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    found = re.findall(r'metis_prompt_cache_total\{event="(\w+)"\} ([0-9.e+]+)', text)
+    return {event: float(v) for event, v in found}
+
+
+def voice_rows(url: str, args: argparse.Namespace, repeats: int) -> list[dict]:
+    """POST /v1/tts with an uploaded prompt: a new prompt each time (miss) vs the same one (hit)."""
+    seconds = min(max(args.seconds, 3.0), 10.0)
+    same = wav_bytes(speechlike(seconds, seed=2))
+    rows = []
+    with httpx.Client(timeout=args.request_timeout) as http:
+
+        def post(prompt: bytes, seed: int) -> float:
+            data = {"text": TEXT, "prompt_text": PROMPT_TEXT, "prompt_language": "en", "seed": str(seed)}
+            t0 = time.perf_counter()
+            r = http.post(url + "/v1/tts", data=data, files={"prompt": ("p.wav", prompt)})
+            if r.status_code != 200:
+                raise RuntimeError(f"/v1/tts: {r.status_code} {r.text[:200]}")
+            return time.perf_counter() - t0
+
+        post(same, 3000)  # the hit rows' prompt, encoded once
+        for label in ("voice-miss", "voice-hit"):
+            before = prompt_cache_counts(url)
+            times = []
+            for i in range(repeats):
+                prompt = wav_bytes(speechlike(seconds, seed=100 + i)) if label == "voice-miss" else same
+                times.append(post(prompt, 3000 + i))
+            after = prompt_cache_counts(url)
+            row = {
+                "config": label,
+                "clients": 1,
+                "requests": repeats,
+                "ok": repeats,
+                "p50": round(percentile(times, 0.5), 3),
+                "p95": round(percentile(times, 0.95), 3),
+                "prompt_cache": {k: int(after.get(k, 0) - before.get(k, 0)) for k in after},
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def wav_bytes(wav: np.ndarray, sr: int = 24_000) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, wav, sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
 
 
 def cli_loop(args: argparse.Namespace, files: dict[str, Path], total: int, out_dir: Path) -> dict:
@@ -229,6 +339,41 @@ def cli_loop(args: argparse.Namespace, files: dict[str, Path], total: int, out_d
     }
 
 
+def print_tables(rows: list[dict]) -> None:
+    """Markdown tables: throughput rows, then the stream and voice rows (tts)."""
+    print("| config | clients | requests | wall s | audio s / wall s | p50 s | p95 s ", end="")
+    print("| first audio p50 s | batches |")
+    print("| --- " * 9 + "|")
+    for r in rows:
+        if "throughput" not in r:
+            continue
+        batches = ", ".join(f"{k}: {v}" for k, v in r.get("batches", {}).items()) or "-"
+        print(
+            f"| {r['config']} | {r['clients']} | {r['ok']}/{r['requests']} | {r['wall_seconds']} | "
+            f"{r['throughput']} | {r['p50']} | {r['p95']} | {r.get('first_audio_p50', '-')} | {batches} |"
+        )
+    streams = [r for r in rows if r["config"].startswith("stream")]
+    if streams:
+        print("\n| 3-sentence text | requests | first audio p50 s | whole response p50 s ", end="")
+        print("| first / whole | chunks |")
+        print("| --- " * 6 + "|")
+        for r in streams:
+            print(
+                f"| {r['config']} | {r['requests']} | {r['first_audio_p50']} | {r['p50']} | "
+                f"{r['first_over_total']} | {r['chunks']} |"
+            )
+    voices = [r for r in rows if r["config"].startswith("voice")]
+    if voices:
+        print("\n| uploaded prompt | requests | p50 s | p95 s | prompt cache (metrics delta) |")
+        print("| --- " * 5 + "|")
+        for r in voices:
+            print(f"| {r['config']} | {r['requests']} | {r['p50']} | {r['p95']} | {r['prompt_cache']} |")
+        by = {r["config"]: r for r in voices}
+        if len(by) == 2:
+            saved = by["voice-miss"]["p50"] - by["voice-hit"]["p50"]
+            print(f"\ncached prompt saves {saved:.2f} s per request (p50)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="se", choices=("se", "tts", "tse", "vc"))
@@ -246,6 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--set", action="append", default=[], metavar="K=V", help="decoding option, e.g. steps=10"
     )
+    ap.add_argument(
+        "--only", default="batched,batch-1,cli-loop,stream,voice", help="which measurements (comma list)"
+    )
+    ap.add_argument("--stream-requests", type=int, default=3, help="tts: requests per stream row")
+    ap.add_argument("--voice-requests", type=int, default=3, help="tts: requests per voice row")
     ap.add_argument("--ready-timeout", type=float, default=900.0)
     ap.add_argument("--request-timeout", type=float, default=1800.0)
     ap.add_argument("--json", type=Path, help="write the results here too")
@@ -270,12 +420,21 @@ def main(argv: list[str] | None = None) -> int:
         )
     inputs = {k: p.read_bytes() for k, p in files.items()}
 
+    only = set(args.only.split(","))
+    extra = args.task == "tts" and bool(only & {"stream", "voice"})
     rows = []
     for label, max_batch in (("batched", args.max_batch), ("batch-1", 1)):
+        if label not in only and not (label == "batched" and extra):
+            continue
         server = Server(args, max_batch, work / f"serve-{label}.log")
         try:
             run_clients(server.url, args, inputs, 1, 1)  # warm-up (lazy front ends, allocator)
-            for c in clients:
+            if label == "batched" and args.task == "tts":
+                if "stream" in only and args.stream_requests:
+                    rows += stream_rows(server.url, args, args.stream_requests)
+                if "voice" in only and args.voice_requests:
+                    rows += voice_rows(server.url, args, args.voice_requests)
+            for c in clients if label in only else ():
                 before = batch_histogram(server.url, args.task)
                 row = run_clients(server.url, args, inputs, c, args.requests)
                 row.update(
@@ -286,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(row), flush=True)
         finally:
             server.stop()
-    if args.cli_requests:
+    if args.cli_requests and "cli-loop" in only:
         row = cli_loop(args, files, args.cli_requests, work)
         row.update(config="cli-loop", clients=1, max_batch=1)
         rows.append(row)
@@ -295,16 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"task {args.task}, dtype {args.dtype}, {'tiny bundle' if args.tiny else args.checkpoint_dir}, "
           f"decoding {args.decoding or 'card defaults'}")  # fmt: skip
-    print(
-        "| config | clients | requests | wall s | audio s / wall s | p50 s | p95 s | batches (size: count) |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        batches = ", ".join(f"{k}: {v}" for k, v in r.get("batches", {}).items()) or "-"
-        print(
-            f"| {r['config']} | {r['clients']} | {r['ok']}/{r['requests']} | {r['wall_seconds']} | "
-            f"{r['throughput']} | {r['p50']} | {r['p95']} | {batches} |"
-        )
+    print_tables(rows)
     by = {(r["config"], r["clients"]): r for r in rows}
     top = max(clients)
     if ("batched", top) in by and ("batch-1", top) in by:
