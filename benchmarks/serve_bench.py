@@ -235,20 +235,18 @@ def stream_rows(url: str, args: argparse.Namespace, repeats: int) -> list[dict]:
                 chunks.append(n)
                 samples = size // 2
         ratios = [f / t for f, t in zip(firsts, totals, strict=True)]
-        row = {
-            "config": label,
-            "clients": 1,
-            "requests": repeats,
-            "ok": repeats,
-            "first_audio_p50": round(percentile(firsts, 0.5), 3),
-            "p50": round(percentile(totals, 0.5), 3),
-            "first_over_total": round(percentile(ratios, 0.5), 3),
-            "chunks": chunks,
-            "audio_seconds": round(samples / 24_000, 3),
-        }
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        first_audio = round(percentile(firsts, 0.5), 3)
+        extra = {"first_audio_p50": first_audio, "first_over_total": round(percentile(ratios, 0.5), 3)}
+        rows.append(one_client_row(label, totals, **extra, chunks=chunks, audio_seconds=samples / 24_000))
     return rows
+
+
+def one_client_row(label: str, times: list[float], **extra: object) -> dict:
+    """A row of one client's sequential requests (printed as JSON as it is made)."""
+    row = {"config": label, "clients": 1, "requests": len(times), "ok": len(times)}
+    row.update(p50=round(percentile(times, 0.5), 3), p95=round(percentile(times, 0.95), 3), **extra)
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def prompt_cache_counts(url: str) -> dict[str, float]:
@@ -280,17 +278,8 @@ def voice_rows(url: str, args: argparse.Namespace, repeats: int) -> list[dict]:
                 prompt = wav_bytes(speechlike(seconds, seed=100 + i)) if label == "voice-miss" else same
                 times.append(post(prompt, 3000 + i))
             after = prompt_cache_counts(url)
-            row = {
-                "config": label,
-                "clients": 1,
-                "requests": repeats,
-                "ok": repeats,
-                "p50": round(percentile(times, 0.5), 3),
-                "p95": round(percentile(times, 0.95), 3),
-                "prompt_cache": {k: int(after.get(k, 0) - before.get(k, 0)) for k in after},
-            }
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            counts = {k: int(after.get(k, 0) - before.get(k, 0)) for k in after}
+            rows.append(one_client_row(label, times, prompt_cache=counts))
     return rows
 
 
@@ -384,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--clients", default="1,4,8")
     ap.add_argument("--requests", type=int, default=16, help="requests per row")
+    ap.add_argument("--requests-at-1", type=int, help="requests of the 1-client rows (default: --requests)")
     ap.add_argument("--cli-requests", type=int, default=4, help="requests of the CLI loop (0: skip it)")
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--max-wait-ms", type=float, default=50.0)
@@ -436,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows += voice_rows(server.url, args, args.voice_requests)
             for c in clients if label in only else ():
                 before = batch_histogram(server.url, args.task)
-                row = run_clients(server.url, args, inputs, c, args.requests)
+                total = args.requests_at_1 if c == 1 and args.requests_at_1 else args.requests
+                row = run_clients(server.url, args, inputs, c, total)
                 row.update(
                     config=label, clients=c, max_batch=max_batch, ready_seconds=round(server.ready_seconds, 2)
                 )
