@@ -95,6 +95,46 @@ class ServerThread:
         self.thread.join(60)
 
 
+class Gate:
+    """Holds the TTS pipeline's generation of every piece after the first until `open()` (then
+    runs it, or with `fail` raises as a model error would): `started` counts the pieces that
+    reached generation. The server must run in this process (`ServerThread`)."""
+
+    def __init__(self, served: Served, wait: float = 120.0, fail: bool = False) -> None:
+        self.pipe = served.app.state.service.pipelines["tts"]
+        self.wait, self.fail = wait, fail
+        self.event = threading.Event()
+        self.started: list[str] = []
+        self.finished: list[threading.Event] = []  # one per generation: set when it has ended
+
+    def __enter__(self) -> Gate:
+        real = self.pipe.generate
+
+        def gated(jobs, decoding=None, on_chunk=None, cancelled=None):
+            jobs = list(jobs)
+            self.started.extend(j.text for j in jobs)
+            ended = threading.Event()
+            self.finished.append(ended)
+            try:
+                if len(self.started) > 1:
+                    assert self.event.wait(self.wait)
+                    if self.fail:
+                        raise RuntimeError("the gate failed this piece")
+                yield from real(jobs, decoding, on_chunk=on_chunk, cancelled=cancelled)
+            finally:
+                ended.set()
+
+        self.pipe.generate = gated
+        return self
+
+    def open(self) -> None:
+        self.event.set()
+
+    def __exit__(self, *exc: object) -> None:
+        self.event.set()
+        del self.pipe.generate  # back to the class's method
+
+
 @pytest.fixture(scope="session")
 def served(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
     from metis_cli.serve import Limits, ServeConfig

@@ -17,7 +17,7 @@ import soundfile as sf
 
 from metis_cli.text import sentences
 from tests.conftest import speechlike
-from tests.serve.conftest import API_KEY, VOICE_TEXT, Served, ServerThread, free_port, wav_bytes
+from tests.serve.conftest import API_KEY, VOICE_TEXT, Gate, Served, ServerThread, free_port, wav_bytes
 
 # three sentences of at most 40 characters, no two of which fit in 40: with --max-chars 40 the
 # stream's pieces (first sentence alone, then packed) are the long path's pieces
@@ -69,41 +69,6 @@ def _post(served, **kw) -> httpx.Response:
 
 def _sse_events(text: str) -> list[dict]:
     return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
-
-
-class Gate:
-    """Holds the TTS pipeline's generation of every piece after the first until `open()`:
-    `started` counts the pieces that reached generation."""
-
-    def __init__(self, served) -> None:
-        self.pipe = served.app.state.service.pipelines["tts"]
-        self.real = self.pipe.generate
-        self.event = threading.Event()
-        self.started: list[str] = []
-        self.finished: list[threading.Event] = []  # one per generation: set when it has ended
-
-    def __enter__(self) -> Gate:
-        def gated(jobs, decoding=None, on_chunk=None, cancelled=None):
-            jobs = list(jobs)
-            self.started.extend(j.text for j in jobs)
-            ended = threading.Event()
-            self.finished.append(ended)
-            if len(self.started) > 1:
-                assert self.event.wait(WAIT)
-            try:
-                yield from self.real(jobs, decoding, on_chunk=on_chunk, cancelled=cancelled)
-            finally:
-                ended.set()
-
-        self.pipe.generate = gated
-        return self
-
-    def open(self) -> None:
-        self.event.set()
-
-    def __exit__(self, *exc) -> None:
-        self.event.set()
-        del self.pipe.generate  # back to the class's method
 
 
 def test_audio_stream_equals_the_long_text_path_and_starts_before_the_last_sentence(streamed):
