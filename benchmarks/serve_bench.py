@@ -105,6 +105,7 @@ class Server:
         cmd = [
             sys.executable, "-m", "metis_cli.cli", "serve", "--tasks", args.task, "--port", str(self.port),
             "--max-batch", str(max_batch), "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "1000",
+            "--request-timeout", str(args.request_timeout),
             *common_options(args),
         ]  # fmt: skip
         if args.voice is not None:
@@ -167,9 +168,11 @@ def run_clients(url: str, args: argparse.Namespace, inputs: dict, clients: int, 
     errors: list[str] = []
     lock = threading.Lock()
     counter = iter(range(total))
+    start = threading.Barrier(clients)  # the clients send their first requests together
 
     def client() -> None:
         with httpx.Client(timeout=args.request_timeout) as http:
+            start.wait()
             while True:
                 with lock:
                     i = next(counter, None)
@@ -177,11 +180,12 @@ def run_clients(url: str, args: argparse.Namespace, inputs: dict, clients: int, 
                     return
                 data = {**kw.get("data", {}), "seed": str(1000 + i)}
                 t0 = time.perf_counter()
+                body, first = b"", None
                 with http.stream("POST", url + path, data=data, files=kw.get("files")) as r:
-                    first = None
                     for chunk in r.iter_bytes():
                         if first is None and chunk:
                             first = time.perf_counter() - t0
+                        body += chunk if r.status_code != 200 else b""
                     dt = time.perf_counter() - t0
                 with lock:
                     if r.status_code == 200:
@@ -189,7 +193,7 @@ def run_clients(url: str, args: argparse.Namespace, inputs: dict, clients: int, 
                         first_audio.append(first if first is not None else dt)
                         audio[0] += float(r.headers["x-metis-output-seconds"])
                     else:
-                        errors.append(f"{r.status_code} {r.read()[:120]!r}")
+                        errors.append(f"{r.status_code} {body[:120]!r}")
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     t0 = time.perf_counter()
