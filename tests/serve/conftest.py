@@ -95,6 +95,46 @@ class ServerThread:
         self.thread.join(60)
 
 
+# three sentences of at most 40 characters, no two of which fit in 40: with --max-chars 40 the
+# stream's pieces (first sentence alone, then packed) are the long path's pieces
+STREAM_TEXT = "The first one is short. The second sentence is a bit longer. And here is the third."
+STREAM_WAIT = 120.0  # generous deadlines: a loaded 2-core machine
+
+
+def stream_server(
+    tiny_bundle: Path, folder: Path, tasks: tuple[str, ...] = ("tts",), **options: Any
+) -> tuple[Served, ServerThread]:
+    """A started server (voice "alice" in `folder`) whose texts are spoken in pieces of at most
+    40 characters (see STREAM_TEXT); `options`: `voices_dir`, `max_upload_mb` and load options."""
+    from metis_cli.serve import Limits, ServeConfig
+    from metis_cli.serve.app import create_app
+
+    sf.write(folder / "alice.wav", speechlike(3.0, seed=5), 24_000)
+    (folder / "voices.json").write_text(
+        json.dumps({"alice": {"audio": "alice.wav", "text": VOICE_TEXT, "language": "en"}})
+    )
+    max_upload_mb = options.pop("max_upload_mb", 2.0)
+    config = ServeConfig(
+        tasks=tasks,
+        max_batch=4,
+        max_wait_ms=20.0,
+        max_queue=32,
+        request_timeout=STREAM_WAIT,
+        api_key=API_KEY,
+        voices_file=folder / "voices.json",
+        voices_dir=options.pop("voices_dir", None),
+        limits=Limits(max_upload_mb=max_upload_mb, max_audio_seconds=30.0, max_text_chars=400, max_steps=50),
+        load_options={
+            "checkpoint_dir": tiny_bundle, "offline": True, "steps": 2, "s2a_steps": "2,2", "max_chars": 40,
+            **options,
+        },
+    )  # fmt: skip
+    app = create_app(config)
+    thread = ServerThread(app, free_port())
+    thread.start()
+    return Served(thread.url, API_KEY, folder, app, thread.server), thread
+
+
 class Gate:
     """Holds the TTS pipeline's generation of every piece after the first until `open()` (then
     runs it, or with `fail` raises as a model error would): `started` counts the pieces that

@@ -17,45 +17,22 @@ import soundfile as sf
 
 from metis_cli.text import sentences
 from tests.conftest import speechlike
-from tests.serve.conftest import API_KEY, VOICE_TEXT, Gate, Served, ServerThread, free_port, wav_bytes
+from tests.serve.conftest import STREAM_TEXT, STREAM_WAIT, VOICE_TEXT, Gate, stream_server, wav_bytes
 
-# three sentences of at most 40 characters, no two of which fit in 40: with --max-chars 40 the
-# stream's pieces (first sentence alone, then packed) are the long path's pieces
-TEXT = "The first one is short. The second sentence is a bit longer. And here is the third."
+TEXT = STREAM_TEXT
 SIX = TEXT + " Then a fourth one comes along. A fifth sentence is spoken here. And the sixth closes it all."
-WAIT = 120.0  # generous deadlines: a loaded 2-core machine
+WAIT = STREAM_WAIT
 
 
 @pytest.fixture(scope="module")
 def streamed(tiny_bundle, tmp_path_factory):
-    from metis_cli.serve import Limits, ServeConfig
-    from metis_cli.serve.app import create_app
-
     folder = tmp_path_factory.mktemp("stream")
-    sf.write(folder / "alice.wav", speechlike(3.0, seed=5), 24_000)
-    (folder / "voices.json").write_text(
-        json.dumps({"alice": {"audio": "alice.wav", "text": VOICE_TEXT, "language": "en"}})
-    )
     (folder / "dir").mkdir()
-    config = ServeConfig(
-        tasks=("tts", "se"),
-        max_batch=4,
-        max_wait_ms=20.0,
-        max_queue=32,
-        request_timeout=WAIT,
-        api_key=API_KEY,
-        voices_file=folder / "voices.json",
-        voices_dir=folder / "dir",
-        limits=Limits(max_upload_mb=4.0, max_audio_seconds=30.0, max_text_chars=400, max_steps=50),
-        load_options={
-            "checkpoint_dir": tiny_bundle, "offline": True, "steps": 2, "s2a_steps": "2,2",
-            "max_chars": 40, "chunk_seconds": 5.0, "overlap_seconds": 0.5, "context_seconds": 1.0,
-        },
+    served, thread = stream_server(
+        tiny_bundle, folder, ("tts", "se"), voices_dir=folder / "dir", max_upload_mb=4.0,
+        chunk_seconds=5.0, overlap_seconds=0.5, context_seconds=1.0,
     )  # fmt: skip
-    app = create_app(config)
-    thread = ServerThread(app, free_port())
-    thread.start()
-    yield Served(thread.url, API_KEY, folder, app, thread.server)
+    yield served
     thread.stop()
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import shutil
 
@@ -16,8 +15,7 @@ import pytest
 import soundfile as sf
 
 from metis_cli.text import sentences
-from tests.conftest import speechlike
-from tests.serve.conftest import API_KEY, VOICE_TEXT, Gate, Served, ServerThread, free_port, wav_bytes
+from tests.serve.conftest import STREAM_TEXT, STREAM_WAIT, Gate, stream_server, wav_bytes
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -90,40 +88,16 @@ playStream(new Response(body), ctx, stats, performance.now()).then(async (parts)
 }, (e) => done({error: String(e)}));
 """
 
-# three sentences of at most 40 characters, no two of which fit in 40: with --max-chars 40 the
-# stream's pieces (first sentence alone, then packed) are the long path's pieces (test_streaming)
-TEXT = "The first one is short. The second sentence is a bit longer. And here is the third."
-WAIT = 120.0  # generous deadlines: a loaded 2-core machine
+TEXT = STREAM_TEXT
+WAIT = STREAM_WAIT
 
 
 @pytest.fixture(scope="module")
 def stream_served(tiny_bundle, tmp_path_factory):
-    """A TTS server whose texts are spoken in pieces of at most 40 characters (see TEXT)."""
-    from metis_cli.serve import Limits, ServeConfig
-    from metis_cli.serve.app import create_app
-
+    """A TTS server whose texts are spoken in pieces of at most 40 characters (see STREAM_TEXT)."""
     folder = tmp_path_factory.mktemp("web-stream")
-    sf.write(folder / "alice.wav", speechlike(3.0, seed=5), 24_000)
-    (folder / "voices.json").write_text(
-        json.dumps({"alice": {"audio": "alice.wav", "text": VOICE_TEXT, "language": "en"}})
-    )
-    config = ServeConfig(
-        tasks=("tts",),
-        max_batch=4,
-        max_wait_ms=20.0,
-        max_queue=32,
-        request_timeout=WAIT,
-        api_key=API_KEY,
-        voices_file=folder / "voices.json",
-        limits=Limits(max_upload_mb=2.0, max_audio_seconds=30.0, max_text_chars=400, max_steps=50),
-        load_options={
-            "checkpoint_dir": tiny_bundle, "offline": True, "steps": 2, "s2a_steps": "2,2", "max_chars": 40,
-        },
-    )  # fmt: skip
-    app = create_app(config)
-    thread = ServerThread(app, free_port())
-    thread.start()
-    yield Served(thread.url, API_KEY, folder, app, thread.server)
+    served, thread = stream_server(tiny_bundle, folder)
+    yield served
     thread.stop()
 
 
