@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -160,6 +161,35 @@ def request_fn(args: argparse.Namespace, inputs: dict) -> tuple[str, dict]:
     return f"/v1/{ {'se': 'enhance'}.get(args.task, args.task) }", {"files": files}
 
 
+@dataclass
+class Answer:
+    """One POST read as it arrived: status, seconds to its first body byte and to its end."""
+
+    status: int
+    first: float = 0.0
+    total: float = 0.0
+    size: int = 0  # body bytes
+    reads: int = 0  # non-empty reads of the body
+    headers: httpx.Headers | None = None
+    error: bytes = b""  # the body of an answer other than 200
+
+
+def timed_post(http: httpx.Client, url: str, **request: object) -> Answer:
+    t0 = time.perf_counter()
+    with http.stream("POST", url, **request) as r:
+        if r.status_code != 200:
+            return Answer(r.status_code, error=r.read())
+        answer = Answer(200, headers=r.headers)
+        for chunk in r.iter_bytes():
+            if chunk:
+                answer.first = answer.first or time.perf_counter() - t0
+                answer.size += len(chunk)
+                answer.reads += 1
+    answer.total = time.perf_counter() - t0
+    answer.first = answer.first or answer.total
+    return answer
+
+
 def run_clients(url: str, args: argparse.Namespace, inputs: dict, clients: int, total: int) -> dict:
     path, kw = request_fn(args, inputs)
     latencies: list[float] = []
@@ -179,21 +209,14 @@ def run_clients(url: str, args: argparse.Namespace, inputs: dict, clients: int, 
                 if i is None:
                     return
                 data = {**kw.get("data", {}), "seed": str(1000 + i)}
-                t0 = time.perf_counter()
-                body, first = b"", None
-                with http.stream("POST", url + path, data=data, files=kw.get("files")) as r:
-                    for chunk in r.iter_bytes():
-                        if first is None and chunk:
-                            first = time.perf_counter() - t0
-                        body += chunk if r.status_code != 200 else b""
-                    dt = time.perf_counter() - t0
+                answer = timed_post(http, url + path, data=data, files=kw.get("files"))
                 with lock:
-                    if r.status_code == 200:
-                        latencies.append(dt)
-                        first_audio.append(first if first is not None else dt)
-                        audio[0] += float(r.headers["x-metis-output-seconds"])
+                    if answer.status == 200:
+                        latencies.append(answer.total)
+                        first_audio.append(answer.first)
+                        audio[0] += float(answer.headers["x-metis-output-seconds"])
                     else:
-                        errors.append(f"{r.status_code} {body[:120]!r}")
+                        errors.append(f"{answer.status} {answer.error[:120]!r}")
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     t0 = time.perf_counter()
@@ -223,21 +246,13 @@ def stream_rows(url: str, args: argparse.Namespace, repeats: int) -> list[dict]:
         firsts, totals, chunks, samples = [], [], [], 0
         with httpx.Client(timeout=args.request_timeout) as http:
             for i in range(repeats):
-                t0 = time.perf_counter()
-                n, first, size = 0, None, 0
-                request = {**body, **extra, "seed": 2000 + i}
-                with http.stream("POST", url + "/v1/audio/speech", json=request) as r:
-                    if r.status_code != 200:
-                        raise RuntimeError(f"{label}: {r.status_code} {r.read()[:200]!r}")
-                    for chunk in r.iter_bytes():
-                        if chunk:
-                            n += 1
-                            size += len(chunk)
-                            first = first if first is not None else time.perf_counter() - t0
-                totals.append(time.perf_counter() - t0)
-                firsts.append(first)
-                chunks.append(n)
-                samples = size // 2
+                answer = timed_post(http, url + "/v1/audio/speech", json={**body, **extra, "seed": 2000 + i})
+                if answer.status != 200:
+                    raise RuntimeError(f"{label}: {answer.status} {answer.error[:200]!r}")
+                totals.append(answer.total)
+                firsts.append(answer.first)
+                chunks.append(answer.reads)
+                samples = answer.size // 2
         ratios = [f / t for f, t in zip(firsts, totals, strict=True)]
         first_audio = round(percentile(firsts, 0.5), 3)
         extra = {"first_audio_p50": first_audio, "first_over_total": round(percentile(ratios, 0.5), 3)}
